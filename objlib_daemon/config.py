@@ -1,0 +1,417 @@
+"""Configuration: TOML file → frozen dataclasses with defaults and validation.
+
+One schema (`SCHEMA`) drives parsing, validation, the documentation test and
+`config.example.toml`, so a key cannot exist in one place and not the others.
+Lookup order for the file: `--config`, `$OBJLIBD_CONFIG`, the platform's user
+config dir. The state dir: `$OBJLIBD_STATE_DIR`, else `[paths] state_dir`, else
+the platform's user state dir.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+APP = "objlibd"
+
+DEFAULT_INCLUDE = ("**/*.txt", "**/*.md", "**/*.pdf", "**/*.html", "**/*.docx")
+# OS litter and volume metadata seen on FAT/exFAT/HFS+ sticks (platform-notes.md).
+DEFAULT_EXCLUDE = (
+    "**/.*",
+    "**/._*",
+    "**/.DS_Store",
+    "**/.Spotlight-V100/**",
+    "**/.fseventsd/**",
+    "**/.Trashes/**",
+    "**/$RECYCLE.BIN/**",
+    "**/System Volume Information/**",
+    "**/~$*",
+    "**/*.tmp",
+    "**/*.swp",
+    "**/*~",
+)
+
+
+class ConfigError(Exception):
+    """The configuration is missing or invalid; the message says how to fix it."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """'7d', '6h', '90s', '15m', '2w' or a number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"duration must not be negative: {value!r}")
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 6h, 7d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class MetadataRule:
+    """One enrichment rule: a regex over the relative path with named groups.
+
+    `fields` maps metadata keys to templates (`{group}` placeholders) and
+    literal values; a rule matching with `stop = true` ends the rule list.
+    """
+
+    pattern: str
+    fields: dict[str, str] = field(default_factory=dict)
+    stop: bool = False
+
+
+@dataclass(frozen=True)
+class LibraryConfig:
+    root: Path | None = None
+    include: tuple[str, ...] = DEFAULT_INCLUDE
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    min_size: int = 1024
+    max_size: int = 100 * 1000 * 1000
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    backend: str = "local"
+    name: str = ""
+    base_url: str = ""
+    model: str = "gemini-2.5-flash"
+    requests_per_minute: int = 120
+    concurrency: int = 2
+    operation_timeout: float = 300.0
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 60.0
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    max_missing_count: int = 50
+    max_missing_fraction: float = 0.5
+    prune_after: float = 7 * 86400.0
+    skip_enrichment: bool = False
+    max_attempts: int = 8
+    retry_base: float = 30.0
+    retry_max: float = 6 * 3600.0
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    settle_seconds: float = 2.0
+    reconcile_interval: float = 6 * 3600.0
+    orphan_sweep_interval: float = 3600.0
+    auto_prune: bool = False
+    audit_interval: float = 7 * 86400.0
+    audit_repair: bool = False
+    volume_check_interval: float = 5.0
+    shutdown_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    state_dir: Path | None = None
+    runtime_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    library: LibraryConfig = field(default_factory=LibraryConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metadata_rules: tuple[MetadataRule, ...] | None = None
+    source: Path | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        env = os.environ.get("OBJLIBD_STATE_DIR")
+        if env:
+            return Path(env).expanduser()
+        if self.paths.state_dir:
+            return self.paths.state_dir
+        return Path(platformdirs.user_state_dir(APP))
+
+    @property
+    def runtime_dir(self) -> Path:
+        env = os.environ.get("OBJLIBD_RUNTIME_DIR")
+        if env:
+            return Path(env).expanduser()
+        if self.paths.runtime_dir:
+            return self.paths.runtime_dir
+        return self.state_dir / "run"
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "objlibd.db"
+
+    def require_root(self) -> Path:
+        if self.library.root is None:
+            raise ConfigError(
+                "no library root configured: set [library] root in the config "
+                "or run `objlibd init --library PATH`"
+            )
+        return self.library.root
+
+
+# --- schema: section → key → (kind, validator) ----------------------------------
+
+_Kind = str  # "int", "float", "bool", "str", "path", "duration", "globs", "choice:a|b"
+
+SCHEMA: dict[str, dict[str, _Kind]] = {
+    "library": {
+        "root": "path",
+        "include": "globs",
+        "exclude": "globs",
+        "min_size": "int",
+        "max_size": "int",
+    },
+    "store": {
+        "backend": "choice:local|gemini",
+        "name": "str",
+        "base_url": "str",
+        "model": "str",
+        "requests_per_minute": "int",
+        "concurrency": "int",
+        "operation_timeout": "duration",
+        "breaker_threshold": "int",
+        "breaker_cooldown": "duration",
+    },
+    "sync": {
+        "max_missing_count": "int",
+        "max_missing_fraction": "float",
+        "prune_after": "duration",
+        "skip_enrichment": "bool",
+        "max_attempts": "int",
+        "retry_base": "duration",
+        "retry_max": "duration",
+    },
+    "daemon": {
+        "settle_seconds": "duration",
+        "reconcile_interval": "duration",
+        "orphan_sweep_interval": "duration",
+        "auto_prune": "bool",
+        "audit_interval": "duration",
+        "audit_repair": "bool",
+        "volume_check_interval": "duration",
+        "shutdown_timeout": "duration",
+    },
+    "paths": {"state_dir": "path", "runtime_dir": "path"},
+    "logging": {"level": "choice:debug|info|warning|error", "format": "choice:auto|json|console"},
+}
+# `[[metadata.rules]]` is a list of tables, validated separately.
+LIST_SECTIONS = {"metadata": {"rules": ("pattern", "fields", "stop")}}
+
+_SECTION_TYPES = {
+    "library": LibraryConfig,
+    "store": StoreConfig,
+    "sync": SyncConfig,
+    "daemon": DaemonConfig,
+    "paths": PathsConfig,
+    "logging": LoggingConfig,
+}
+
+_POSITIVE = {
+    "min_size",
+    "max_size",
+    "requests_per_minute",
+    "concurrency",
+    "breaker_threshold",
+    "max_attempts",
+    "volume_check_interval",
+}
+
+
+def _coerce(where: str, kind: _Kind, value: Any, base: Path | None) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: expected {expected}, got {value!r}")
+
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("a number")
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if kind == "path":
+        if not isinstance(value, str) or not value:
+            raise bad("a path string")
+        path = Path(value).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        return path
+    if kind == "duration":
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    if kind == "globs":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise bad("a list of glob strings")
+        return tuple(value)
+    if kind.startswith("choice:"):
+        choices = kind.removeprefix("choice:").split("|")
+        if value not in choices:
+            raise bad("one of " + ", ".join(choices))
+        return value
+    raise AssertionError(kind)
+
+
+def _parse_rules(raw: Any) -> tuple[MetadataRule, ...]:
+    if not isinstance(raw, dict) or set(raw) - {"rules"}:
+        raise ConfigError("[metadata]: only `[[metadata.rules]]` tables are allowed")
+    rules = raw.get("rules", [])
+    if not isinstance(rules, list):
+        raise ConfigError("[[metadata.rules]] must be a list of tables")
+    parsed = []
+    for i, rule in enumerate(rules):
+        where = f"metadata.rules[{i}]"
+        if not isinstance(rule, dict) or "pattern" not in rule:
+            raise ConfigError(f"{where}: each rule needs a `pattern`")
+        unknown = set(rule) - {"pattern", "fields", "stop"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        try:
+            re.compile(rule["pattern"])
+        except (re.error, TypeError) as exc:
+            raise ConfigError(f"{where}.pattern: not a valid regex: {exc}") from None
+        fields_ = rule.get("fields", {})
+        if not isinstance(fields_, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in fields_.items()
+        ):
+            raise ConfigError(f"{where}.fields: expected a table of strings")
+        stop = rule.get("stop", False)
+        if not isinstance(stop, bool):
+            raise ConfigError(f"{where}.stop: expected true or false")
+        parsed.append(MetadataRule(pattern=rule["pattern"], fields=dict(fields_), stop=stop))
+    return tuple(parsed)
+
+
+def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
+    """Validate a parsed TOML document and build a `Config`."""
+    base = source.parent if source else None
+    unknown = set(data) - set(SCHEMA) - set(LIST_SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"unknown section(s) {', '.join(sorted(unknown))}; valid: "
+            + ", ".join(sorted([*SCHEMA, *LIST_SECTIONS]))
+        )
+    sections: dict[str, Any] = {}
+    for name, keys in SCHEMA.items():
+        raw = data.get(name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        bad_keys = set(raw) - set(keys)
+        if bad_keys:
+            raise ConfigError(
+                f"[{name}]: unknown key(s) {', '.join(sorted(bad_keys))}; "
+                f"valid: {', '.join(keys)}"
+            )
+        values = {}
+        for key, value in raw.items():
+            coerced = _coerce(f"{name}.{key}", keys[key], value, base)
+            if key in _POSITIVE and coerced <= 0:
+                raise ConfigError(f"{name}.{key}: must be greater than 0, got {value!r}")
+            values[key] = coerced
+        sections[name] = replace(_SECTION_TYPES[name](), **values)
+    cfg = Config(**sections, source=source)
+    if cfg.library.min_size > cfg.library.max_size:
+        raise ConfigError("library.min_size must not exceed library.max_size")
+    if not 0 < cfg.sync.max_missing_fraction <= 1:
+        raise ConfigError("sync.max_missing_fraction must be in (0, 1]")
+    if "metadata" in data:
+        cfg = replace(cfg, metadata_rules=_parse_rules(data["metadata"]))
+    return cfg
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir(APP)) / "config.toml"
+
+
+def resolve_config_path(explicit: str | Path | None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("OBJLIBD_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    return default_config_path()
+
+
+def load(path: Path) -> Config:
+    """Read and validate the config file at `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no config file at {path}: run `objlibd init --library PATH` "
+            "or pass --config / set $OBJLIBD_CONFIG"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return from_dict(data, source=path.resolve())
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def schema_keys() -> list[str]:
+    """Every `section.key` the code accepts (the docs test checks each is documented)."""
+    keys = [f"{s}.{k}" for s, ks in SCHEMA.items() for k in ks]
+    keys += [f"{s}.{k}.{f}" for s, ls in LIST_SECTIONS.items() for k, fs in ls.items() for f in fs]
+    return keys
+
+
+def render_minimal(root: Path, backend: str, store_name: str) -> str:
+    """The config `objlibd init` writes when none exists."""
+    return (
+        "# objlibd configuration; every key is described in config.example.toml\n"
+        "[library]\n"
+        f"root = {_toml_str(str(root))}\n\n"
+        "[store]\n"
+        f"backend = {_toml_str(backend)}\n"
+        f"name = {_toml_str(store_name)}\n"
+    )
+
+
+def _toml_str(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def dataclass_defaults() -> dict[str, dict[str, Any]]:
+    """Defaults per section, for docs and `doctor`."""
+    return {
+        name: {f.name: getattr(cls(), f.name) for f in fields(cls)}
+        for name, cls in _SECTION_TYPES.items()
+    }

@@ -1,0 +1,1 @@
+"""The local side: eligibility, scanning, hashing, the volume marker, metadata."""

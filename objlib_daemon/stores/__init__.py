@@ -1,0 +1,1 @@
+"""The remote side: one store protocol, two backends (embedded `local`, `gemini`)."""
