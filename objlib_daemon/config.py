@@ -101,7 +101,6 @@ class SyncConfig:
     max_missing_fraction: float = 0.5
     prune_after: float = 7 * 86400.0
     skip_enrichment: bool = False
-    max_attempts: int = 8
     retry_base: float = 30.0
     retry_max: float = 6 * 3600.0
 
@@ -200,7 +199,6 @@ SCHEMA: dict[str, dict[str, _Kind]] = {
         "max_missing_fraction": "float",
         "prune_after": "duration",
         "skip_enrichment": "bool",
-        "max_attempts": "int",
         "retry_base": "duration",
         "retry_max": "duration",
     },
@@ -235,7 +233,6 @@ _POSITIVE = {
     "requests_per_minute",
     "concurrency",
     "breaker_threshold",
-    "max_attempts",
     "volume_check_interval",
 }
 
@@ -331,8 +328,7 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
         bad_keys = set(raw) - set(keys)
         if bad_keys:
             raise ConfigError(
-                f"[{name}]: unknown key(s) {', '.join(sorted(bad_keys))}; "
-                f"valid: {', '.join(keys)}"
+                f"[{name}]: unknown key(s) {', '.join(sorted(bad_keys))}; valid: {', '.join(keys)}"
             )
         values = {}
         for key, value in raw.items():

@@ -1,1 +1,25 @@
 """The remote side: one store protocol, two backends (embedded `local`, `gemini`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from objlib_daemon.config import StoreConfig
+from objlib_daemon.stores.base import Store
+
+LOCAL_DEFAULT_NAME = "local"
+
+
+def open_store(config: StoreConfig, *, backend: str, name: str, state_dir: Path) -> Store:
+    """Build the store recorded in the database (`name` is its resource name)."""
+    if backend == "local":
+        from objlib_daemon.stores.local import LocalStore
+
+        return LocalStore(state_dir / "local-store", name=name or LOCAL_DEFAULT_NAME)
+    if backend == "gemini":
+        from objlib_daemon.credentials import resolve_api_key
+        from objlib_daemon.stores.gemini import GeminiStore
+
+        api_key, _source = resolve_api_key()
+        return GeminiStore(config, api_key, name)
+    raise ValueError(f"unknown store backend {backend!r}")

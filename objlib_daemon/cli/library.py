@@ -1,0 +1,222 @@
+"""`objlibd init`, `status` and `search`: setting a library up and looking at it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from objlib_daemon.cli.common import State, emit, when
+from objlib_daemon.config import Config, load, render_minimal
+from objlib_daemon.errors import ConfigurationError
+from objlib_daemon.state.db import Database
+from objlib_daemon.sync.status import database_status
+from objlib_daemon.workspace import init_library, open_workspace
+
+
+@click.command()
+@click.option(
+    "--library",
+    "root",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The library's root folder.",
+)
+@click.option(
+    "--store-backend",
+    type=click.Choice(["local", "gemini"]),
+    default=None,
+    help="Where documents go (default: local, the embedded store).",
+)
+@click.option(
+    "--store",
+    "store_name",
+    default=None,
+    help="Store name (gemini: resource name or display name).",
+)
+@click.option("--create-store", is_flag=True, help="Create the Gemini store if it does not exist.")
+@click.option("--adopt", is_flag=True, help="Take over a root whose marker names another library.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def init(
+    state: State,
+    root: Path,
+    store_backend: str | None,
+    store_name: str | None,
+    create_store: bool,
+    adopt: bool,
+    as_json: bool,
+) -> None:
+    """Set up a library: config, marker file, state database."""
+    root = root.expanduser().resolve()
+    path = state.config_path
+    wrote_config = False
+    if path.exists():
+        config = load(path)
+        backend = store_backend or config.store.backend
+        store_name = store_name or config.store.name
+    else:
+        backend = store_backend or "local"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(render_minimal(root, backend, store_name or ""), encoding="utf-8")
+        os.chmod(path, 0o600)
+        wrote_config = True
+        config = load(path)
+    display_name = None
+    if backend == "gemini":
+        store_name, display_name = _resolve_gemini_store(config, store_name, create_store)
+    library_id, created = init_library(
+        config,
+        root,
+        backend=backend,
+        store_name=store_name or "",
+        store_display_name=display_name,
+        adopt=adopt,
+    )
+    data = {
+        "config": str(path),
+        "config_written": wrote_config,
+        "library_id": library_id,
+        "marker_created": created,
+        "root": str(root),
+        "state_dir": str(config.state_dir),
+        "store": {"backend": backend, "name": store_name or "local"},
+    }
+    text = (
+        f"library {library_id} at {root}\n"
+        f"  marker:   {'created' if created else 'found'} ({root / '.objlibd'})\n"
+        f"  config:   {path}{' (written)' if wrote_config else ''}\n"
+        f"  state:    {config.state_dir}\n"
+        f"  store:    {backend}:{store_name or 'local'}\n"
+        "Next: `objlibd sync` (or `objlibd run` to keep it in sync)."
+    )
+    emit(data, as_json, text)
+
+
+def _resolve_gemini_store(config: Config, name: str | None, create: bool) -> tuple[str, str]:
+    """(resource name, display name) of the Gemini store; created only when asked."""
+    if not name:
+        raise ConfigurationError("a Gemini store needs a name: pass --store NAME")
+    from objlib_daemon.credentials import resolve_api_key
+    from objlib_daemon.stores.base import StoreNotFound
+    from objlib_daemon.stores.gemini import create_store, make_client, resolve_store
+
+    api_key, _ = resolve_api_key()
+    client = make_client(config.store, api_key)
+    try:
+        resource = resolve_store(client, name)
+    except StoreNotFound:
+        if not create:
+            raise
+        resource = create_store(client, name)
+    display = name if not name.startswith("fileSearchStores/") else resource
+    return resource, display
+
+
+def _status_text(data: dict[str, Any]) -> str:
+    lib, files, q = data["library"], data["files"], data["queue"]
+    daemon = data.get("daemon")
+    lines = [
+        f"daemon:    {daemon['state'] if daemon else 'not running'}",
+        f"library:   {lib['root']} ({'available' if lib['available'] else 'UNAVAILABLE'}"
+        + ("" if lib["available"] else f": {lib['volume']}")
+        + ")",
+        f"store:     {data['store']['backend']}:{data['store']['name']}",
+        "files:     " + ", ".join(f"{k} {v}" for k, v in files.items()),
+        f"queue:     {q['pending']} pending"
+        + (
+            " (" + ", ".join(f"{k} {v}" for k, v in q["by_reason"].items()) + ")"
+            if q["by_reason"]
+            else ""
+        ),
+        f"orphans:   {data['orphans']}",
+    ]
+    oldest = data["missing"]["oldest"]
+    if oldest:
+        lines.append(
+            f"missing:   {data['missing']['count']}, oldest {oldest['path']} since "
+            f"{when(oldest['since'])}"
+        )
+    for failure in data["failed"]:
+        lines.append(f"failed:    {failure['path']}: {failure['error']}")
+    if data.get("retrying"):
+        lines.append(f"retrying:  {data['retrying']} file(s) (see `objlibd queue`)")
+    last = data["last_sync"]
+    result = last["result"] or {}
+    lines.append(
+        f"last sync: {when(last['at'])}" + (f" ({result.get('outcome', '?')})" if result else "")
+    )
+    if daemon:
+        for key in ("activity", "breaker", "last_reconcile", "next_reconcile"):
+            if daemon.get(key) is not None:
+                lines.append(f"{key.replace('_', ' ')}: {daemon[key]}")
+    return "\n".join(lines)
+
+
+def collect_status(config: Config) -> dict[str, Any]:
+    """Live state from a running daemon when there is one, else from the database."""
+    try:
+        from objlib_daemon.daemon.control import request
+    except ModuleNotFoundError:
+        request = None
+    if request is not None:
+        live = request(config, {"cmd": "status"})
+        if live is not None:
+            return live
+    db = Database(config.database_path, readonly=True)
+    try:
+        data = database_status(db)
+    finally:
+        db.close()
+    data["daemon"] = None
+    return data
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(state: State, as_json: bool) -> None:
+    """Files by state, queue, orphans, missing files, last sync, store and volume."""
+    data = collect_status(state.config())
+    emit(data, as_json, _status_text(data))
+
+
+@click.command()
+@click.argument("query")
+@click.option("--limit", default=10, show_default=True, type=click.IntRange(1, 100))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def search(state: State, query: str, limit: int, as_json: bool) -> None:
+    """Search the store: ranked hits with path and snippet (and an answer on Gemini)."""
+    ws = open_workspace(state.config())
+    try:
+        result = ws.store.search(query, limit=limit)
+    finally:
+        ws.close()
+    data = {
+        "query": query,
+        "answer": result.answer,
+        "hits": [
+            {
+                "path": h.path,
+                "display_name": h.display_name,
+                "snippet": h.snippet,
+                "score": h.score,
+                "document": h.document,
+            }
+            for h in result.hits
+        ],
+    }
+    lines = [result.answer, ""] if result.answer else []
+    for i, hit in enumerate(result.hits, 1):
+        lines.append(f"{i:2}. {hit.path or hit.display_name}")
+        if hit.snippet:
+            lines.append("      " + " ".join(hit.snippet.split())[:200])
+    if not result.hits:
+        lines.append("no matches")
+    emit(data, as_json, "\n".join(lines))
+
+
+COMMANDS = [init, status, search]

@@ -1,0 +1,172 @@
+"""`objlibd sync`: the one-shot pass (reconcile, drain, orphan sweep, prune)."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from typing import Any
+
+import click
+
+from objlib_daemon.cli.common import State, duration, emit, summary_line
+from objlib_daemon.errors import SOME_FAILED
+from objlib_daemon.state import queue
+from objlib_daemon.state.lock import library_lock
+from objlib_daemon.workspace import open_workspace
+
+SUMMARY_KEYS = [
+    "new",
+    "modified",
+    "moved",
+    "missing",
+    "restored",
+    "unchanged",
+    "hashed",
+    "uploaded",
+    "deleted",
+    "pruned",
+    "orphans_cleaned",
+    "failed",
+    "retrying",
+    "skipped",
+]
+
+
+@click.command()
+@click.option(
+    "--force",
+    is_flag=True,
+    help="No mtime shortcut: hash everything, re-upload where hash or enrichment "
+    "differ; also overrides the mass-missing guard.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing, call nothing.")
+@click.option("--prune-missing", is_flag=True, help="Delete documents of long-missing files.")
+@click.option(
+    "--older-than",
+    callback=duration,
+    default="7d",
+    show_default=True,
+    help="With --prune-missing: how long a file must have been missing.",
+)
+@click.option(
+    "--skip-enrichment",
+    is_flag=True,
+    default=None,
+    help="Upload raw bytes with identity metadata only.",
+)
+@click.option("--cleanup-orphans", is_flag=True, help="Retry every recorded orphan now.")
+@click.option("--json", "as_json", is_flag=True, help="Print one summary object.")
+@click.pass_obj
+def sync(
+    state: State,
+    force: bool,
+    dry_run: bool,
+    prune_missing: bool,
+    older_than: float,
+    skip_enrichment: bool | None,
+    cleanup_orphans: bool,
+    as_json: bool,
+) -> None:
+    """Bring the store up to date with the library, once."""
+    config = state.config()
+    if dry_run:
+        _dry_run(state, force, as_json, skip_enrichment)
+        return
+    with library_lock(config.state_dir, "sync"):
+        ws = open_workspace(config, skip_enrichment=skip_enrichment or None)
+        try:
+            summary = _run(
+                ws,
+                state,
+                force=force,
+                prune_older=older_than if prune_missing else None,
+                cleanup_all=cleanup_orphans,
+                as_json=as_json,
+            )
+        finally:
+            ws.close()
+    emit(summary, as_json, _text(summary, state.verbose))
+    if summary["failed"] or summary["retrying"]:
+        sys.exit(SOME_FAILED)
+
+
+def _run(
+    ws: Any,
+    state: State,
+    *,
+    force: bool,
+    prune_older: float | None,
+    cleanup_all: bool,
+    as_json: bool,
+) -> dict[str, Any]:
+    engine = ws.engine
+    engine.require_volume()
+    with ws.db.session() as s:
+        queue.reset_inflight(s)
+    cleaned = engine.cleanup_orphans(everything=True) if cleanup_all else 0
+    if not cleanup_all:
+        cleaned = engine.cleanup_orphans()
+    plan = engine.reconcile(force=force)
+    with ws.db.session() as s:
+        total = queue.depth(s)
+    show_bar = sys.stderr.isatty() and not as_json and total > 0
+    results: list[Any] = []
+    with click.progressbar(
+        length=total, label="syncing", file=sys.stderr, hidden=not show_bar
+    ) as bar:
+
+        def progress(result: Any) -> None:
+            bar.update(1)
+            if state.verbose and result.action not in ("unchanged",):
+                results.append(result)
+
+        counts: Counter[str] = engine.drain(on_result=progress)
+    counts["unchanged"] += plan.unchanged
+    counts["orphans_cleaned"] += cleaned
+    counts["failed"] += counts.pop("still_failed", 0)
+    if prune_older is not None:
+        counts["pruned"] = engine.prune(prune_older)
+    summary: dict[str, Any] = {k: counts.get(k, 0) for k in SUMMARY_KEYS}
+    summary["problems"] = plan.problems
+    summary["outcome"] = "ok" if not (summary["failed"] or summary["retrying"]) else "incomplete"
+    summary["files"] = [{"path": r.path, "action": r.action, "error": r.error} for r in results]
+    ws.db.record_sync_result({k: v for k, v in summary.items() if k != "files"})
+    return summary
+
+
+def _dry_run(state: State, force: bool, as_json: bool, skip_enrichment: bool | None) -> None:
+    ws = open_workspace(
+        state.config(), readonly=True, with_store=False, skip_enrichment=skip_enrichment or None
+    )
+    try:
+        counts, items = ws.engine.dry_run(force=force)
+    finally:
+        ws.close()
+    data: dict[str, Any] = {k: counts.get(k, 0) for k in SUMMARY_KEYS}
+    data["dry_run"] = True
+    data["files"] = [{"path": p, "action": a} for p, a in items]
+    lines = [
+        "dry run (nothing changed): "
+        + summary_line(
+            counts,
+            ["new", "modified", "moved", "missing", "restored", "unchanged", "hashed", "failed"],
+        )
+    ]
+    if state.verbose:
+        lines += [f"  {a:10} {p}" for p, a in items]
+    emit(data, as_json, "\n".join(lines))
+
+
+def _text(summary: dict[str, Any], verbose: int) -> str:
+    lines = ["sync " + summary["outcome"] + ": " + summary_line(summary, SUMMARY_KEYS)]
+    for problem in summary["problems"]:
+        lines.append(f"  note: {problem}")
+    if verbose:
+        lines += [
+            f"  {f['action']:10} {f['path']}" + (f"  ({f['error']})" if f["error"] else "")
+            for f in summary["files"]
+        ]
+    return "\n".join(lines)
+
+
+COMMANDS = [sync]

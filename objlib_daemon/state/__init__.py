@@ -1,0 +1,1 @@
+"""The durable state: SQLite via SQLAlchemy (files, queue, orphans, journal, config)."""

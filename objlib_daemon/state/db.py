@@ -1,0 +1,157 @@
+"""Engine, pragmas, schema versioning and the library config stored in `meta`.
+
+Writers use `BEGIN IMMEDIATE` so that concurrent read-then-write transactions
+queue on the lock instead of failing with "database is locked" at upgrade time
+(platform-notes.md measured 1,869 of 3,000 failing with deferred BEGIN).
+Readers that must never write (status, dry-run) open the file `mode=ro`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from objlib_daemon.errors import CONFIG, ObjlibError
+from objlib_daemon.state.models import Base, Meta
+
+SCHEMA_VERSION = 1
+
+
+class StateError(ObjlibError):
+    """The state database cannot be used as it is (corrupt, foreign, too new, absent)."""
+
+    exit_code = CONFIG
+
+
+def _migrate_1(conn: Connection) -> None:
+    Base.metadata.create_all(conn)
+
+
+# Index i migrates from version i to i+1. Append, never edit, once released.
+MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _pragmas(dbapi_conn: sqlite3.Connection, _record: Any, *, readonly: bool) -> None:
+    dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=10000")
+    if not readonly:
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _engine(path: Path, *, readonly: bool) -> Engine:
+    if readonly:
+        url = f"sqlite:///file:{path}?mode=ro&uri=true"
+    else:
+        url = f"sqlite:///{path}"
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+    event.listen(engine, "connect", lambda c, r: _pragmas(c, r, readonly=readonly))
+    begin = "BEGIN" if readonly else "BEGIN IMMEDIATE"
+    event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
+    return engine
+
+
+class Database:
+    """The state database of one library. Thread-safe: one session per transaction."""
+
+    def __init__(self, path: Path, *, readonly: bool = False, create: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        if not path.exists():
+            if not create:
+                raise StateError(
+                    f"no state database at {path}: run `objlibd init --library PATH` first"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self.engine = _engine(path, readonly=readonly)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        try:
+            self._check_schema()
+        except (DatabaseError, OperationalError) as exc:
+            self.engine.dispose()
+            raise StateError(
+                f"{path} is not a usable objlibd database ({exc.orig}); move it aside "
+                "and run `objlibd init` to start a fresh one"
+            ) from None
+
+    def _check_schema(self) -> None:
+        with self.engine.connect() as conn:
+            tables = {
+                r[0]
+                for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        if not tables:
+            version = 0
+        elif "meta" not in tables:
+            raise StateError(
+                f"{self.path} is an SQLite file but not an objlibd database; "
+                "point [paths] state_dir elsewhere"
+            )
+        else:
+            with self.engine.connect() as conn:
+                raw = conn.execute(select(Meta.value).where(Meta.key == "schema_version"))
+                version = int(raw.scalar() or 0)
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path} has schema {version}, newer than this objlibd understands "
+                f"({SCHEMA_VERSION}): upgrade objlibd"
+            )
+        if version < SCHEMA_VERSION:
+            if self.readonly:
+                raise StateError(
+                    f"{self.path} has schema {version}, expected {SCHEMA_VERSION}: "
+                    "run any writing command (e.g. `objlibd sync`) to migrate it"
+                )
+            with self.engine.begin() as conn:
+                for step in MIGRATIONS[version:]:
+                    step(conn)
+                conn.execute(
+                    text("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', :v)"),
+                    {"v": str(SCHEMA_VERSION)},
+                )
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction (BEGIN IMMEDIATE for writers), committed on success."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def schema_version(self) -> int:
+        return int(self.get_meta("schema_version") or 0)
+
+    def get_meta(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(Meta.value).where(Meta.key == key)).scalar()
+
+    def all_meta(self) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(select(Meta.key, Meta.value)).all())
+
+    def set_meta(self, session: Session, **values: str | None) -> None:
+        for key, value in values.items():
+            if value is None:
+                session.query(Meta).filter(Meta.key == key).delete()
+            else:
+                session.merge(Meta(key=key, value=value))
+
+    def record_sync_result(self, summary: dict[str, Any]) -> None:
+        with self.session() as s:
+            self.set_meta(s, last_sync_at=str(time.time()), last_sync_result=json.dumps(summary))
+
+    def close(self) -> None:
+        self.engine.dispose()

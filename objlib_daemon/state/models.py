@@ -1,0 +1,116 @@
+"""Table definitions. Paths are library-relative POSIX strings in NFC."""
+
+from __future__ import annotations
+
+from sqlalchemy import Float, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# File states. `indexed` has a live document of the recorded content; `pending`
+# is known locally but has no current document yet; `failed` holds content the
+# store refused (retried only when the content changes or with --force).
+INDEXED = "indexed"
+PENDING = "pending"
+MISSING = "missing"
+PRUNED = "pruned"
+FAILED = "failed"
+FILE_STATES = (INDEXED, PENDING, MISSING, PRUNED, FAILED)
+
+# Queue row states.
+QUEUED = "pending"
+INFLIGHT = "inflight"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Library config and bookkeeping as key → value (schema version, ids, last sync)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class File(Base):
+    __tablename__ = "files"
+    path: Mapped[str] = mapped_column(String, primary_key=True)
+    size: Mapped[int | None] = mapped_column(Integer)
+    mtime_ns: Mapped[int | None] = mapped_column(Integer)
+    # Hash of the content last seen on disk (may be newer than the document's).
+    sha256: Mapped[str | None] = mapped_column(String)
+    state: Mapped[str] = mapped_column(String, default=PENDING)
+    document: Mapped[str | None] = mapped_column(String)
+    # Hash of the content the live document holds: recorded only after upload.
+    upload_sha256: Mapped[str | None] = mapped_column(String)
+    enrichment_version: Mapped[str | None] = mapped_column(String)
+    missing_since: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        Index("ix_files_sha256", "sha256"),
+        Index("ix_files_state", "state"),
+        Index("ix_files_document", "document"),
+    )
+
+
+class PendingChange(Base):
+    """The queue: one row per path; producers UPSERT and bump `gen`."""
+
+    __tablename__ = "pending_changes"
+    path: Mapped[str] = mapped_column(String, primary_key=True)
+    reason: Mapped[str] = mapped_column(String)
+    gen: Mapped[int] = mapped_column(Integer, default=1)
+    first_seen: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String, default=QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_pending_ready", "state", "next_attempt_at"),)
+
+
+class Orphan(Base):
+    """A superseded document of ours awaiting deletion."""
+
+    __tablename__ = "orphans"
+    document: Mapped[str] = mapped_column(String, primary_key=True)
+    path: Mapped[str | None] = mapped_column(String)
+    reason: Mapped[str] = mapped_column(String)
+    created_at: Mapped[float] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Intent(Base):
+    """One upload attempt whose outcome is not recorded yet.
+
+    Written before the remote call and deleted in the transaction that records
+    its document. A crash, or a transient error after the bytes were sent (the
+    import may still have happened), leaves the row; `resolve_intents` then
+    lists the store once and adopts or deletes what those attempts left,
+    instead of uploading again and keeping a duplicate.
+    """
+
+    __tablename__ = "intents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(String, index=True)
+    sha256: Mapped[str] = mapped_column(String)
+    started_at: Mapped[float] = mapped_column(Float)
+
+
+class JournalEntry(Base):
+    """Every action taken, for `objlibd log` and post-mortems."""
+
+    __tablename__ = "journal"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    path: Mapped[str | None] = mapped_column(String)
+    action: Mapped[str] = mapped_column(String)
+    document: Mapped[str | None] = mapped_column(String)
+    detail: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,158 @@
+"""Queue operations on `pending_changes` (design.md "Queue").
+
+Enqueue is one batched UPSERT that bumps `gen`; completion deletes a row only
+if its `gen` is unchanged, so an event that arrives while the path is being
+applied is never lost; `inflight` rows go back to `pending` at start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.orm import Session
+
+from objlib_daemon.state.models import INFLIGHT, QUEUED, PendingChange
+
+# Reasons a producer gives; informational only (the applier decides).
+SCAN = "scan"
+EVENT = "event"
+MOVED_FROM = "moved_from"
+FORCE = "force"
+RETRY = "retry"
+REPAIR = "repair"
+
+
+@dataclass(frozen=True)
+class Claim:
+    path: str
+    gen: int
+    attempts: int
+    reason: str
+
+
+def enqueue(session: Session, items: Iterable[tuple[str, str]], *, not_before: float = 0.0) -> int:
+    """UPSERT (path, reason) rows; an existing row gets gen+1 and is due again.
+
+    `not_before` delays readiness (the watcher's settle time). Returns rows written.
+    """
+    now = time.time()
+    rows = [
+        {
+            "path": path,
+            "reason": reason,
+            "gen": 1,
+            "first_seen": now,
+            "last_seen": now,
+            "state": QUEUED,
+            "attempts": 0,
+            "next_attempt_at": not_before,
+        }
+        for path, reason in dict(items).items()
+    ]
+    if not rows:
+        return 0
+    stmt = insert(PendingChange)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[PendingChange.path],
+        set_={
+            "reason": stmt.excluded.reason,
+            "gen": PendingChange.gen + 1,
+            "last_seen": stmt.excluded.last_seen,
+            # A fresh event makes a backed-off row due again (the user touched it).
+            "next_attempt_at": stmt.excluded.next_attempt_at,
+        },
+    )
+    session.execute(stmt, rows)
+    return len(rows)
+
+
+def claim(session: Session, *, limit: int, now: float | None = None) -> list[Claim]:
+    """Mark up to `limit` due rows in-flight and return them (oldest first)."""
+    now = time.time() if now is None else now
+    rows = session.execute(
+        select(PendingChange.path, PendingChange.gen, PendingChange.attempts, PendingChange.reason)
+        .where(PendingChange.state == QUEUED, PendingChange.next_attempt_at <= now)
+        .order_by(PendingChange.next_attempt_at, PendingChange.first_seen)
+        .limit(limit)
+    ).all()
+    if rows:
+        session.execute(
+            update(PendingChange)
+            .where(PendingChange.path.in_([r.path for r in rows]))
+            .values(state=INFLIGHT)
+        )
+    return [Claim(r.path, r.gen, r.attempts, r.reason) for r in rows]
+
+
+def complete(session: Session, claim_: Claim) -> bool:
+    """Delete the row if nothing re-enqueued it meanwhile; else make it due again."""
+    result = session.execute(
+        delete(PendingChange).where(
+            PendingChange.path == claim_.path, PendingChange.gen == claim_.gen
+        )
+    )
+    if result.rowcount:
+        return True
+    session.execute(
+        update(PendingChange)
+        .where(PendingChange.path == claim_.path)
+        .values(state=QUEUED, attempts=0, last_error=None)
+    )
+    return False
+
+
+def retry_later(session: Session, claim_: Claim, *, error: str, delay: float) -> None:
+    """Keep the row with a backoff; if a newer event bumped `gen`, it stays due now."""
+    common = {"state": QUEUED, "last_error": error[:2000]}
+    session.execute(
+        update(PendingChange)
+        .where(PendingChange.path == claim_.path, PendingChange.gen == claim_.gen)
+        .values(**common, attempts=PendingChange.attempts + 1, next_attempt_at=time.time() + delay)
+    )
+    session.execute(
+        update(PendingChange)
+        .where(PendingChange.path == claim_.path, PendingChange.gen != claim_.gen)
+        .values(**common)
+    )
+
+
+def release(session: Session, claims: Iterable[Claim]) -> None:
+    """Return claimed rows untouched (shutdown, pause, volume gone)."""
+    paths = [c.path for c in claims]
+    if paths:
+        session.execute(
+            update(PendingChange).where(PendingChange.path.in_(paths)).values(state=QUEUED)
+        )
+
+
+def reset_inflight(session: Session) -> int:
+    """At start: rows a crashed run left in flight are pending again."""
+    result = session.execute(
+        update(PendingChange).where(PendingChange.state == INFLIGHT).values(state=QUEUED)
+    )
+    return result.rowcount or 0
+
+
+def depth(session: Session) -> int:
+    return session.execute(select(func.count()).select_from(PendingChange)).scalar_one()
+
+
+def by_reason(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(PendingChange.reason, func.count()).group_by(PendingChange.reason)
+    ).all()
+    return {reason: count for reason, count in rows}
+
+
+def next_due(session: Session) -> float | None:
+    return session.execute(
+        select(func.min(PendingChange.next_attempt_at)).where(PendingChange.state == QUEUED)
+    ).scalar()
+
+
+def entries(session: Session) -> list[PendingChange]:
+    return list(session.scalars(select(PendingChange).order_by(PendingChange.first_seen)).all())

@@ -1,0 +1,705 @@
+"""The Gemini File Search backend: the Store protocol over the google-genai SDK.
+
+Every rule here comes from gemini-file-search.md: pin v1beta, upload in one
+call from a file object, poll operations with a deadline and look the
+document up before calling it lost, delete with force, and never create a
+store implicitly. Every SDK call goes through a `Pacer` (pacing.py), so
+retries, rate limiting, the circuit breaker and secret scrubbing happen in
+one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, BinaryIO
+
+from google import genai
+from google.genai import types
+
+from objlib_daemon.config import StoreConfig
+from objlib_daemon.stores import base
+from objlib_daemon.stores.base import (
+    AuthError,
+    MetadataValue,
+    PermanentError,
+    RemoteDocument,
+    SearchHit,
+    SearchResult,
+    StoreError,
+    StoreInfo,
+    StoreNotFound,
+    TransientError,
+    Upload,
+)
+from objlib_daemon.stores.pacing import (
+    TRANSIENT_RPC,
+    CircuitBreaker,
+    Pacer,
+    RateLimiter,
+    scrub,
+)
+
+API_VERSION = "v1beta"  # SDK 3.x defaults to v1, which does not document File Search.
+# Without a timeout the SDK waits forever on a silent connection; one 8 MiB
+# chunk on a slow uplink (~1 Mbit/s) takes about 70 s, so allow well over that.
+REQUEST_TIMEOUT_MS = 180_000
+PAGE_SIZE = 20  # the server's maximum; the default is 10
+MAX_DISPLAY_NAME = 512
+MAX_METADATA_ENTRIES = 20
+# Metadata keys that identify a document's content and place; used to find a
+# document whose operation never reported done (see `wait`).
+IDENTITY_KEYS = ("sha256", "path")
+PATH_KEY = "path"
+STORE_PREFIX = "fileSearchStores/"
+
+_STATES = {
+    "STATE_ACTIVE": base.ACTIVE,
+    "STATE_PENDING": base.PENDING,
+    "STATE_FAILED": base.FAILED,
+}
+
+# Keys of the clients make_client built, so module functions that only get a
+# client can still scrub the key from error messages.
+_CLIENT_SECRETS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+class OperationTimeout(TransientError):
+    """The import did not finish within the deadline.
+
+    `document` is set when the document was found (still pending): record it,
+    so a later check can adopt it instead of uploading a duplicate.
+    """
+
+    def __init__(self, message: str, *, document: str | None = None) -> None:
+        super().__init__(message)
+        self.document = document
+
+
+# --- client and store-level functions --------------------------------------------
+
+
+def make_client(config: StoreConfig, api_key: str) -> genai.Client:
+    """A client pinned to v1beta, optionally at `config.base_url`.
+
+    The key is always passed explicitly: the SDK on its own prefers
+    GOOGLE_API_KEY over GEMINI_API_KEY and falls back to the environment for
+    an empty key, which would bypass our resolution order.
+    """
+    key = (api_key or "").strip()
+    if not key:
+        raise AuthError(
+            "no Gemini API key: set one with `objlibd auth set` or export GEMINI_API_KEY"
+        )
+    client = genai.Client(
+        api_key=key,
+        http_options=types.HttpOptions(
+            api_version=API_VERSION,
+            base_url=config.base_url or None,
+            timeout=REQUEST_TIMEOUT_MS,
+        ),
+    )
+    _CLIENT_SECRETS[client] = key
+    return client
+
+
+def _client_secrets(client: Any) -> tuple[str, ...]:
+    key = _CLIENT_SECRETS.get(client)
+    if key is None:
+        key = getattr(getattr(client, "_api_client", None), "api_key", None)
+    return (key,) if isinstance(key, str) and key else ()
+
+
+def _pacer_for(client: Any, pacer: Pacer | None) -> Pacer:
+    if pacer is None:
+        pacer = Pacer(secrets=_client_secrets(client))
+    else:
+        for secret in _client_secrets(client):
+            pacer.add_secret(secret)
+    return pacer
+
+
+def _store_info(store: types.FileSearchStore) -> StoreInfo:
+    # Zero counts are omitted from the JSON, so an absent count means 0.
+    total = sum(
+        c or 0
+        for c in (
+            store.active_documents_count,
+            store.pending_documents_count,
+            store.failed_documents_count,
+        )
+    )
+    return StoreInfo(name=store.name or "", display_name=store.display_name or "", documents=total)
+
+
+def create_store(client: genai.Client, display_name: str, *, pacer: Pacer | None = None) -> str:
+    """Create a File Search store; return its server-assigned resource name.
+
+    Not retried: a create whose answer was lost may have succeeded, and a
+    blind retry would leave two stores with the same display name.
+    """
+    display_name = display_name.strip()
+    if not display_name:
+        raise PermanentError("a store needs a non-empty display name")
+    if len(display_name) > MAX_DISPLAY_NAME:
+        raise PermanentError(f"store display name is longer than {MAX_DISPLAY_NAME} characters")
+    pacer = _pacer_for(client, pacer)
+    try:
+        store = pacer.call(
+            "file_search_stores.create",
+            client.file_search_stores.create,
+            config={"display_name": display_name},
+            attempts=1,
+        )
+    except TransientError as exc:
+        raise TransientError(
+            f"creating store {display_name!r} failed ({exc}); it may have been created "
+            "anyway: check `objlibd store list` before trying again",
+            code=exc.code,
+            retry_after=exc.retry_after,
+        ) from None
+    if not store.name:
+        raise PermanentError("the server created a store but returned no name")
+    return store.name
+
+
+def list_stores(client: genai.Client, *, pacer: Pacer | None = None) -> list[StoreInfo]:
+    """Every File Search store the key can see."""
+    pacer = _pacer_for(client, pacer)
+    stores: list[StoreInfo] = []
+    token: str | None = None
+    while True:
+        config: dict[str, Any] = {"page_size": PAGE_SIZE}
+        if token:
+            config["page_token"] = token
+        pager = pacer.call("file_search_stores.list", client.file_search_stores.list, config=config)
+        stores.extend(_store_info(s) for s in pager.page)
+        token = pager.config.get("page_token")
+        if not token:
+            return stores
+
+
+def resolve_store(
+    client: genai.Client, name_or_display_name: str, *, pacer: Pacer | None = None
+) -> str:
+    """Resource name for a configured store: a `fileSearchStores/...` name as
+    is, else the one store whose display name (or id) matches. Never creates.
+    """
+    wanted = name_or_display_name.strip()
+    if not wanted:
+        raise StoreNotFound(
+            "no store configured: set [store] name, create one with "
+            "`objlibd store create NAME` or run `objlibd init --create-store`"
+        )
+    if wanted.startswith(STORE_PREFIX):
+        return wanted
+    stores = list_stores(client, pacer=pacer)
+    matches = [s for s in stores if s.display_name == wanted]
+    if not matches:
+        matches = [s for s in stores if s.name == STORE_PREFIX + wanted]
+    if len(matches) == 1:
+        return matches[0].name
+    if len(matches) > 1:
+        names = ", ".join(s.name for s in matches)
+        raise PermanentError(
+            f"{len(matches)} stores are named {wanted!r} ({names}); set [store] name to "
+            "the resource name of the one to use"
+        )
+    raise StoreNotFound(
+        f"no File Search store named {wanted!r}: create it with "
+        f"`objlibd store create {wanted}` or `objlibd init --create-store`"
+    )
+
+
+# --- conversions ---------------------------------------------------------------
+
+
+def _metadata_in(metadata: Mapping[str, MetadataValue]) -> list[types.CustomMetadata]:
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise PermanentError(
+            f"{len(metadata)} metadata entries; the store allows at most {MAX_METADATA_ENTRIES}"
+        )
+    entries = []
+    for key, value in metadata.items():
+        if isinstance(value, bool):
+            raise PermanentError(f"metadata {key!r}: booleans are not supported; use a string")
+        if isinstance(value, str):
+            entries.append(types.CustomMetadata(key=key, string_value=value))
+        elif isinstance(value, int | float):
+            entries.append(types.CustomMetadata(key=key, numeric_value=float(value)))
+        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            entries.append(
+                types.CustomMetadata(
+                    key=key, string_list_value=types.StringList(values=list(value))
+                )
+            )
+        else:
+            raise PermanentError(
+                f"metadata {key!r}: expected a string, a number or a list of strings"
+            )
+    return entries
+
+
+def _metadata_out(entries: list[Any] | None) -> dict[str, MetadataValue]:
+    """CustomMetadata (or the grounding variant) → {key: str | float | list[str]}."""
+    result: dict[str, MetadataValue] = {}
+    for entry in entries or []:
+        if not entry.key:
+            continue
+        if entry.string_value is not None:
+            result[entry.key] = entry.string_value
+        elif entry.numeric_value is not None:
+            result[entry.key] = float(entry.numeric_value)
+        elif entry.string_list_value is not None:
+            result[entry.key] = list(entry.string_list_value.values or [])
+    return result
+
+
+def _state(value: Any) -> str:
+    raw = getattr(value, "value", value)
+    # Unknown/unspecified: treat as pending, never as active (upload-first).
+    return _STATES.get(str(raw or ""), base.PENDING)
+
+
+def _document(doc: types.Document) -> RemoteDocument:
+    return RemoteDocument(
+        name=doc.name or "",
+        display_name=doc.display_name or "",
+        metadata=_metadata_out(doc.custom_metadata),
+        state=_state(doc.state),
+        size=doc.size_bytes,
+        create_time=doc.create_time.isoformat() if doc.create_time else None,
+    )
+
+
+def fit_display_name(name: str) -> str:
+    """Strip (a leading space hung an import) and cut to the 512-character limit.
+
+    The middle goes, so the start of the path and the extension survive; the
+    full path is in the metadata anyway.
+    """
+    name = " ".join(name.split())  # also no newlines or tabs in a display name
+    if not name:
+        return "untitled"
+    if len(name) <= MAX_DISPLAY_NAME:
+        return name
+    keep = MAX_DISPLAY_NAME - 1
+    head = keep // 2
+    return name[:head] + "…" + name[-(keep - head) :]
+
+
+def _matches(doc: RemoteDocument, match: Mapping[str, MetadataValue]) -> bool:
+    for key, value in match.items():
+        have = doc.metadata.get(key)
+        if isinstance(value, int | float) and isinstance(have, float):
+            if float(value) != have:
+                return False
+        elif have != value:
+            return False
+    return True
+
+
+# --- the store -----------------------------------------------------------------
+
+
+class GeminiStore:
+    """One File Search store, addressed by its resource name."""
+
+    backend = "gemini"
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        api_key: str,
+        store_name: str,
+        *,
+        client: genai.Client | None = None,
+        pacer: Pacer | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        poll_initial: float = 0.5,
+        poll_max: float = 10.0,
+        path_resolver: Callable[[str], str | None] | None = None,
+    ) -> None:
+        if not store_name.startswith(STORE_PREFIX):
+            raise StoreNotFound(
+                f"{store_name!r} is not a store resource name (fileSearchStores/...); "
+                "resolve it with resolve_store() first"
+            )
+        self.config = config
+        self.name = store_name.rstrip("/")
+        self._key = (api_key or "").strip()
+        # Held for the store's lifetime: a collected client closes its
+        # connection and everything it returned stops working (rule 8).
+        self.client = client if client is not None else make_client(config, self._key)
+        if pacer is None:
+            pacer = Pacer(
+                limiter=RateLimiter(config.requests_per_minute, sleep=sleep),
+                breaker=CircuitBreaker(config.breaker_threshold, config.breaker_cooldown),
+                sleep=sleep,
+            )
+        pacer.add_secret(self._key)
+        self.pacer = pacer
+        self._sleep = sleep
+        self._clock = clock
+        self.poll_initial = poll_initial
+        self.poll_max = poll_max
+        self.path_resolver = path_resolver
+        # Uploads are the long calls; `concurrency` bounds how many run at once.
+        self._upload_slots = threading.BoundedSemaphore(max(1, config.concurrency))
+        # What each started upload sent, so `wait` can find its document by
+        # identity if the operation never reports done.
+        self._sent: dict[str, tuple[str, dict[str, MetadataValue]]] = {}
+        self._sent_lock = threading.Lock()
+
+    # -- helpers --
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self.pacer.call(what, fn, *args, **kwargs)
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, self.pacer.secrets)
+
+    def document_name(self, name: str) -> str:
+        """Full resource name for a document: bare ids seen in real responses get the store."""
+        name = name.strip().strip("/")
+        if name.startswith(STORE_PREFIX) and "/documents/" in name:
+            return name
+        return f"{self.name}/documents/{name.rsplit('/', 1)[-1]}"
+
+    @staticmethod
+    def _gone(exc: StoreError) -> bool:
+        """404, or a 403 that is not about credentials ("may not exist")."""
+        return exc.code == 404 or (exc.code == 403 and not isinstance(exc, AuthError))
+
+    # -- Store protocol --
+
+    def ensure(self) -> StoreInfo:
+        """Check the configured store exists and the key can reach it; never creates."""
+        try:
+            store = self._call(
+                "file_search_stores.get", self.client.file_search_stores.get, name=self.name
+            )
+        except PermanentError as exc:
+            if self._gone(exc):
+                raise StoreNotFound(
+                    f"File Search store {self.name} does not exist (or this key cannot see "
+                    "it): create one with `objlibd store create NAME` or "
+                    "`objlibd init --create-store`, and check [store] name",
+                    code=exc.code,
+                ) from None
+            raise
+        return _store_info(store)
+
+    def upload(
+        self,
+        data: BinaryIO,
+        *,
+        display_name: str,
+        metadata: dict[str, MetadataValue],
+        mime_type: str,
+    ) -> Upload:
+        """Start the import of `data` (an open binary file object) as a new document.
+
+        Retried on transient errors from the start of `data` again. A failure
+        after the last chunk reached the server can leave a document behind
+        that a retry duplicates; it carries our identity metadata, so the
+        orphan sweep / audit recognises and removes it.
+        """
+        if not mime_type:
+            raise PermanentError("a MIME type is required for uploads from a file object")
+        name = fit_display_name(display_name)
+        upload_config = types.UploadToFileSearchStoreConfig(
+            display_name=name,
+            mime_type=mime_type,
+            custom_metadata=_metadata_in(metadata),
+        )
+        start = data.tell()
+
+        def attempt() -> types.UploadToFileSearchStoreOperation:
+            data.seek(start)
+            return self.client.file_search_stores.upload_to_file_search_store(
+                file_search_store_name=self.name,
+                file=data,  # a file object: a path puts non-ASCII names in a header
+                config=upload_config,
+            )
+
+        with self._upload_slots:
+            op = self._call("upload_to_file_search_store", attempt)
+        if not op.name:
+            raise TransientError("the server accepted the upload but returned no operation name")
+        with self._sent_lock:
+            self._sent[op.name] = (name, dict(metadata))
+        document = None
+        if self._finished(op):
+            if op.error:
+                self._forget(op.name)
+                raise self._operation_error(op.error, name)
+            if op.response is not None and op.response.document_name:
+                document = self.document_name(op.response.document_name)
+        return Upload(operation=op.name, document=document)
+
+    @staticmethod
+    def _finished(op: types.UploadToFileSearchStoreOperation) -> bool:
+        # A pending operation may omit `done` entirely (rule 3).
+        return op.done is True or op.response is not None or op.error is not None
+
+    def _forget(self, operation: str) -> tuple[str, dict[str, MetadataValue]] | None:
+        with self._sent_lock:
+            return self._sent.pop(operation, None)
+
+    def _operation_error(self, error: Mapping[str, Any], display_name: str) -> StoreError:
+        code = error.get("code")
+        message = self._scrub(str(error.get("message") or "no message"))
+        text = f"import of {display_name!r} failed on the server (code {code}): {message}"
+        if isinstance(code, int) and code in TRANSIENT_RPC:
+            return TransientError(text, code=code)
+        return PermanentError(text, code=code if isinstance(code, int) else None)
+
+    def wait(
+        self,
+        upload: Upload,
+        *,
+        match: Mapping[str, MetadataValue] | None = None,
+        timeout: float | None = None,
+    ) -> RemoteDocument:
+        """Block until the import is done and return its document.
+
+        Polls with exponential backoff until `config.operation_timeout` (or
+        `timeout`). Past the deadline the document is looked up before giving
+        up: by the name the operation's id suggests, then by a listing
+        filtered on `match` (default: the `sha256` and `path` metadata this
+        store sent for the upload — pass `match` when waiting on an upload
+        started by another process, e.g. after a restart). Raises
+        OperationTimeout (transient) when it is not found or not yet active.
+        """
+        sent = self._sent.get(upload.operation)
+        display_name, sent_meta = sent if sent else ("", {})
+        if match is None:
+            match = {k: sent_meta[k] for k in IDENTITY_KEYS if k in sent_meta}
+        if upload.document:
+            self._forget(upload.operation)
+            return self._done_document(upload.document, display_name, sent_meta)
+
+        budget = timeout if timeout is not None else self.config.operation_timeout
+        deadline = self._clock() + budget
+        delay = self.poll_initial
+        op = types.UploadToFileSearchStoreOperation(name=upload.operation)
+        while True:
+            try:
+                op = self._call("operations.get", self.client.operations.get, op)
+            except PermanentError as exc:
+                if exc.code != 404:
+                    raise
+                # Operations are not kept forever; the document may still exist.
+                return self._after_deadline(upload.operation, match, display_name, expired=True)
+            if self._finished(op):
+                break
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return self._after_deadline(upload.operation, match, display_name)
+            self._sleep(min(delay, remaining))
+            delay = min(delay * 2, self.poll_max)
+
+        self._forget(upload.operation)
+        if op.error:
+            raise self._operation_error(op.error, display_name or upload.operation)
+        if op.response is None or not op.response.document_name:
+            found = self._lookup(upload.operation, match)
+            if found is None:
+                raise PermanentError(
+                    f"operation {upload.operation} finished without naming a document"
+                )
+            return found
+        parent = op.response.parent or self.name
+        doc_name = op.response.document_name
+        if "/" not in doc_name.strip("/") and parent.startswith(STORE_PREFIX):
+            doc_name = f"{parent.rstrip('/')}/documents/{doc_name.strip('/')}"
+        return self._done_document(self.document_name(doc_name), display_name, sent_meta)
+
+    @staticmethod
+    def _done_document(
+        name: str, display_name: str, metadata: dict[str, MetadataValue]
+    ) -> RemoteDocument:
+        # No documents.get here: a document appears in reads 0.25-1.5 s after
+        # its operation is done, and k uploads should cost k polls, not 2k.
+        # Numbers as the server will report them (floats), like list() and get().
+        normalised = {
+            k: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+            for k, v in metadata.items()
+        }
+        return RemoteDocument(
+            name=name, display_name=display_name, metadata=normalised, state=base.ACTIVE
+        )
+
+    def _lookup(self, operation: str, match: Mapping[str, MetadataValue]) -> RemoteDocument | None:
+        """Find the document of an operation without its answer."""
+        # The document id has matched the operation id in observed responses.
+        guess = self.document_name(operation.rsplit("/", 1)[-1])
+        found = self.get(guess)
+        if found is not None and (not match or _matches(found, match)):
+            return found
+        if not match:
+            return None
+        # Ascending create time: the last match is the newest upload.
+        candidates = [doc for doc in self.list() if _matches(doc, match)]
+        return candidates[-1] if candidates else None
+
+    def _after_deadline(
+        self,
+        operation: str,
+        match: Mapping[str, MetadataValue],
+        display_name: str,
+        *,
+        expired: bool = False,
+    ) -> RemoteDocument:
+        found = self._lookup(operation, match)
+        what = display_name or operation
+        why = "is no longer known" if expired else "did not finish in time"
+        if found is None:
+            raise OperationTimeout(
+                f"import of {what!r} {why} and no matching document was found; upload again later"
+            )
+        if found.state == base.ACTIVE:
+            self._forget(operation)
+            return found
+        if found.state == base.FAILED:
+            self._forget(operation)
+            raise PermanentError(f"import of {what!r} failed: document {found.name} is FAILED")
+        raise OperationTimeout(
+            f"import of {what!r} {why}; document {found.name} is still being indexed",
+            document=found.name,
+        )
+
+    def delete(self, document: str) -> None:
+        """Delete a document with force (it has chunks); already gone is success."""
+        name = self.document_name(document)
+        try:
+            self._call(
+                "documents.delete",
+                self.client.file_search_stores.documents.delete,
+                name=name,
+                config={"force": True},
+            )
+        except PermanentError as exc:
+            if not self._gone(exc):
+                raise
+
+    def list(self) -> Iterator[RemoteDocument]:
+        """Every document, 20 per request, each page retried on its own.
+
+        Pages are fetched one call at a time (not by iterating the SDK pager)
+        so a transient failure repeats one page, not the whole listing.
+        """
+        token: str | None = None
+        while True:
+            config: dict[str, Any] = {"page_size": PAGE_SIZE}
+            if token:
+                config["page_token"] = token
+            pager = self._call(
+                "documents.list",
+                self.client.file_search_stores.documents.list,
+                parent=self.name,
+                config=config,
+            )
+            for doc in pager.page:
+                yield _document(doc)
+            token = pager.config.get("page_token")
+            if not token:
+                return
+
+    def find(self, match: Mapping[str, MetadataValue]) -> list[RemoteDocument]:
+        """Documents whose metadata includes `match` (a full listing: audits only)."""
+        return [doc for doc in self.list() if _matches(doc, match)]
+
+    def get(self, document: str) -> RemoteDocument | None:
+        try:
+            doc = self._call(
+                "documents.get",
+                self.client.file_search_stores.documents.get,
+                name=self.document_name(document),
+            )
+        except PermanentError as exc:
+            if self._gone(exc):
+                return None
+            raise
+        return _document(doc)
+
+    def search(self, query: str, *, limit: int = 10) -> SearchResult:
+        """Ask the model with the File Search tool; hits come from the grounding chunks."""
+        response = self._call(
+            "models.generate_content",
+            self.client.models.generate_content,
+            model=self.config.model,
+            contents=query,
+            config=types.GenerateContentConfig(
+                tools=[
+                    types.Tool(
+                        file_search=types.FileSearch(
+                            file_search_store_names=[self.name], top_k=limit
+                        )
+                    )
+                ]
+            ),
+        )
+        return SearchResult(answer=_answer_text(response), hits=self._hits(response, limit))
+
+    def _hits(self, response: types.GenerateContentResponse, limit: int) -> list[SearchHit]:
+        candidates = response.candidates or []
+        grounding = candidates[0].grounding_metadata if candidates else None
+        if grounding is None:
+            return []
+        scores: dict[int, float] = {}
+        for support in grounding.grounding_supports or []:
+            for index, score in zip(
+                support.grounding_chunk_indices or [],
+                support.confidence_scores or [],
+                strict=False,
+            ):
+                scores[index] = max(score, scores.get(index, 0.0))
+        hits: list[SearchHit] = []
+        for index, chunk in enumerate(grounding.grounding_chunks or []):
+            context = chunk.retrieved_context
+            if context is None:
+                continue
+            metadata = _metadata_out(context.custom_metadata)
+            display = context.title or ""
+            path = metadata.get(PATH_KEY)
+            if not isinstance(path, str):
+                path = self.path_resolver(display) if self.path_resolver and display else None
+            hits.append(
+                SearchHit(
+                    document=context.document_name or context.uri or "",
+                    display_name=display,
+                    path=path,
+                    snippet=(context.text or "").strip(),
+                    score=scores.get(index),
+                )
+            )
+            if len(hits) >= limit:
+                break
+        return hits
+
+    def health(self) -> dict[str, Any]:
+        """Breaker state for `objlibd status` (no secrets, no network)."""
+        breaker = self.pacer.breaker
+        snapshot = breaker.snapshot() if breaker is not None else {"state": "closed"}
+        return {"backend": self.backend, "store": self.name, "breaker": snapshot}
+
+    def close(self) -> None:
+        # Closing twice or a half-built client: nothing left to release.
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+
+def _answer_text(response: types.GenerateContentResponse) -> str | None:
+    """Concatenated text parts (not `response.text`, which warns on non-text parts)."""
+    candidates = response.candidates or []
+    content = candidates[0].content if candidates else None
+    if content is None:
+        return None
+    texts = [p.text for p in content.parts or [] if p.text and not p.thought]
+    return "".join(texts) or None

@@ -1,0 +1,433 @@
+"""The embedded store: documents on local disk with an SQLite FTS5 index.
+
+It is the zero-configuration default, so a new user can run the daemon and
+`objlibd search` with no account and no network. It mirrors what the sync
+engine relies on from Gemini (names, operations, metadata types and limits,
+delete-of-absent succeeds), so the same invariants are tested on both.
+
+Layout under `directory` (`<state_dir>/local-store`, 0700):
+
+    index.db          documents table + FTS5 index (WAL)
+    blobs/<doc id>    the uploaded bytes, exactly as received
+
+Crash safety: content is written to a temp file and renamed into place before
+the row is inserted, so a row never exists without its content. A crash can
+leave a temp file or an unreferenced blob; neither is visible to `list()`, and
+both are swept on a later open once they are old enough not to belong to an
+upload still in flight in another process.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+import unicodedata
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from objlib_daemon.stores.base import (
+    ACTIVE,
+    MetadataValue,
+    PermanentError,
+    RemoteDocument,
+    SearchHit,
+    SearchResult,
+    StoreError,
+    StoreInfo,
+    Upload,
+)
+
+# The same limits Gemini enforces (gemini-file-search.md), so a bug that would
+# be a 400 there is an error here too, not a surprise on the first real sync.
+MAX_DISPLAY_NAME = 512
+MAX_METADATA = 20
+MAX_SIZE = 100 * 1000 * 1000
+
+TEXT_MIME = frozenset({"text/plain", "text/markdown", "text/html"})
+_TEMP_PREFIX = ".tmp-"
+# A leftover temp file or unreferenced blob younger than this may belong to an
+# upload in flight in another process (e.g. `objlibd sync` next to a search).
+_SWEEP_AGE = 3600.0
+_PAGE = 200  # rows fetched per lock hold in list(); keeps writers unblocked
+_MAX_QUERY_TERMS = 32
+_SNIPPET_TOKENS = 16
+# Display names are short and say what a document is: weigh a hit there higher.
+_BM25_WEIGHTS = (5.0, 2.0, 1.0)  # display_name, meta, body
+
+_STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_SLUG_MAX = 40  # Gemini's document ids are a short slug of the name + 12 hex
+_TERM = re.compile(r"[^\W_]+")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    id INTEGER PRIMARY KEY,
+    doc_id TEXT NOT NULL UNIQUE,
+    display_name TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    mime_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    create_time TEXT NOT NULL
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS documents_fts USING fts5(
+    display_name, meta, body, tokenize = 'unicode61 remove_diacritics 2'
+);
+"""
+
+
+class LocalStore:
+    """A Store (see base.py) kept in a directory on this machine."""
+
+    backend = "local"
+
+    def __init__(self, directory: Path, name: str = "local") -> None:
+        if not _STORE_NAME.match(name):
+            raise ValueError(
+                f"local store name {name!r}: use 1-63 letters, digits, '.', '_' or '-'"
+            )
+        self.directory = Path(directory)
+        self.display_name = name
+        self.name = f"localStores/{name}"
+        self._blobs = self.directory / "blobs"
+        if not self.directory.exists():
+            self.directory.mkdir(mode=0o700, parents=True)
+            os.chmod(self.directory, 0o700)  # mkdir's mode is filtered by the umask
+        self._blobs.mkdir(mode=0o700, exist_ok=True)
+        # One connection behind a lock: every call is short, and the daemon's
+        # few worker threads never wait long. WAL lets another process (the CLI
+        # searching) read while the daemon writes.
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            self.directory / "index.db", isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        with self._lock:
+            self._conn.executescript(_SCHEMA)
+        self._sweep()
+
+    # --- Store protocol ----------------------------------------------------------
+
+    def ensure(self) -> StoreInfo:
+        with self._lock:
+            (count,) = self._db().execute("SELECT count(*) FROM documents").fetchone()
+        return StoreInfo(name=self.name, display_name=self.display_name, documents=count)
+
+    def upload(
+        self,
+        data: BinaryIO,
+        *,
+        display_name: str,
+        metadata: dict[str, MetadataValue],
+        mime_type: str,
+    ) -> Upload:
+        if not display_name or len(display_name) > MAX_DISPLAY_NAME:
+            raise PermanentError(f"display name must be 1-{MAX_DISPLAY_NAME} characters", code=400)
+        meta = _check_metadata(metadata)
+        payload = data.read(MAX_SIZE + 1)
+        if len(payload) > MAX_SIZE:
+            raise PermanentError(f"document larger than {MAX_SIZE} bytes", code=400)
+        doc_id = f"{_slug(display_name)}-{secrets.token_hex(6)}"
+        body = _extract_text(payload, mime_type)
+        meta_text = " ".join(_searchable_metadata(meta))
+
+        # Content first (temp + rename), row second: a crash in between leaves
+        # an unreferenced blob, never a row without content.
+        final = self._blobs / doc_id
+        temp = self._blobs / f"{_TEMP_PREFIX}{doc_id}"
+        try:
+            with open(temp, "wb") as fh:
+                fh.write(payload)
+            os.replace(temp, final)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write document content: {exc}") from exc
+
+        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        try:
+            with self._lock, self._transaction() as db:
+                cur = db.execute(
+                    "INSERT INTO documents (doc_id, display_name, metadata, mime_type, size,"
+                    " create_time) VALUES (?, ?, ?, ?, ?, ?)",
+                    (doc_id, display_name, json.dumps(meta), mime_type, len(payload), created),
+                )
+                db.execute(
+                    "INSERT INTO documents_fts (rowid, display_name, meta, body)"
+                    " VALUES (?, ?, ?, ?)",
+                    (cur.lastrowid, display_name, meta_text, body),
+                )
+        except sqlite3.Error as exc:
+            final.unlink(missing_ok=True)
+            raise StoreError(f"cannot record document: {exc}") from exc
+        return Upload(operation=f"{self.name}/operations/{doc_id}", document=self._name(doc_id))
+
+    def wait(self, upload: Upload) -> RemoteDocument:
+        # Imports are synchronous here: the operation is done when upload() returns.
+        doc = self.get(upload.document) if upload.document else None
+        if doc is None:
+            raise PermanentError(f"operation {upload.operation} failed: no document", code=404)
+        return doc
+
+    def delete(self, document: str) -> None:
+        doc_id = self._doc_id(document)
+        if doc_id is None:
+            return
+        with self._lock, self._transaction() as db:
+            row = db.execute("SELECT id FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
+            if row is None:
+                return  # already gone counts as success
+            db.execute("DELETE FROM documents_fts WHERE rowid = ?", row)
+            db.execute("DELETE FROM documents WHERE id = ?", row)
+        # Row first, then content: a crash in between leaves an unreferenced
+        # blob that the sweep removes, never a row pointing at nothing.
+        (self._blobs / doc_id).unlink(missing_ok=True)
+
+    def list(self) -> Iterator[RemoteDocument]:
+        after = 0
+        while True:
+            with self._lock:
+                rows = (
+                    self._db()
+                    .execute(
+                        f"SELECT {_COLUMNS} FROM documents WHERE id > ? ORDER BY id LIMIT ?",
+                        (after, _PAGE),
+                    )
+                    .fetchall()
+                )
+            for row in rows:
+                yield self._document(row)
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1][0]
+
+    def get(self, document: str) -> RemoteDocument | None:
+        doc_id = self._doc_id(document)
+        if doc_id is None:
+            return None
+        with self._lock:
+            row = (
+                self._db()
+                .execute(f"SELECT {_COLUMNS} FROM documents WHERE doc_id = ?", (doc_id,))
+                .fetchone()
+            )
+        return self._document(row) if row else None
+
+    def search(self, query: str, *, limit: int = 10) -> SearchResult:
+        """Best-first hits; `score` is the negated bm25, so higher is better.
+
+        Every query term is quoted, so no user input is FTS5 syntax. All terms
+        must match first; when that finds fewer than `limit`, documents
+        matching any term fill the rest.
+        """
+        terms = _query_terms(query)
+        if not terms or limit <= 0:
+            return SearchResult(answer=None, hits=[])
+        hits = self._match(" AND ".join(terms), limit)
+        if len(hits) < limit and len(terms) > 1:
+            seen = {hit.document for hit in hits}
+            extra = self._match(" OR ".join(terms), limit)
+            hits += [hit for hit in extra if hit.document not in seen][: limit - len(hits)]
+        return SearchResult(answer=None, hits=hits)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> LocalStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals -------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("local store is closed")
+        return self._conn
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db())
+
+    def _name(self, doc_id: str) -> str:
+        return f"{self.name}/documents/{doc_id}"
+
+    def _doc_id(self, document: str) -> str | None:
+        """The id part of a full name; a bare id is accepted too. None: not ours."""
+        prefix = f"{self.name}/documents/"
+        if document.startswith(prefix):
+            document = document[len(prefix) :]
+        elif "/" in document:
+            return None
+        return document or None
+
+    def _document(self, row: tuple[Any, ...]) -> RemoteDocument:
+        _, doc_id, display_name, metadata, _mime, size, created = row
+        return RemoteDocument(
+            name=self._name(doc_id),
+            display_name=display_name,
+            metadata=json.loads(metadata),
+            state=ACTIVE,
+            size=size,
+            create_time=created,
+        )
+
+    def _match(self, expression: str, limit: int) -> list[SearchHit]:
+        # Ordering by FTS5's own `rank` column (bm25 with our weights, set by
+        # `rank MATCH`) lets FTS5 sort before the outer query, so snippet() runs
+        # only for the rows returned, not for every match (~50 ms per 64 KB).
+        weights = ", ".join(str(w) for w in _BM25_WEIGHTS)
+        sql = (
+            "SELECT d.doc_id, d.display_name, d.metadata, f.snip, f.rank FROM ("
+            f"  SELECT rowid, snippet(documents_fts, -1, '**', '**', '…', {_SNIPPET_TOKENS})"
+            "   AS snip, rank FROM documents_fts"
+            "   WHERE documents_fts MATCH ? AND rank MATCH ? ORDER BY rank LIMIT ?"
+            ") AS f JOIN documents d ON d.id = f.rowid ORDER BY f.rank"
+        )
+        with self._lock:
+            try:
+                rows = self._db().execute(sql, (expression, f"bm25({weights})", limit)).fetchall()
+            except sqlite3.OperationalError as exc:
+                # Quoted terms cannot be syntax errors; anything else is ours.
+                raise StoreError(f"search failed: {exc}") from exc
+        hits = []
+        for doc_id, display_name, metadata, snippet, rank in rows:
+            path = json.loads(metadata).get("path")
+            hits.append(
+                SearchHit(
+                    document=self._name(doc_id),
+                    display_name=display_name,
+                    path=path if isinstance(path, str) and path else None,
+                    snippet=snippet,
+                    score=-rank,
+                )
+            )
+        return hits
+
+    def _sweep(self) -> None:
+        """Remove crash leftovers: old temp files and old unreferenced blobs."""
+        cutoff = time.time() - _SWEEP_AGE
+        with self._lock:
+            known = {r[0] for r in self._db().execute("SELECT doc_id FROM documents")}
+        for entry in os.scandir(self._blobs):
+            if entry.name in known:
+                continue
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except OSError:
+                pass  # gone already, or not ours to remove: harmless either way
+
+
+_COLUMNS = "id, doc_id, display_name, metadata, mime_type, size, create_time"
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT/ROLLBACK (writers take the lock up front)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _check_metadata(metadata: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
+    """Validate as Gemini would and normalise numbers to float (its numeric_value)."""
+    if len(metadata) > MAX_METADATA:
+        raise PermanentError(f"at most {MAX_METADATA} metadata entries allowed", code=400)
+    clean: dict[str, MetadataValue] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise PermanentError(f"metadata key {key!r} must be a non-empty string", code=400)
+        if isinstance(value, bool):
+            raise PermanentError(f"metadata {key!r}: booleans are not supported", code=400)
+        if isinstance(value, int | float):
+            clean[key] = float(value)
+        elif isinstance(value, str):
+            clean[key] = value
+        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            clean[key] = list(value)
+        else:
+            raise PermanentError(f"metadata {key!r}: expected str, number or list of str", code=400)
+    return clean
+
+
+def _searchable_metadata(metadata: dict[str, MetadataValue]) -> Iterator[str]:
+    # Identity keys are opaque (ids, hashes); the rest (title, course, topic…)
+    # makes pdf/docx findable by more than their file name.
+    for key, value in metadata.items():
+        if key in ("library_id", "sha256"):
+            continue
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list):
+            yield from value
+
+
+def _slug(display_name: str) -> str:
+    ascii_name = unicodedata.normalize("NFKD", display_name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "", ascii_name.lower())[:_SLUG_MAX]
+    return slug or "document"
+
+
+def _query_terms(query: str) -> list[str]:
+    """Words of the query, each as a quoted FTS5 string (never syntax)."""
+    words = _TERM.findall(unicodedata.normalize("NFC", query))
+    unique = list(dict.fromkeys(w.lower() for w in words))[:_MAX_QUERY_TERMS]
+    return [f'"{w}"' for w in unique]
+
+
+def _extract_text(payload: bytes, mime_type: str) -> str:
+    """Indexable text; pdf/docx are found by name and metadata only (no extractors)."""
+    base = mime_type.split(";", 1)[0].strip().lower()
+    if base not in TEXT_MIME:
+        return ""
+    text = payload.decode("utf-8", errors="replace")
+    return _strip_html(text) if base == "text/html" else text
+
+
+class _TextOnly(HTMLParser):
+    _SKIP = frozenset({"script", "style", "template", "noscript"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag in self._SKIP:
+            self._skipping += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP and self._skipping:
+            self._skipping -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def _strip_html(text: str) -> str:
+    parser = _TextOnly()
+    try:
+        parser.feed(text)
+        parser.close()
+    except Exception:  # malformed markup: fall back to a crude tag strip
+        return html.unescape(re.sub(r"<[^>]*>", " ", text))
+    return re.sub(r"\s+", " ", " ".join(parser.parts)).strip()

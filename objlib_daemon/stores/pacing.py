@@ -1,0 +1,534 @@
+"""Pacing for remote calls: error classification, retries, rate limit, circuit breaker.
+
+The SDK retries nothing by default and its own retry ignores `RetryInfo` and
+dropped connections (gemini-file-search.md, rule 6), so every remote call made
+by a backend goes through one `Pacer`: breaker check → token bucket → call →
+`classify` → tenacity retry on transient errors only. Nothing here knows about
+File Search resources; `gemini.py` decides which calls are safe to repeat.
+
+Secrets: SDK and transport exceptions can carry request URLs, headers or whole
+response bodies. `classify` scrubs every message it produces, and the
+resulting error is raised with no `__cause__`/`__context__`, so a traceback
+printed by a caller cannot resurrect the original text either.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import structlog
+import tenacity
+
+from objlib_daemon.stores.base import (
+    AuthError,
+    CircuitOpen,
+    PermanentError,
+    StoreError,
+    TransientError,
+)
+
+try:  # The SDK's transport: httpx2 in google-genai 3.4, httpx in older releases.
+    import httpx2 as _httpx2
+except ImportError:  # pragma: no cover - depends on the installed SDK
+    _httpx2 = None  # type: ignore[assignment]
+try:
+    import httpx as _httpx
+except ImportError:  # pragma: no cover - httpx is not installed with SDK 3.4
+    _httpx = None  # type: ignore[assignment]
+
+from google.genai import errors as genai_errors
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# Statuses worth repeating as they are (gemini-file-search.md, rule 6).
+TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
+# google.rpc.Code values in an operation's `error` that a later re-upload can
+# fix: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, UNAVAILABLE. INTERNAL (13)
+# is not among them: the known per-document import failures ("Failed to count
+# tokens", "Upload has already been terminated") arrive as 13 and are to be
+# recorded, not hot-looped on (gemini-file-search.md, limits).
+TRANSIENT_RPC = frozenset({4, 8, 10, 14})
+
+_REDACTED = "[REDACTED]"
+# Defence in depth beyond the exact key: any Google API key shape, and any
+# value following an api-key header or a `key=` query parameter.
+_GENERIC_SECRETS = (
+    re.compile(r"AIza[0-9A-Za-z_\-]{20,}"),
+    re.compile(r"(?i)(x-goog-api-key['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+"),
+    re.compile(r"(?i)([?&]key=)[^&\s'\"]+"),
+)
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with every secret (and anything shaped like an API key) redacted."""
+    for secret in secrets:
+        # A 1-3 character "secret" would shred ordinary words; real keys are long.
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, _REDACTED)
+    for pattern in _GENERIC_SECRETS:
+        text = pattern.sub(
+            lambda m: (m.group(1) if m.re.groups else "") + _REDACTED,
+            text,
+        )
+    return text
+
+
+# --- classification ------------------------------------------------------------
+
+
+def _error_body(exc: genai_errors.APIError) -> dict[str, Any]:
+    """The `error` object of the response (the SDK stores the whole JSON body)."""
+    body = exc.details
+    if isinstance(body, list) and body:
+        body = body[0]
+    if not isinstance(body, dict):
+        return {}
+    inner = body.get("error")
+    return inner if isinstance(inner, dict) else body
+
+
+def _detail_list(exc: genai_errors.APIError) -> list[dict[str, Any]]:
+    details = _error_body(exc).get("details")
+    if not isinstance(details, list):
+        return []
+    return [d for d in details if isinstance(d, dict)]
+
+
+def parse_duration(value: Any) -> float | None:
+    """A protobuf Duration as JSON ("1.5s") or as {"seconds", "nanos"} → seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return max(0.0, float(value))
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)s?\s*", value)
+        return float(match.group(1)) if match else None
+    if isinstance(value, dict):
+        try:
+            return max(0.0, float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def retry_delay(exc: genai_errors.APIError) -> float | None:
+    """The server's advice on when to retry: `RetryInfo.retryDelay`, else `Retry-After`."""
+    for detail in _detail_list(exc):
+        if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = parse_duration(detail.get("retryDelay", detail.get("retry_delay")))
+            if delay is not None:
+                return delay
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is not None:
+        try:
+            value = headers.get("retry-after")
+        except Exception:  # a foreign response type; the advice is optional
+            value = None
+        if value:
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None
+    return None
+
+
+def _reasons(exc: genai_errors.APIError) -> set[str]:
+    return {str(d.get("reason", "")) for d in _detail_list(exc) if d.get("reason")}
+
+
+def _api_error(exc: genai_errors.APIError, secrets: Iterable[str]) -> StoreError:
+    code = exc.code if isinstance(exc.code, int) else None
+    status = exc.status or ""
+    message = scrub(str(exc.message or "").strip() or status or "no message", secrets)
+    text = f"{code} {status}: {message}" if status else f"{code}: {message}"
+    lowered = message.lower()
+    reasons = _reasons(exc)
+
+    if (
+        code == 401
+        or any(r.startswith("API_KEY_") for r in reasons)
+        or (code == 400 and "api key" in lowered)
+    ):
+        return AuthError(
+            f"the Gemini API rejected the API key ({text}); set a valid key with "
+            "`objlibd auth set` or export GEMINI_API_KEY",
+            code=code,
+        )
+    if code == 403 and ("unregistered callers" in lowered or "api key" in lowered):
+        return AuthError(
+            f"the Gemini API received no usable API key ({text}); set one with "
+            "`objlibd auth set` or export GEMINI_API_KEY",
+            code=code,
+        )
+    if code == 429 and ("storage" in lowered and "limit" in lowered):
+        # Retrying cannot free storage; the user has to prune or upgrade.
+        return PermanentError(
+            f"the project's File Search storage quota is full ({text}); delete documents "
+            "or raise the quota",
+            code=code,
+        )
+    if code in TRANSIENT_HTTP:
+        return TransientError(text, code=code, retry_after=retry_delay(exc))
+    if code == 400 and "failed to create file" in lowered:
+        # Observed to succeed on a plain retry (gemini-file-search.md, limits).
+        return TransientError(text, code=code, retry_after=retry_delay(exc))
+    if code is not None and code >= 500:
+        return TransientError(text, code=code, retry_after=retry_delay(exc))
+    return PermanentError(text, code=code)
+
+
+def _transport_types(*names: str) -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = []
+    for module in (_httpx2, _httpx):
+        if module is None:
+            continue
+        for name in names:
+            cls = getattr(module, name, None)
+            if isinstance(cls, type):
+                found.append(cls)
+    return tuple(found)
+
+
+# Timeouts, connect/read/write failures and a peer that hung up mid-response
+# (`RemoteProtocolError`, what a connection reset looks like through httpx).
+_TRANSIENT_TRANSPORT = _transport_types(
+    "TimeoutException", "NetworkError", "RemoteProtocolError", "ProxyError"
+)
+_PERMANENT_TRANSPORT = _transport_types(
+    "UnsupportedProtocol", "LocalProtocolError", "InvalidURL", "TooManyRedirects"
+)
+
+
+def classify(exc: BaseException, secrets: Iterable[str] = ()) -> StoreError:
+    """Map any exception from the SDK or its transport onto the store's error types.
+
+    Messages are scrubbed of `secrets` and of anything shaped like an API key.
+    """
+    secrets = tuple(secrets)
+    if isinstance(exc, StoreError):
+        clean = scrub(str(exc), secrets)
+        if clean != str(exc):
+            exc.args = (clean,)
+        return exc
+    if isinstance(exc, genai_errors.APIError):
+        return _api_error(exc, secrets)
+    detail = scrub(f"{type(exc).__name__}: {exc}", secrets)
+    if _PERMANENT_TRANSPORT and isinstance(exc, _PERMANENT_TRANSPORT):
+        return PermanentError(f"request could not be sent ({detail})")
+    if _TRANSIENT_TRANSPORT and isinstance(exc, _TRANSIENT_TRANSPORT):
+        return TransientError(f"connection problem ({detail})")
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return TransientError(f"connection problem ({detail})")
+    if isinstance(exc, ValueError) and "upload status is not finalized" in str(exc).lower():
+        # The SDK's chunk loop gave up on an interrupted upload session.
+        return TransientError(f"upload interrupted ({detail})")
+    if isinstance(exc, KeyError) and "upload url" in str(exc).lower():
+        return TransientError(f"upload was not accepted ({detail})")
+    if isinstance(exc, UnicodeError):
+        return PermanentError(f"cannot encode the request ({detail})")
+    if isinstance(exc, RuntimeError) and "client has been closed" in str(exc):
+        return PermanentError(f"the API client was closed ({detail})")
+    return PermanentError(f"unexpected error from the Gemini client ({detail})")
+
+
+# --- rate limiter --------------------------------------------------------------
+
+
+class RateLimiter:
+    """Token bucket: at most `requests_per_minute`, with a small burst.
+
+    Callers reserve a token under the lock and sleep outside it, so threads
+    queue in arrival order and nobody sleeps holding the lock.
+    """
+
+    def __init__(
+        self,
+        requests_per_minute: float,
+        *,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if requests_per_minute <= 0:
+            raise ValueError("requests_per_minute must be positive")
+        self.rate = requests_per_minute / 60.0
+        # One second's worth of requests: smooths polling without letting a
+        # burst of uploads trip the server's own (unpublished) limits.
+        self.capacity = float(burst if burst is not None else max(1, int(self.rate)))
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = self.capacity
+        self._stamp = clock()
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take a token; return how long the caller must wait before using it."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            self._tokens -= 1.0
+            if self._tokens >= 0:
+                return 0.0
+            return -self._tokens / self.rate
+
+    def acquire(self) -> float:
+        """Block until a request may be sent; return the time waited."""
+        delay = self.reserve()
+        if delay > 0:
+            self._sleep(delay)
+        return delay
+
+
+# --- circuit breaker -----------------------------------------------------------
+
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half-open"
+
+
+class CircuitBreaker:
+    """Stop calling a remote that keeps failing, then let one trial through.
+
+    Opens after `threshold` consecutive transient failures; while open every
+    call fails fast with `CircuitOpen(retry_after=...)`. After `cooldown` one
+    trial call is allowed (half-open): success closes the breaker, another
+    transient failure re-opens it for a full cooldown. Permanent errors prove
+    the remote is answering, so they count as successes here.
+    """
+
+    def __init__(
+        self, threshold: int, cooldown: float, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.threshold = max(1, threshold)
+        self.cooldown = cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = CLOSED
+        self._failures = 0
+        self._trial_running = False
+        self.opened_at: float | None = None
+        self.last_error: str | None = None
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            return self._current_state()
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._failures
+
+    def _current_state(self) -> str:
+        if (
+            self._state == OPEN
+            and self.opened_at is not None
+            and self._clock() - self.opened_at >= self.cooldown
+        ):
+            return HALF_OPEN
+        return self._state
+
+    def retry_in(self) -> float:
+        """Seconds until a trial call is allowed (0 when not open)."""
+        with self._lock:
+            if self._state != OPEN or self.opened_at is None:
+                return 0.0
+            return max(0.0, self.opened_at + self.cooldown - self._clock())
+
+    def before_call(self) -> bool:
+        """Raise CircuitOpen unless a call may go out now; True if it is the trial."""
+        with self._lock:
+            state = self._current_state()
+            if state == CLOSED:
+                return False
+            if state == OPEN:
+                assert self.opened_at is not None
+                wait = max(0.0, self.opened_at + self.cooldown - self._clock())
+                raise CircuitOpen(
+                    f"remote calls paused after {self._failures} consecutive transient "
+                    f"failures (last: {self.last_error}); next attempt in {wait:.0f}s",
+                    retry_after=wait,
+                )
+            # Half-open: exactly one trial at a time.
+            if self._trial_running:
+                raise CircuitOpen(
+                    "remote calls paused: a trial call is in progress", retry_after=1.0
+                )
+            self._state = HALF_OPEN
+            self._trial_running = True
+            return True
+
+    def record_success(self) -> None:
+        with self._lock:
+            self._failures = 0
+            self._trial_running = False
+            self._state = CLOSED
+            self.opened_at = None
+
+    def record_failure(self, error: str | None = None) -> None:
+        with self._lock:
+            self._failures += 1
+            self.last_error = error
+            trial = self._trial_running
+            self._trial_running = False
+            if trial or self._state == HALF_OPEN or self._failures >= self.threshold:
+                if self._state != OPEN or trial:
+                    log.warning(
+                        "store.breaker_open",
+                        failures=self._failures,
+                        cooldown=self.cooldown,
+                        error=error,
+                    )
+                self._state = OPEN
+                self.opened_at = self._clock()
+
+    def release_trial(self) -> None:
+        """A trial call ended without a verdict (e.g. an unexpected exception)."""
+        with self._lock:
+            self._trial_running = False
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            state = self._current_state()
+            return {
+                "state": state,
+                "consecutive_failures": self._failures,
+                "opened_at": self.opened_at,
+                "retry_in": (
+                    max(0.0, self.opened_at + self.cooldown - self._clock())
+                    if state == OPEN and self.opened_at is not None
+                    else 0.0
+                ),
+                "last_error": self.last_error,
+            }
+
+
+# --- the wrapper ---------------------------------------------------------------
+
+
+def backoff(attempt: int, *, base: float, cap: float, rng: Callable[[], float]) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random.
+
+    Full jitter can pick ~0 s, which against a 503 storm is a hot loop; half
+    fixed keeps a floor while still spreading concurrent retries apart.
+    """
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    return ceiling / 2 + rng() * ceiling / 2
+
+
+class Pacer:
+    """Runs remote calls through breaker, rate limiter, classification and retries."""
+
+    def __init__(
+        self,
+        *,
+        limiter: RateLimiter | None = None,
+        breaker: CircuitBreaker | None = None,
+        attempts: int = 5,
+        base_delay: float = 1.0,
+        max_delay: float = 60.0,
+        max_retry_after: float = 300.0,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        self.limiter = limiter
+        self.breaker = breaker
+        self.attempts = max(1, attempts)
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        # A server asking for more than this is treated as "later", not "wait
+        # in this thread": the error goes up with its retry_after instead.
+        self.max_retry_after = max_retry_after
+        self.sleep = sleep
+        self.rng = rng
+        self.secrets = tuple(s for s in secrets if s)
+
+    def add_secret(self, secret: str) -> None:
+        if secret and secret not in self.secrets:
+            self.secrets = (*self.secrets, secret)
+
+    def classify(self, exc: BaseException) -> StoreError:
+        return classify(exc, self.secrets)
+
+    def _once(self, what: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+        trial = self.breaker.before_call() if self.breaker is not None else False
+        if self.limiter is not None:
+            self.limiter.acquire()
+        error: StoreError | None = None
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:  # every failure is classified, none escapes raw
+            error = self.classify(exc)
+        except BaseException:
+            # KeyboardInterrupt and the like: never leave the breaker waiting
+            # for a trial that will not report back.
+            if trial and self.breaker is not None:
+                self.breaker.release_trial()
+            raise
+        if error is None:
+            if self.breaker is not None:
+                self.breaker.record_success()
+            return result
+        if self.breaker is not None:
+            if error.transient:
+                self.breaker.record_failure(f"{what}: {error}")
+            else:
+                self.breaker.record_success()
+        # Raised outside the `except` block: no __context__ pointing at the raw
+        # SDK exception (whose text may hold request details).
+        raise error
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        advised = getattr(exc, "retry_after", None)
+        if advised is not None:
+            return float(advised)
+        return backoff(state.attempt_number, base=self.base_delay, cap=self.max_delay, rng=self.rng)
+
+    def _should_retry(self, exc: BaseException) -> bool:
+        if not isinstance(exc, TransientError) or isinstance(exc, CircuitOpen):
+            return False
+        advised = exc.retry_after
+        return advised is None or advised <= self.max_retry_after
+
+    def _before_sleep(self, what: str) -> Callable[[tenacity.RetryCallState], None]:
+        def hook(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.info(
+                "store.retry",
+                call=what,
+                attempt=state.attempt_number,
+                delay=round(state.upcoming_sleep, 3),
+                error=str(exc),
+            )
+
+        return hook
+
+    def call(
+        self,
+        what: str,
+        fn: Callable[..., T],
+        *args: Any,
+        attempts: int | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Call `fn(*args, **kwargs)`; retry transient failures; raise StoreError.
+
+        `attempts=1` is for calls that are not safe to repeat blindly.
+        """
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(attempts or self.attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(self._should_retry),
+            sleep=self.sleep,
+            before_sleep=self._before_sleep(what),
+            reraise=True,
+        )
+        return retrying(self._once, what, fn, args, kwargs)

@@ -1,0 +1,1 @@
+"""The engine: planner (disk vs row → action), applier (executes one path), passes."""

@@ -1,0 +1,389 @@
+"""Passes over a library: reconcile (scan → enqueue), drain (queue → applier), sweeps.
+
+The one-shot `objlibd sync` and the daemon share these: sync is reconcile +
+drain + orphan sweep (+ prune), the daemon schedules each on its own.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import structlog
+from sqlalchemy import delete, select
+
+from objlib_daemon.config import Config
+from objlib_daemon.errors import SafetyAbort, VolumeUnavailable
+from objlib_daemon.library.files import NotSettled, hash_file
+from objlib_daemon.library.paths import resolve
+from objlib_daemon.library.scan import scan
+from objlib_daemon.library.volume import VolumeGuard
+from objlib_daemon.state import queue
+from objlib_daemon.state.db import Database
+from objlib_daemon.state.models import (
+    FAILED,
+    INDEXED,
+    MISSING,
+    PENDING,
+    PRUNED,
+    File,
+    Intent,
+    Orphan,
+)
+from objlib_daemon.stores.base import (
+    AuthError,
+    CircuitOpen,
+    Store,
+    StoreError,
+    TransientError,
+)
+from objlib_daemon.sync.applier import Applier, Library, Result, Retry, journal, row_of
+from objlib_daemon.sync.planner import Action, Disk, decide, needs_hash
+
+log = structlog.get_logger("objlibd.engine")
+
+TRACKED = (INDEXED, PENDING, FAILED)
+
+
+@dataclass
+class Plan:
+    """What a reconcile found: candidates to look at and vanished paths."""
+
+    candidates: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    problems: list[str] = field(default_factory=list)
+    tracked: int = 0
+
+
+def _likely_moves(vanished: list[str], rows: dict[str, File], new: dict[str, int]) -> int:
+    """Vanished rows whose (name, size) reappears among new paths: probably moves."""
+    new_keys = Counter((PurePosixPath(p).name, size) for p, size in new.items())
+    moves = 0
+    for path in vanished:
+        k = (PurePosixPath(path).name, rows[path].size)
+        if new_keys[k]:
+            new_keys[k] -= 1
+            moves += 1
+    return moves
+
+
+class Engine:
+    """One library, one store, one database."""
+
+    def __init__(self, db: Database, store: Store | None, library: Library, config: Config):
+        self.db = db
+        self.store = store
+        self.lib = library
+        self.config = config
+        self.guard = VolumeGuard(library.root, library.library_id)
+        self.applier = Applier(db, store, library, self.guard) if store is not None else None
+
+    # --- reconcile ----------------------------------------------------------------------
+
+    def require_volume(self) -> None:
+        self.guard = VolumeGuard(self.lib.root, self.lib.library_id)
+        if self.applier is not None:
+            self.applier.guard = self.guard
+        if not self.guard.available:
+            raise VolumeUnavailable(
+                f"library unavailable: {self.guard.start.reason}. Plug in or mount the "
+                "drive (nothing was marked missing)"
+            )
+
+    def scan_plan(self, *, force: bool = False) -> Plan:
+        """Stat walk vs the files table: which paths need the applier's attention."""
+        self.require_volume()
+        with self.db.session() as s:
+            rows = {f.path: f for f in s.scalars(select(File)).all()}
+        result = scan(self.lib.root, self.lib.eligibility)
+        if not self.guard.verify().available:
+            raise VolumeUnavailable(
+                "the library went away during the scan; nothing was changed. "
+                "Reconnect the drive and run again"
+            )
+        plan = Plan(problems=result.problems)
+        new: dict[str, int] = {}
+        for path, entry in result.entries.items():
+            f = rows.get(path)
+            if f is None or f.state != INDEXED and f.state != FAILED:
+                plan.candidates.append(path)
+                if f is None or f.state == PRUNED:
+                    new[path] = entry.size
+            elif force or (f.size, f.mtime_ns) != (entry.size, entry.mtime_ns):
+                plan.candidates.append(path)
+            else:
+                plan.unchanged += 1
+        plan.vanished = [
+            p for p, f in rows.items() if f.state in TRACKED and p not in result.entries
+        ]
+        plan.tracked = sum(1 for f in rows.values() if f.state in TRACKED)
+        limit = max(
+            self.config.sync.max_missing_count,
+            int(self.config.sync.max_missing_fraction * plan.tracked),
+        )
+        missing = len(plan.vanished) - _likely_moves(plan.vanished, rows, new)
+        if missing > limit and not force:
+            raise SafetyAbort(
+                f"{missing} of {plan.tracked} tracked files vanished in one pass (limit {limit}): "
+                "is the right drive mounted? Nothing was marked missing. If they were really "
+                "deleted, run again with --force"
+            )
+        return plan
+
+    def reconcile(self, *, force: bool = False) -> Plan:
+        """Scan and enqueue; present paths first so moves resolve before vanishings."""
+        plan = self.scan_plan(force=force)
+        reason = queue.FORCE if force else queue.SCAN
+        with self.db.session() as s:
+            queue.enqueue(s, ((p, reason) for p in plan.candidates))
+            queue.enqueue(s, ((p, queue.SCAN) for p in plan.vanished), not_before=time.time())
+            if self.store is not None:
+                self.db.set_meta(s, last_reconcile_at=str(time.time()))
+        return plan
+
+    def dry_run(self, *, force: bool = False) -> tuple[Counter[str], list[tuple[str, str]]]:
+        """The plan as it would be applied, from a read-only look: no writes, no remote calls."""
+        plan = self.scan_plan(force=force)
+        counts: Counter[str] = Counter(unchanged=plan.unchanged)
+        items: list[tuple[str, str]] = []
+        with self.db.session() as s:
+            rows = {p: row_of(s.get(File, p)) for p in plan.candidates + plan.vanished}
+        new_hashes: set[str] = set()
+        version = self.lib.enrichment_version
+        for path in plan.candidates:
+            row = rows[path]
+            disk_path = resolve(self.lib.root, path)
+            try:
+                st = disk_path.stat()
+                disk = Disk(True, st.st_size, st.st_mtime_ns)
+                if needs_hash(row, disk, force=force):
+                    snap = hash_file(disk_path)
+                    counts["hashed"] += 1
+                    disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
+            except (OSError, NotSettled) as exc:
+                counts["failed"] += 1
+                items.append((path, f"error: {exc}"))
+                continue
+            action = decide(row, disk, force=force, enrichment_version=version)
+            if action in (Action.NEW, Action.MODIFIED):
+                new_hashes.add(disk.sha256 or "")
+            name = {Action.REFRESH: "unchanged", Action.STILL_FAILED: "failed"}.get(
+                action, action.value
+            )
+            counts[name] += 1
+            if name != "unchanged":
+                items.append((path, name))
+        for path in plan.vanished:
+            row = rows[path]
+            if row and row.upload_sha256 in new_hashes:
+                counts["moved"] += 1
+                counts["new"] -= 1
+                items.append((path, "moved"))
+            elif row and row.document:
+                counts["missing"] += 1
+                items.append((path, "missing"))
+        return counts, items
+
+    # --- drain --------------------------------------------------------------------------
+
+    def backoff(self, attempts: int, hint: float | None = None) -> float:
+        base = self.config.sync.retry_base * 2 ** min(attempts, 20)
+        delay = min(self.config.sync.retry_max, base) * random.uniform(0.8, 1.2)
+        return max(delay, hint or 0.0)
+
+    def drain(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        on_result: Callable[[Result], None] | None = None,
+        concurrency: int | None = None,
+    ) -> Counter[str]:
+        """Apply every due queue row; a failing row is rescheduled, never blocks the rest."""
+        assert self.applier is not None
+        stop = stop or threading.Event()
+        halt = threading.Event()  # volume gone, breaker open, credentials rejected
+        fatal: list[BaseException] = []
+        counts: Counter[str] = Counter()
+        lock = threading.Lock()
+        self.resolve_intents()
+
+        def worker() -> None:
+            while not stop.is_set() and not halt.is_set():
+                with self.db.session() as s:
+                    claims = queue.claim(s, limit=1)
+                if not claims:
+                    return
+                claim = claims[0]
+                outcome = self._apply_one(claim, halt, fatal)
+                with lock:
+                    counts[outcome.action] += 1
+                    counts["hashed"] += outcome.hashed
+                    counts["uploaded"] += outcome.uploaded
+                    counts["deleted"] += outcome.deleted
+                if on_result is not None:
+                    on_result(outcome)
+
+        workers = concurrency or self.config.store.concurrency
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="applier") as pool:
+            for future in [pool.submit(worker) for _ in range(workers)]:
+                future.result()
+        with self.db.session() as s:
+            has_intents = s.scalar(select(Intent.id).limit(1)) is not None
+        if has_intents and not halt.is_set():
+            self.resolve_intents()
+        if fatal:
+            raise fatal[0]
+        return counts
+
+    def _apply_one(self, claim: queue.Claim, halt: threading.Event, fatal: list) -> Result:
+        assert self.applier is not None
+        try:
+            result = self.applier.apply(claim.path, force=claim.reason == queue.FORCE)
+        except Retry as exc:
+            if exc.soon:  # still being written: look again once it has settled
+                delay = self.config.daemon.settle_seconds
+            else:
+                delay = self.backoff(claim.attempts)
+            return self._later(claim, str(exc), delay)
+        except CircuitOpen as exc:
+            halt.set()
+            with self.db.session() as s:
+                queue.release(s, [claim])
+            return Result(claim.path, "paused", error=str(exc))
+        except TransientError as exc:
+            return self._later(claim, str(exc), self.backoff(claim.attempts, exc.retry_after))
+        except (VolumeUnavailable, AuthError) as exc:
+            halt.set()
+            fatal.append(exc)
+            with self.db.session() as s:
+                queue.release(s, [claim])
+            return Result(claim.path, "paused", error=str(exc))
+        except StoreError as exc:
+            return self._later(claim, str(exc), self.backoff(claim.attempts))
+        except Exception as exc:  # a bug must not stop the other files
+            log.exception("applier error", path=claim.path)
+            return self._later(claim, f"internal error: {exc!r}", self.backoff(claim.attempts))
+        with self.db.session() as s:
+            queue.complete(s, claim)
+        return result
+
+    def _later(self, claim: queue.Claim, error: str, delay: float) -> Result:
+        log.info("retry later", path=claim.path, error=error, delay=round(delay, 1))
+        with self.db.session() as s:
+            queue.retry_later(s, claim, error=error, delay=delay)
+            f = s.get(File, claim.path)
+            if f is not None:
+                f.last_error = error[:2000]
+        return Result(claim.path, "retrying", error=error)
+
+    # --- crash leftovers ----------------------------------------------------------------
+
+    def resolve_intents(self) -> int:
+        """Adopt or delete documents left by uploads whose result was never recorded.
+
+        One listing of the store covers every leftover intent; an adopted
+        document is re-queued so the applier checks it against the disk.
+        """
+        assert self.store is not None and self.applier is not None
+        with self.db.session() as s:
+            intents = s.scalars(select(Intent)).all()
+        if not intents:
+            return 0
+        wanted = {i.path for i in intents}
+        found: dict[str, list] = {}
+        for doc in self.store.list():
+            meta = doc.metadata
+            if meta.get("library_id") == self.lib.library_id and meta.get("path") in wanted:
+                found.setdefault(str(meta["path"]), []).append(doc)
+        extra: list[str] = []
+        now = time.time()
+        with self.db.session() as s:
+            for path in wanted:
+                shas = {i.sha256 for i in intents if i.path == path}
+                f = s.get(File, path)
+                for doc in sorted(found.get(path, []), key=lambda d: d.create_time or ""):
+                    if f is not None and f.document == doc.name:
+                        continue
+                    adopt = (
+                        doc.metadata.get("sha256") in shas
+                        and doc.state != "failed"
+                        and (f is None or f.upload_sha256 != doc.metadata.get("sha256"))
+                    )
+                    if adopt:
+                        if f is None:
+                            f = File(path=path, created_at=now, attempts=0)
+                            s.add(f)
+                        elif f.document:
+                            extra.append(f.document)
+                            s.merge(
+                                Orphan(
+                                    document=f.document,
+                                    path=path,
+                                    reason="superseded",
+                                    created_at=now,
+                                )
+                            )
+                        f.document, f.upload_sha256 = doc.name, str(doc.metadata["sha256"])
+                        f.sha256 = f.upload_sha256
+                        f.size = f.mtime_ns = None  # re-examined by the applier
+                        f.state, f.missing_since, f.updated_at = INDEXED, None, now
+                        f.enrichment_version = self.lib.enrichment_version
+                        journal(s, "adopted", path, doc.name, "upload finished before a crash")
+                        queue.enqueue(s, [(path, queue.REPAIR)])
+                    else:
+                        extra.append(doc.name)
+                        s.merge(
+                            Orphan(
+                                document=doc.name,
+                                path=path,
+                                reason="duplicate upload",
+                                created_at=now,
+                            )
+                        )
+            s.execute(delete(Intent).where(Intent.id.in_([i.id for i in intents])))
+        for name in extra:
+            self.applier.retire(name)
+        return len(intents)
+
+    # --- sweeps -------------------------------------------------------------------------
+
+    def cleanup_orphans(self, *, everything: bool = False) -> int:
+        """Retry deleting recorded orphans (those due, or all with `everything`)."""
+        assert self.applier is not None
+        with self.db.session() as s:
+            q = select(Orphan.document)
+            if not everything:
+                q = q.where(Orphan.next_attempt_at <= time.time())
+            docs = s.scalars(q).all()
+        return sum(self.applier.retire(d) for d in docs)
+
+    def prune(self, older_than: float) -> int:
+        """Delete the documents of files missing for longer than `older_than` seconds."""
+        assert self.applier is not None
+        cutoff = time.time() - older_than
+        with self.db.session() as s:
+            victims = s.scalars(
+                select(File).where(File.state == MISSING, File.missing_since < cutoff)
+            ).all()
+            now = time.time()
+            for f in victims:
+                if f.document:
+                    s.merge(
+                        Orphan(document=f.document, path=f.path, reason="pruned", created_at=now)
+                    )
+                journal(s, "pruned", f.path, f.document)
+                f.state, f.document, f.upload_sha256, f.updated_at = PRUNED, None, None, now
+        with self.db.session() as s:
+            docs = [
+                o.document for o in s.scalars(select(Orphan).where(Orphan.reason == "pruned")).all()
+            ]
+        for d in docs:
+            self.applier.retire(d)
+        return len(victims)

@@ -1,0 +1,70 @@
+"""What `objlibd status` shows when read from the database (no daemon needed)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from objlib_daemon.library.volume import probe
+from objlib_daemon.state import queue
+from objlib_daemon.state.db import Database
+from objlib_daemon.state.models import FAILED, FILE_STATES, MISSING, File, Orphan
+
+
+def database_status(db: Database) -> dict[str, Any]:
+    meta = db.all_meta()
+    with db.session() as s:
+        by_state = dict(s.execute(select(File.state, func.count()).group_by(File.state)).all())
+        oldest_missing = s.execute(
+            select(File.path, File.missing_since)
+            .where(File.state == MISSING)
+            .order_by(File.missing_since)
+            .limit(1)
+        ).first()
+        failures = s.execute(
+            select(File.path, File.last_error).where(File.state == FAILED).limit(10)
+        ).all()
+        retrying = s.execute(
+            select(func.count())
+            .select_from(File)
+            .where(File.last_error.is_not(None), File.state != FAILED)
+        ).scalar_one()
+        orphans = s.execute(select(func.count()).select_from(Orphan)).scalar_one()
+        depth = queue.depth(s)
+        reasons = queue.by_reason(s)
+        next_due = queue.next_due(s)
+    root = meta.get("root")
+    volume = probe(Path(root), meta.get("library_id", "")) if root else None
+    last_result = json.loads(meta["last_sync_result"]) if meta.get("last_sync_result") else None
+    return {
+        "library": {
+            "id": meta.get("library_id"),
+            "root": root,
+            "available": bool(volume and volume.available),
+            "volume": volume.reason if volume else "no library recorded",
+        },
+        "store": {"backend": meta.get("store_backend"), "name": meta.get("store_name")},
+        "files": {state: by_state.get(state, 0) for state in FILE_STATES},
+        "queue": {"pending": depth, "by_reason": reasons, "next_due": next_due},
+        "orphans": orphans,
+        "missing": {
+            "count": by_state.get(MISSING, 0),
+            "oldest": (
+                {"path": oldest_missing[0], "since": oldest_missing[1]} if oldest_missing else None
+            ),
+        },
+        "failed": [{"path": p, "error": e} for p, e in failures],
+        "retrying": retrying,
+        "last_sync": {
+            "at": float(meta["last_sync_at"]) if meta.get("last_sync_at") else None,
+            "result": last_result,
+        },
+        "last_reconcile_at": (
+            float(meta["last_reconcile_at"]) if meta.get("last_reconcile_at") else None
+        ),
+        "generated_at": time.time(),
+    }

@@ -1,0 +1,165 @@
+"""Open one library's pieces from its config: database, store, engine — checked.
+
+Every command that touches the store goes through `open_workspace`, so the
+checks of design.md happen in one place and before any remote call: the
+database exists, the configured library and store are the recorded ones.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from objlib_daemon.config import Config
+from objlib_daemon.errors import ConfigurationError, Mismatch
+from objlib_daemon.library.eligibility import Eligibility
+from objlib_daemon.library.volume import MARKER, MarkerError, read_marker, write_marker
+from objlib_daemon.state.db import Database
+from objlib_daemon.stores import LOCAL_DEFAULT_NAME, open_store
+from objlib_daemon.stores.base import Store
+from objlib_daemon.sync.applier import Library
+from objlib_daemon.sync.engine import Engine
+
+
+@dataclass
+class Workspace:
+    config: Config
+    db: Database
+    library: Library
+    store: Store | None
+    engine: Engine
+
+    @property
+    def meta(self) -> dict[str, str]:
+        return self.db.all_meta()
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        self.db.close()
+
+
+def library_from(config: Config, meta: dict[str, str]) -> Library:
+    root = Path(meta.get("root") or config.require_root())
+    return Library(
+        root=root,
+        library_id=meta["library_id"],
+        eligibility=Eligibility.from_config(config.library),
+        rules=config.metadata_rules,
+        skip_enrichment=config.sync.skip_enrichment,
+    )
+
+
+def check_matches(config: Config, meta: dict[str, str]) -> None:
+    """The configured library and store must be the ones recorded (exit 4 otherwise)."""
+    if "library_id" not in meta:
+        raise ConfigurationError(
+            "the state database has no library recorded: run `objlibd init --library PATH`"
+        )
+    root = config.require_root()
+    if os.path.abspath(root) != os.path.abspath(meta["root"]):
+        raise Mismatch(
+            f"config says library root {root}, the database records {meta['root']}: "
+            "fix [library] root, or use a separate state dir for another library"
+        )
+    backend, name = config.store.backend, config.store.name
+    recorded = {meta.get("store_name"), meta.get("store_display_name")} - {None}
+    if backend != meta.get("store_backend") or (name and name not in recorded):
+        raise Mismatch(
+            f"config names store {backend}:{name or '(default)'}, the database records "
+            f"{meta.get('store_backend')}:{meta.get('store_name')}; objlibd writes only to "
+            "the recorded store. Fix [store] in the config, or use a separate state dir"
+        )
+
+
+def open_workspace(
+    config: Config, *, readonly: bool = False, with_store: bool = True, skip_enrichment=None
+) -> Workspace:
+    db = Database(config.database_path, readonly=readonly)
+    try:
+        meta = db.all_meta()
+        check_matches(config, meta)
+        library = library_from(config, meta)
+        if skip_enrichment is not None:
+            library = Library(
+                library.root,
+                library.library_id,
+                library.eligibility,
+                library.rules,
+                skip_enrichment,
+            )
+        store = None
+        if with_store:
+            store = open_store(
+                config.store,
+                backend=meta["store_backend"],
+                name=meta.get("store_name", ""),
+                state_dir=config.state_dir,
+            )
+        return Workspace(config, db, library, store, Engine(db, store, library, config))
+    except BaseException:
+        db.close()
+        raise
+
+
+def init_library(
+    config: Config,
+    root: Path,
+    *,
+    backend: str,
+    store_name: str,
+    store_display_name: str | None = None,
+    adopt: bool = False,
+) -> tuple[str, bool]:
+    """Write or read the marker, create the database, record library and store.
+
+    Returns (library_id, created_marker).
+    """
+    root = root.expanduser().resolve()
+    if not root.is_dir():
+        raise ConfigurationError(f"library root {root} is not a folder: check the path")
+    db = Database(config.database_path, create=True)
+    try:
+        meta = db.all_meta()
+        try:
+            marker = read_marker(root)
+        except MarkerError as exc:
+            raise ConfigurationError(f"{exc}: remove or repair {root / MARKER}") from None
+        recorded = meta.get("library_id")
+        if marker is None:
+            if recorded and not adopt:
+                raise Mismatch(
+                    f"this state dir already tracks library {recorded} at {meta.get('root')}; "
+                    "use another state dir, or pass --adopt to move it to this folder"
+                )
+            library_id = write_marker(root, recorded)
+            created = True
+        else:
+            library_id = str(marker["library_id"])
+            created = False
+            if recorded and recorded != library_id and not adopt:
+                raise Mismatch(
+                    f"{root / MARKER} names library {library_id}, but this state dir tracks "
+                    f"{recorded}; pass --adopt to take this folder over, or use another state dir"
+                )
+        known = {meta.get("store_name"), meta.get("store_display_name")} - {None}
+        if meta.get("store_backend") and (
+            meta["store_backend"] != backend or (store_name and store_name not in known)
+        ):
+            raise Mismatch(
+                f"this state dir is bound to store {meta['store_backend']}:"
+                f"{meta.get('store_name')}; use another state dir for another store"
+            )
+        with db.session() as s:
+            db.set_meta(
+                s,
+                library_id=library_id,
+                root=str(root),
+                store_backend=backend,
+                store_name=meta.get("store_name") or store_name or LOCAL_DEFAULT_NAME,
+                store_display_name=store_display_name or meta.get("store_display_name"),
+            )
+        return library_id, created
+    finally:
+        db.close()
