@@ -7,7 +7,6 @@ what to do; exit codes are listed in the README.
 from __future__ import annotations
 
 import os
-import sys
 
 import click
 
@@ -17,7 +16,32 @@ from objlib_daemon.config import ConfigError
 from objlib_daemon.logging import setup_logging
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class ObjlibGroup(click.Group):
+    """Maps our errors to one line on stderr and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise click.exceptions.Exit(errors.CONFIG) from None
+        except errors.ObjlibError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise click.exceptions.Exit(exc.exit_code) from None
+        except Exception as exc:  # last resort: one line, a traceback only when asked
+            if os.environ.get("OBJLIBD_DEBUG"):
+                raise
+            click.echo(
+                f"unexpected error: {type(exc).__name__}: {exc}\n"
+                "Run again with OBJLIBD_DEBUG=1 for a traceback, and report it.",
+                err=True,
+            )
+            raise click.exceptions.Exit(errors.UNEXPECTED) from None
+
+
+@click.group(cls=ObjlibGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -58,35 +82,6 @@ _register()
 
 
 def main() -> None:
-    """Console entry point: run the group and map errors to documented exit codes."""
+    """Console entry point."""
     setup_logging(None)
-    try:
-        rc = cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(errors.UNEXPECTED)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(errors.USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(errors.CONFIG)
-    except errors.ObjlibError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # last resort: one line, no traceback unless asked
-        click.echo(
-            f"unexpected error: {type(exc).__name__}: {exc}\n"
-            "Run again with OBJLIBD_DEBUG=1 for a traceback, and report it.",
-            err=True,
-        )
-        if _debug():
-            raise
-        sys.exit(errors.UNEXPECTED)
-    sys.exit(rc if isinstance(rc, int) else 0)
-
-
-def _debug() -> bool:
-    return bool(os.environ.get("OBJLIBD_DEBUG"))
+    cli(prog_name="objlibd")

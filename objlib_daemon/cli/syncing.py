@@ -56,6 +56,7 @@ SUMMARY_KEYS = [
 )
 @click.option("--cleanup-orphans", is_flag=True, help="Retry every recorded orphan now.")
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object.")
+@click.option("-v", "--verbose", count=True, help="List each file acted on.")
 @click.pass_obj
 def sync(
     state: State,
@@ -66,8 +67,10 @@ def sync(
     skip_enrichment: bool | None,
     cleanup_orphans: bool,
     as_json: bool,
+    verbose: int,
 ) -> None:
     """Bring the store up to date with the library, once."""
+    state.verbose += verbose
     config = state.config()
     if dry_run:
         _dry_run(state, force, as_json, skip_enrichment)
@@ -106,9 +109,11 @@ def _run(
     cleaned = engine.cleanup_orphans(everything=True) if cleanup_all else 0
     if not cleanup_all:
         cleaned = engine.cleanup_orphans()
-    plan = engine.reconcile(force=force)
+    # Present paths first, vanished ones after: a rename is then one move, not a
+    # missing mark followed by a move.
+    plan = engine.reconcile(force=force, vanished=False)
     with ws.db.session() as s:
-        total = queue.depth(s)
+        total = queue.depth(s) + len(plan.vanished)
     show_bar = sys.stderr.isatty() and not as_json and total > 0
     results: list[Any] = []
     with click.progressbar(
@@ -117,10 +122,12 @@ def _run(
 
         def progress(result: Any) -> None:
             bar.update(1)
-            if state.verbose and result.action not in ("unchanged",):
+            if state.verbose and result.action not in ("unchanged", "gone"):
                 results.append(result)
 
         counts: Counter[str] = engine.drain(on_result=progress)
+        engine.enqueue_vanished(plan)
+        counts += engine.drain(on_result=progress)
     counts["unchanged"] += plan.unchanged
     counts["orphans_cleaned"] += cleaned
     counts["failed"] += counts.pop("still_failed", 0)

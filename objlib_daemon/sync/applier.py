@@ -151,6 +151,8 @@ class Applier:
             disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
         action = decide(row, disk, force=force, enrichment_version=self.version)
         hashed = snap is not None
+        if row is None and not disk.present:
+            return Result(path, "gone")  # e.g. the old end of a move already resolved
         if action is Action.UNCHANGED:
             return Result(path, "unchanged", hashed)
         if action is Action.REFRESH:

@@ -137,16 +137,21 @@ class Engine:
             )
         return plan
 
-    def reconcile(self, *, force: bool = False) -> Plan:
-        """Scan and enqueue; present paths first so moves resolve before vanishings."""
+    def reconcile(self, *, force: bool = False, vanished: bool = True) -> Plan:
+        """Scan and enqueue (vanished paths too unless the caller does it later)."""
         plan = self.scan_plan(force=force)
         reason = queue.FORCE if force else queue.SCAN
         with self.db.session() as s:
             queue.enqueue(s, ((p, reason) for p in plan.candidates))
-            queue.enqueue(s, ((p, queue.SCAN) for p in plan.vanished), not_before=time.time())
-            if self.store is not None:
-                self.db.set_meta(s, last_reconcile_at=str(time.time()))
+            self.db.set_meta(s, last_reconcile_at=str(time.time()))
+        if vanished:
+            self.enqueue_vanished(plan)
         return plan
+
+    def enqueue_vanished(self, plan: Plan) -> None:
+        """Vanished paths are due after the present ones, so moves resolve first."""
+        with self.db.session() as s:
+            queue.enqueue(s, ((p, queue.SCAN) for p in plan.vanished), not_before=time.time())
 
     def dry_run(self, *, force: bool = False) -> tuple[Counter[str], list[tuple[str, str]]]:
         """The plan as it would be applied, from a read-only look: no writes, no remote calls."""
