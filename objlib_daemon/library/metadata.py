@@ -20,7 +20,11 @@ matching rule ends the list. A placeholder may pipe through filters:
 A field that is exactly one unfiltered placeholder and holds an integer
 becomes a number (Gemini's numeric_value), so year/week/episode compare as
 numbers in metadata filters. Identity keys are always present and never
-overridden by a rule.
+overridden by a rule; a `title` is always set (file stem as a fallback).
+
+Configured rules replace DEFAULT_RULES (`rules=None` means the defaults); to
+extend them instead, pass `(*DEFAULT_RULES, *mine)`. Gemini takes at most 20
+entries: past that, rule keys are dropped last-first-set, identity kept.
 """
 
 from __future__ import annotations

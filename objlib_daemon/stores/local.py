@@ -133,6 +133,7 @@ class LocalStore:
         if not display_name or len(display_name) > MAX_DISPLAY_NAME:
             raise PermanentError(f"display name must be 1-{MAX_DISPLAY_NAME} characters", code=400)
         meta = _check_metadata(metadata)
+        self._db()  # a closed store writes nothing, not even content
         payload = data.read(MAX_SIZE + 1)
         if len(payload) > MAX_SIZE:
             raise PermanentError(f"document larger than {MAX_SIZE} bytes", code=400)
