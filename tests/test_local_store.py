@@ -46,6 +46,8 @@ def test_identity_of_the_store(store: LocalStore) -> None:
     assert (info.name, info.display_name, info.documents) == ("localStores/local", "local", 0)
     with pytest.raises(ValueError):
         LocalStore(store.directory, name="a/b")
+    with LocalStore(store.directory, name=store.name) as same:  # resource name accepted
+        assert (same.name, same.display_name) == ("localStores/local", "local")
 
 
 def test_upload_wait_get_list_delete_round_trip(store: LocalStore) -> None:

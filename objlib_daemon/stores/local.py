@@ -89,6 +89,9 @@ class LocalStore:
     backend = "local"
 
     def __init__(self, directory: Path, name: str = "local") -> None:
+        # Accept the resource name too: it is what `name` reports and what a
+        # caller may have recorded.
+        name = name.removeprefix("localStores/")
         if not _STORE_NAME.match(name):
             raise ValueError(
                 f"local store name {name!r}: use 1-63 letters, digits, '.', '_' or '-'"
