@@ -131,7 +131,7 @@ def resolve_api_key(
             warnings.append(conflict)
     if found:
         var, key = found[0]
-        log.debug("credentials.resolved", source=_env_source(var))
+        log.info("credentials.resolved", source=_env_source(var))
         return key, _env_source(var)
     try:
         key = _get_from_keyring(keyring_timeout)
@@ -142,7 +142,7 @@ def resolve_api_key(
             f"no Gemini API key found (not in the environment, none stored in the "
             f"keyring): {HOW_TO_SET}"
         )
-    log.debug("credentials.resolved", source=SOURCE_KEYRING)
+    log.info("credentials.resolved", source=SOURCE_KEYRING)
     return key, SOURCE_KEYRING
 
 

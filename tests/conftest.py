@@ -14,3 +14,23 @@ def emulator() -> Iterator[GeminiEmulator]:
         yield emu
     finally:
         emu.stop()
+
+
+@pytest.fixture(params=["local", "gemini"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each behavioural test runs on the embedded store and on Gemini (emulated)."""
+    return request.param
+
+
+@pytest.fixture
+def h(backend: str, tmp_path, request: pytest.FixtureRequest):
+    """An initialised library on `backend` (see tests/harness.py)."""
+    from harness import Harness
+
+    emu = request.getfixturevalue("emulator") if backend == "gemini" else None
+    harness = Harness(tmp_path, backend, emu)
+    if emu is not None:
+        harness.env["GEMINI_API_KEY"] = emu.api_key
+    result = harness.init()
+    assert result.exit_code == 0, result.output
+    return harness

@@ -14,6 +14,7 @@ from objlib_daemon import errors
 from objlib_daemon.cli.common import State
 from objlib_daemon.config import ConfigError
 from objlib_daemon.logging import setup_logging
+from objlib_daemon.stores.base import AuthError, StoreError, StoreNotFound
 
 
 class ObjlibGroup(click.Group):
@@ -24,12 +25,15 @@ class ObjlibGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except ConfigError as exc:
+        except (ConfigError, AuthError, StoreNotFound) as exc:
             click.echo(f"error: {exc}", err=True)
             raise click.exceptions.Exit(errors.CONFIG) from None
         except errors.ObjlibError as exc:
             click.echo(f"error: {exc}", err=True)
             raise click.exceptions.Exit(exc.exit_code) from None
+        except StoreError as exc:
+            click.echo(f"error: the store failed: {exc}; try again later", err=True)
+            raise click.exceptions.Exit(errors.UNEXPECTED) from None
         except Exception as exc:  # last resort: one line, a traceback only when asked
             if os.environ.get("OBJLIBD_DEBUG"):
                 raise
@@ -53,6 +57,7 @@ class ObjlibGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     """Keep a document library in sync with a Gemini File Search store."""
+    setup_logging(None)  # warnings only; `objlibd run` sets the configured level
     ctx.obj = State(config_path, verbose)
 
 
@@ -83,5 +88,4 @@ _register()
 
 def main() -> None:
     """Console entry point."""
-    setup_logging(None)
     cli(prog_name="objlibd")

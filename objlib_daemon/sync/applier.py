@@ -38,7 +38,7 @@ from objlib_daemon.state.models import (
     JournalEntry,
     Orphan,
 )
-from objlib_daemon.stores.base import PermanentError, Store, StoreError
+from objlib_daemon.stores.base import AuthError, PermanentError, Store, StoreError
 from objlib_daemon.sync.planner import Action, Disk, Row, decide, needs_hash
 
 log = structlog.get_logger("objlibd.applier")
@@ -268,6 +268,8 @@ class Applier:
                 mime_type=mime_type(path),
             )
             doc = self.store.wait(upload)
+        except AuthError:
+            raise  # not this file's fault: the drain stops and says so
         except PermanentError as exc:
             with self.db.session() as s:
                 s.execute(delete(Intent).where(Intent.id == intent.id))

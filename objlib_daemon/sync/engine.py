@@ -217,7 +217,7 @@ class Engine:
         fatal: list[BaseException] = []
         counts: Counter[str] = Counter()
         lock = threading.Lock()
-        self.resolve_intents()
+        self._resolve_intents_quietly()
 
         def worker() -> None:
             while not stop.is_set() and not halt.is_set():
@@ -242,7 +242,7 @@ class Engine:
         with self.db.session() as s:
             has_intents = s.scalar(select(Intent.id).limit(1)) is not None
         if has_intents and not halt.is_set():
-            self.resolve_intents()
+            self._resolve_intents_quietly()
         if fatal:
             raise fatal[0]
         return counts
@@ -289,6 +289,13 @@ class Engine:
         return Result(claim.path, "retrying", error=error)
 
     # --- crash leftovers ----------------------------------------------------------------
+
+    def _resolve_intents_quietly(self) -> None:
+        """A store that fails now leaves the intents for the next drain; never fatal."""
+        try:
+            self.resolve_intents()
+        except TransientError as exc:
+            log.warning("could not resolve unfinished uploads yet", error=str(exc))
 
     def resolve_intents(self) -> int:
         """Adopt or delete documents left by uploads whose result was never recorded.
