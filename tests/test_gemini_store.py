@@ -1,0 +1,715 @@
+"""GeminiStore against the emulator, through the real google-genai SDK.
+
+No real sleeping: the store's sleep advances the emulator's clock and is
+recorded, so backoff and `retryDelay` handling are asserted exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+
+import httpx2
+import pytest
+from emulator import UNREGISTERED_CALLER_MESSAGE, Fault, GeminiEmulator
+from google.genai import errors as genai_errors
+
+from objlib_daemon.config import StoreConfig
+from objlib_daemon.stores import base
+from objlib_daemon.stores.base import (
+    AuthError,
+    CircuitOpen,
+    PermanentError,
+    StoreError,
+    StoreNotFound,
+    TransientError,
+)
+from objlib_daemon.stores.gemini import (
+    GeminiStore,
+    OperationTimeout,
+    create_store,
+    fit_display_name,
+    list_stores,
+    make_client,
+    resolve_store,
+)
+from objlib_daemon.stores.pacing import (
+    CircuitBreaker,
+    Pacer,
+    RateLimiter,
+    classify,
+    scrub,
+)
+
+KEY = "AIzaTEST-objlibd-secret-key-0123456789"
+MIB = 1024 * 1024
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Sleeps(list):
+    """Records each sleep and moves the emulator's clock instead of waiting."""
+
+    def __init__(self, emu: GeminiEmulator) -> None:
+        super().__init__()
+        self.emu = emu
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+        self.emu.advance(seconds)
+
+
+@pytest.fixture
+def emu() -> Iterator[GeminiEmulator]:
+    server = GeminiEmulator(api_key=KEY).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def cfg(emu: GeminiEmulator) -> StoreConfig:
+    return StoreConfig(backend="gemini", base_url=emu.url, operation_timeout=60.0)
+
+
+def make_store(
+    emu: GeminiEmulator,
+    cfg: StoreConfig,
+    *,
+    key: str = KEY,
+    attempts: int = 4,
+    breaker: CircuitBreaker | None = None,
+    store_name: str | None = None,
+) -> tuple[GeminiStore, Sleeps]:
+    sleeps = Sleeps(emu)
+    name = store_name or emu.create_store("library")
+    pacer = Pacer(attempts=attempts, breaker=breaker, sleep=sleeps, rng=lambda: 0.5)
+    store = GeminiStore(cfg, key, name, pacer=pacer, sleep=sleeps, clock=emu.now)
+    return store, sleeps
+
+
+def upload(store: GeminiStore, data: bytes = b"some text " * 200, **kw) -> base.Upload:
+    kw.setdefault("display_name", "notes.md")
+    kw.setdefault("metadata", {"path": f"a/{kw['display_name']}", "sha256": "h1"})
+    kw.setdefault("mime_type", "text/markdown")
+    return store.upload(io.BytesIO(data), **kw)
+
+
+# --- the happy path and what goes over the wire -----------------------------------
+
+
+def test_every_request_uses_v1beta_and_carries_the_key(emu, cfg):
+    store, _ = make_store(emu, cfg)
+    store.ensure()
+    doc = store.wait(upload(store))
+    assert store.get(doc.name) is not None
+    list(store.list())
+    store.search("text")
+    store.delete(doc.name)
+    records = emu.requests
+    assert len(records) >= 7
+    assert {r.api_version for r in records} == {"v1beta"}
+    for r in records:
+        if r.phase not in ("chunk", "finalize"):  # byte requests carry no key
+            assert r.headers.get("x-goog-api-key") == KEY
+
+
+def test_non_ascii_and_long_display_names_upload(emu, cfg):
+    store, _ = make_store(emu, cfg)
+    names = ["Über die Ästhetik – 日本語 ñ.md", ("é" + "x" * 245 + ".txt")]
+    assert len(names[1]) == 250
+    for name in names:
+        store.wait(upload(store, display_name=name, mime_type="text/plain"))
+    assert sorted(d["displayName"] for d in emu.documents()) == sorted(names)
+
+
+def test_display_names_are_stripped_and_cut_to_the_limit():
+    assert fit_display_name("  leading space.md ") == "leading space.md"
+    long = "a" * 300 + "b" * 300 + ".pdf"
+    cut = fit_display_name(long)
+    assert len(cut) == 512 and cut.startswith("aaa") and cut.endswith("b.pdf")
+
+
+def test_large_file_uploads_in_8mib_chunks(emu, cfg):
+    store, _ = make_store(emu, cfg)
+    data = bytes(range(256)) * (17 * MIB // 256)
+    doc = store.wait(upload(store, data=data, display_name="big.pdf", mime_type="application/pdf"))
+    byte_requests = [r for r in emu.find_requests("POST", r"^/upload/") if r.phase != "start"]
+    assert [r.phase for r in byte_requests] == ["chunk", "chunk", "finalize"]
+    assert [r.body_size for r in byte_requests] == [8 * MIB, 8 * MIB, MIB]
+    assert emu.content(doc.name) == data
+
+
+def test_metadata_is_sent_as_string_number_and_list(emu, cfg):
+    store, _ = make_store(emu, cfg)
+    meta = {"path": "Ö/ä.md", "sha256": "abc", "year": 1987, "weight": 2.5, "tags": ["x", "ÿ"]}
+    doc = store.wait(upload(store, display_name="ä.md", metadata=meta))
+    start = emu.find_requests("POST", r"uploadToFileSearchStore$", phase="start")[0]
+    sent = {m["key"]: m for m in start.json["customMetadata"]}
+    assert set(sent) == set(meta)
+    assert emu.metadata(emu.documents()[0]) == meta
+    expected = {**meta, "year": 1987.0}
+    assert doc.metadata == expected  # what wait() reports...
+    got = store.get(doc.name)
+    assert got is not None and got.metadata == expected  # ...equals what the server reports
+    assert isinstance(got.metadata["year"], float)
+
+
+def test_invalid_metadata_is_refused_before_sending(emu, cfg):
+    store, _ = make_store(emu, cfg)
+    with pytest.raises(PermanentError):
+        upload(store, metadata={f"k{i}": "v" for i in range(21)})
+    with pytest.raises(PermanentError):
+        upload(store, metadata={"flag": True})
+    assert emu.requests == []
+
+
+# --- waiting ---------------------------------------------------------------------
+
+
+def test_wait_polls_with_backoff_on_the_emulator_clock(emu, cfg):
+    emu.indexing_delay = 30.0
+    store, sleeps = make_store(emu, cfg)
+    up = upload(store)
+    assert up.document is None
+    doc = store.wait(up)
+    assert doc.state == base.ACTIVE
+    assert doc.name == emu.documents()[0]["name"]
+    assert sleeps[:5] == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert max(sleeps) == 10.0  # capped
+    assert 30.0 <= sum(sleeps) < 45.0
+
+
+def test_wait_returns_at_once_when_the_upload_finished_in_its_answer(emu, cfg):
+    store, sleeps = make_store(emu, cfg)
+    up = upload(store)
+    assert up.document is not None
+    emu.clear_log()
+    assert store.wait(up).name == up.document
+    assert emu.requests == [] and sleeps == []
+
+
+def test_never_done_operation_is_resolved_by_looking_the_document_up(emu, cfg):
+    emu.add_fault(Fault(kind="never_done", times=None))
+    store, sleeps = make_store(emu, replace(cfg, operation_timeout=20.0))
+    up = upload(store)
+    doc = store.wait(up)
+    assert doc.name == emu.documents()[0]["name"]
+    assert doc.state == base.ACTIVE
+    assert 20.0 <= sum(sleeps) <= 21.0
+
+
+def test_never_done_found_by_metadata_listing_when_the_name_guess_misses(emu, cfg):
+    emu.add_fault(Fault(kind="never_done", times=None))
+    store, _ = make_store(emu, replace(cfg, operation_timeout=5.0))
+    up = upload(store, metadata={"path": "a/notes.md", "sha256": "h1", "lang": "en"})
+    # The server indexed it under another id (simulated by swapping the document).
+    emu.remove_document(emu.documents()[0]["name"])
+    emu.add_document(store.name, "other.md", {"path": "a/notes.md", "sha256": "zzz"}, b"x")
+    twin = emu.add_document(store.name, "notes.md", {"path": "a/notes.md", "sha256": "h1"}, b"y")
+    assert store.wait(up).name == twin
+
+
+def test_never_done_and_truly_absent_is_transient(emu, cfg):
+    emu.add_fault(Fault(kind="never_done", times=None))
+    store, _ = make_store(emu, replace(cfg, operation_timeout=5.0))
+    up = upload(store)
+    emu.remove_document(emu.documents()[0]["name"])
+    with pytest.raises(OperationTimeout) as info:
+        store.wait(up)
+    assert isinstance(info.value, TransientError) and info.value.document is None
+
+
+def test_never_done_and_still_pending_reports_the_document(emu, cfg):
+    emu.add_fault(Fault(kind="never_done", times=None))
+    store, _ = make_store(emu, replace(cfg, operation_timeout=5.0))
+    up = upload(store)
+    name = emu.documents()[0]["name"]
+    emu.set_state(name, "STATE_PENDING")
+    with pytest.raises(OperationTimeout) as info:
+        store.wait(up)
+    assert info.value.document == name
+
+
+def test_wait_with_explicit_match_after_a_restart(emu, cfg):
+    """A new process waits on an upload it did not start: `match` drives the lookup."""
+    emu.add_fault(Fault(kind="never_done", times=None))
+    first, _ = make_store(emu, replace(cfg, operation_timeout=5.0))
+    up = upload(first)
+    emu.remove_document(emu.documents()[0]["name"])
+    twin = emu.add_document(first.name, "notes.md", {"path": "a/notes.md", "sha256": "h1"}, b"y")
+    second, _ = make_store(emu, replace(cfg, operation_timeout=5.0), store_name=first.name)
+    assert second.wait(up, match={"sha256": "h1", "path": "a/notes.md"}).name == twin
+
+
+def test_bare_document_ids_are_normalised(emu, cfg):
+    emu.add_fault(Fault(kind="bare_ids", times=None))
+    store, _ = make_store(emu, cfg)
+    up = upload(store)  # done in the finalize answer, with bare ids
+    full = emu.documents()[0]["name"]
+    assert up.document == full
+    emu.indexing_delay = 5.0
+    doc = store.wait(upload(store, display_name="two.md"))  # done later, via polling
+    assert doc.name.startswith(store.name + "/documents/")
+    assert emu.document(doc.name) is not None
+    assert store.document_name("abc-123") == f"{store.name}/documents/abc-123"
+
+
+def test_failed_operation_is_permanent(emu, cfg):
+    emu.indexing_delay = 3.0
+    emu.add_fault(Fault(kind="operation_error", message="Failed to count tokens."))
+    store, _ = make_store(emu, cfg)
+    with pytest.raises(PermanentError, match="Failed to count tokens"):
+        store.wait(upload(store))
+
+
+# --- delete, get, list, ensure --------------------------------------------------------
+
+
+def test_delete_uses_force_and_gone_is_success(emu, cfg):
+    store, _ = make_store(emu, cfg)
+    doc = store.wait(upload(store))
+    store.delete(doc.name)
+    assert emu.documents() == []
+    store.delete(doc.name)  # 404: already gone
+    emu.add_fault(Fault(method="DELETE", status=403, message="Permission denied or may not exist"))
+    store.delete(doc.name)  # 403 "may not exist": gone too
+    deletes = emu.find_requests("DELETE")
+    assert [r.status for r in deletes] == [200, 404, 403]
+    assert all(r.query.get("force") == "True" for r in deletes)
+
+
+def test_delete_with_a_missing_key_is_not_success(emu, cfg):
+    store, _ = make_store(emu, cfg)
+    doc = store.wait(upload(store))
+    emu.add_fault(Fault(method="DELETE", status=403, message=UNREGISTERED_CALLER_MESSAGE))
+    with pytest.raises(AuthError):
+        store.delete(doc.name)
+    assert emu.document(doc.name) is not None
+
+
+def test_get_missing_is_none(emu, cfg):
+    store, _ = make_store(emu, cfg)
+    assert store.get(f"{store.name}/documents/nope-123") is None
+    assert store.get("nope-123") is None
+
+
+def test_list_pages_twenty_at_a_time(emu, cfg):
+    store, _ = make_store(emu, cfg)
+    for i in range(45):
+        state = ("STATE_ACTIVE", "STATE_PENDING", "STATE_FAILED")[i % 3]
+        emu.add_document(store.name, f"d{i}.md", {"path": f"d{i}.md", "n": i}, b"x", state)
+    emu.clear_log()
+    docs = list(store.list())
+    assert [d.display_name for d in docs] == [f"d{i}.md" for i in range(45)]
+    assert [d.state for d in docs[:3]] == [base.ACTIVE, base.PENDING, base.FAILED]
+    assert docs[7].metadata == {"path": "d7.md", "n": 7.0}
+    pages = emu.find_requests("GET", r"/documents$")
+    assert len(pages) == 3
+    assert all(r.query["pageSize"] == "20" for r in pages)
+
+
+def test_list_retries_one_page_not_the_whole_listing(emu, cfg):
+    store, sleeps = make_store(emu, cfg)
+    for i in range(25):
+        emu.add_document(store.name, f"d{i}.md", {}, b"x")
+    emu.clear_log()
+    docs = store.list()
+    first = [next(docs) for _ in range(20)]
+    emu.add_fault(Fault(method="GET", path=r"/documents$", status=503))
+    rest = list(docs)
+    assert len(first) + len(rest) == 25
+    assert [r.status for r in emu.find_requests("GET", r"/documents$")] == [200, 503, 200]
+    assert len(sleeps) == 1
+
+
+def test_ensure_reports_the_store_and_never_creates_one(emu, cfg):
+    store, _ = make_store(emu, cfg)
+    store.wait(upload(store))
+    info = store.ensure()
+    assert info.name == store.name and info.display_name == "library" and info.documents == 1
+    missing, _ = make_store(emu, cfg, store_name="fileSearchStores/gone-000000000000")
+    with pytest.raises(StoreNotFound, match="objlibd store create"):
+        missing.ensure()
+    assert len(emu.stores()) == 1
+
+
+def test_store_functions(emu, cfg):
+    client = make_client(cfg, KEY)
+    name = create_store(client, "Physics Library")
+    assert name.startswith("fileSearchStores/")
+    assert resolve_store(client, "Physics Library") == name
+    assert resolve_store(client, name) == name
+    assert resolve_store(client, name.split("/", 1)[1]) == name
+    assert [s.display_name for s in list_stores(client)] == ["Physics Library"]
+    with pytest.raises(StoreNotFound) as info:
+        resolve_store(client, "Nope")
+    assert "objlibd store create" in str(info.value)
+    assert "objlibd init --create-store" in str(info.value)
+    create_store(client, "Physics Library")
+    with pytest.raises(PermanentError, match="2 stores"):
+        resolve_store(client, "Physics Library")
+
+
+def test_store_listing_pages(emu, cfg):
+    for i in range(23):
+        emu.create_store(f"s{i}")
+    assert len(list_stores(make_client(cfg, KEY))) == 23
+
+
+def test_create_store_is_not_retried(emu, cfg):
+    client = make_client(cfg, KEY)
+    emu.add_fault(Fault(method="POST", path=r"/fileSearchStores$", status=503))
+    with pytest.raises(TransientError, match="store list"):
+        create_store(client, "x")
+    assert len(emu.find_requests("POST", r"/fileSearchStores$")) == 1
+
+
+# --- retries and classification -------------------------------------------------------
+
+
+def test_429_with_retry_info_waits_the_advertised_delay(emu, cfg):
+    store, sleeps = make_store(emu, cfg)
+    emu.add_fault(Fault(phase="start", kind="retry_info", retry_delay=2.5))
+    store.wait(upload(store))
+    assert sleeps == [2.5]
+    starts = emu.find_requests("POST", phase="start")
+    assert [r.status for r in starts] == [429, 200]
+    assert len(emu.documents()) == 1
+
+
+def test_503_then_success(emu, cfg):
+    store, sleeps = make_store(emu, cfg)
+    doc = store.wait(upload(store))
+    emu.add_fault(Fault(method="GET", path=r"/documents/", status=503, times=2))
+    assert store.get(doc.name) is not None
+    assert sleeps == [0.75, 1.5]  # 1 s then 2 s ceilings: half fixed + rng 0.5 of the rest
+
+
+def test_503_at_finalize_retries_the_whole_upload(emu, cfg):
+    store, sleeps = make_store(emu, cfg)
+    emu.add_fault(Fault(phase="finalize", status=503))
+    doc = store.wait(upload(store))
+    assert len(sleeps) == 1
+    assert [d["name"] for d in emu.documents()] == [doc.name]
+
+
+def test_connection_reset_is_retried(emu, cfg):
+    store, sleeps = make_store(emu, cfg)
+    emu.add_fault(Fault(phase="start", kind="reset"))
+    doc = store.wait(upload(store))
+    assert emu.document(doc.name) is not None
+    assert len(sleeps) == 1
+    assert [r.status for r in emu.find_requests("POST", phase="start")] == [None, 200]
+
+
+def test_a_400_for_one_document_is_permanent_and_not_retried(emu, cfg):
+    store, sleeps = make_store(emu, cfg)
+    emu.add_fault(
+        Fault(match_display_name="bad.xlsx", status=400, message="Unsupported file type.")
+    )
+    with pytest.raises(PermanentError, match="Unsupported") as info:
+        upload(store, display_name="bad.xlsx")
+    assert not isinstance(info.value, TransientError)
+    assert sleeps == []
+    assert len(emu.find_requests("POST", phase="start")) == 1
+    store.wait(upload(store, display_name="good.md"))  # the next document is fine
+
+
+def test_transient_errors_give_up_after_the_attempts(emu, cfg):
+    store, sleeps = make_store(emu, cfg, attempts=3)
+    emu.add_fault(Fault(method="GET", path=r"/documents$", status=500, times=None))
+    with pytest.raises(TransientError):
+        list(store.list())
+    assert len(sleeps) == 2
+
+
+def test_wrong_key_is_an_auth_error_without_the_key(emu, cfg):
+    wrong = "AIzaWRONG-key-9876543210-abcdefghijkl"
+    store, sleeps = make_store(emu, cfg, key=wrong)
+    with pytest.raises(AuthError) as info:
+        store.ensure()
+    text = str(info.value)
+    assert "objlibd auth set" in text and "GEMINI_API_KEY" in text
+    assert wrong not in text and "AIza" not in text
+    assert sleeps == []
+    assert len(emu.requests) == 1
+
+
+def test_missing_key_is_an_auth_error(emu, cfg):
+    with pytest.raises(AuthError, match="objlibd auth set"):
+        make_client(cfg, "  ")
+    with pytest.raises(AuthError, match="objlibd auth set"):
+        GeminiStore(cfg, "", "fileSearchStores/x")
+    # What the server says to a request without a key (the SDK cannot send one).
+    store, sleeps = make_store(emu, cfg)
+    emu.add_fault(Fault(status=403, message=UNREGISTERED_CALLER_MESSAGE))
+    with pytest.raises(AuthError, match="no usable API key"):
+        store.ensure()
+    assert sleeps == []
+
+
+def test_store_requires_a_resource_name(cfg):
+    with pytest.raises(StoreNotFound, match="resolve_store"):
+        GeminiStore(cfg, KEY, "My Library")
+
+
+def test_storage_quota_is_permanent(emu, cfg):
+    emu.storage_limit = 100
+    store, sleeps = make_store(emu, cfg)
+    with pytest.raises(PermanentError, match="storage quota"):
+        upload(store, data=b"x" * 1000)
+    assert sleeps == []
+
+
+def test_the_key_never_appears_in_errors(emu, cfg):
+    store, _ = make_store(emu, cfg, attempts=1)
+    message = f"backend echoed x-goog-api-key: {KEY} and ?key={KEY}"
+    raised: list[StoreError] = []
+    for fault in (
+        Fault(status=500, message=message),
+        Fault(status=400, message=message),
+        Fault(status=429, kind="retry_info", message=message),
+        Fault(status=403, message=message),
+        Fault(kind="reset"),
+    ):
+        emu.add_fault(fault)
+        with pytest.raises(StoreError) as info:
+            store.ensure()
+        raised.append(info.value)
+    for exc in raised:
+        chain: BaseException | None = exc
+        while chain is not None:  # no raw SDK exception hides behind ours either
+            assert isinstance(chain, StoreError)
+            assert KEY not in str(chain) and KEY not in repr(chain)
+            chain = chain.__cause__ or chain.__context__
+    assert "[REDACTED]" in str(raised[0])
+
+
+# --- classification units ---------------------------------------------------------------
+
+
+def _api_error(code: int, message: str, status: str, details: list | None = None):
+    body = {"error": {"code": code, "message": message, "status": status}}
+    if details:
+        body["error"]["details"] = details
+    return genai_errors.APIError.raise_error(code, body, None)
+
+
+def _classified(code: int, message: str, status: str, details: list | None = None):
+    try:
+        _api_error(code, message, status, details)
+    except genai_errors.APIError as exc:
+        return classify(exc, [KEY])
+    raise AssertionError("no error raised")
+
+
+def test_classify_api_errors():
+    retry = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1.5s"}]
+    err = _classified(429, "quota", "RESOURCE_EXHAUSTED", retry)
+    assert isinstance(err, TransientError) and err.retry_after == 1.5 and err.code == 429
+    for code in (408, 500, 502, 503, 504):
+        assert isinstance(_classified(code, "x", "UNAVAILABLE"), TransientError)
+    assert isinstance(
+        _classified(400, "Failed to create file.", "INVALID_ARGUMENT"), TransientError
+    )
+    invalid = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}]
+    assert isinstance(_classified(400, "Bad key", "INVALID_ARGUMENT", invalid), AuthError)
+    assert isinstance(_classified(403, UNREGISTERED_CALLER_MESSAGE, "PERMISSION_DENIED"), AuthError)
+    too_big = _classified(400, "File too large", "INVALID_ARGUMENT")
+    assert type(too_big) is PermanentError
+    assert type(_classified(404, "not found", "NOT_FOUND")) is PermanentError
+    storage = _classified(429, "exceeded the storage limit", "RESOURCE_EXHAUSTED")
+    assert type(storage) is PermanentError
+
+
+def test_classify_transport_errors():
+    url = f"https://generativelanguage.googleapis.com/v1beta/x?key={KEY}"
+    for exc in (
+        httpx2.ReadTimeout(f"timed out {url}"),
+        httpx2.ConnectError("[Errno 111] Connection refused"),
+        httpx2.RemoteProtocolError("Server disconnected without sending a response."),
+        httpx2.ReadError("[Errno 104] Connection reset by peer"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        TimeoutError("timed out"),
+    ):
+        err = classify(exc, [KEY])
+        assert isinstance(err, TransientError), exc
+        assert KEY not in str(err)
+    assert type(classify(UnicodeEncodeError("ascii", "é", 0, 1, "x"))) is PermanentError
+    assert type(classify(ValueError("weird"))) is PermanentError
+
+
+def test_scrub_catches_key_shapes_without_being_told():
+    text = scrub("key AIzaSyA-abcdefghijklmnopqrstuvwxyz01234 and x-goog-api-key: 'zzz'")
+    assert "AIzaSy" not in text and "zzz" not in text
+
+
+# --- breaker and rate limiter ------------------------------------------------------------
+
+
+def test_breaker_opens_after_threshold_and_closes_after_cooldown(emu, cfg):
+    clock = FakeClock()
+    breaker = CircuitBreaker(3, 30.0, clock=clock)
+    store, _ = make_store(emu, cfg, attempts=1, breaker=breaker)
+    name = f"{store.name}/documents/x-1"
+    emu.add_fault(Fault(method="GET", path=r"/documents/", status=503, times=None))
+    for _ in range(3):
+        with pytest.raises(TransientError):
+            store.get(name)
+    assert breaker.state == "open" and breaker.opened_at == clock.now
+    sent = len(emu.requests)
+    with pytest.raises(CircuitOpen) as info:
+        store.get(name)
+    assert info.value.retry_after == 30.0
+    assert len(emu.requests) == sent  # failed fast, nothing sent
+    assert store.health()["breaker"]["state"] == "open"
+    assert store.health()["breaker"]["consecutive_failures"] == 3
+
+    clock.advance(30.0)
+    assert breaker.state == "half-open"
+    with pytest.raises(TransientError):  # the trial fails: open again, full cooldown
+        store.get(name)
+    assert breaker.state == "open"
+    clock.advance(29.0)
+    with pytest.raises(CircuitOpen):
+        store.get(name)
+
+    clock.advance(1.0)
+    emu.clear_faults()
+    assert store.get(name) is None  # the trial succeeds (a 404 is an answer)
+    assert breaker.state == "closed" and breaker.opened_at is None
+    assert store.health()["breaker"]["consecutive_failures"] == 0
+
+
+def test_breaker_retries_stop_when_it_opens(emu, cfg):
+    breaker = CircuitBreaker(2, 60.0, clock=FakeClock())
+    store, sleeps = make_store(emu, cfg, attempts=5, breaker=breaker)
+    emu.add_fault(Fault(method="GET", path=r"/documents$", status=503, times=None))
+    with pytest.raises(CircuitOpen):
+        list(store.list())
+    assert len(emu.find_requests("GET", r"/documents$")) == 2
+    assert len(sleeps) == 2
+
+
+def test_half_open_allows_a_single_trial():
+    clock = FakeClock()
+    breaker = CircuitBreaker(1, 10.0, clock=clock)
+    breaker.record_failure("x")
+    clock.advance(10.0)
+    assert breaker.before_call() is True
+    with pytest.raises(CircuitOpen):
+        breaker.before_call()
+    breaker.record_success()
+    assert breaker.before_call() is False
+
+
+def test_rate_limiter_spacing():
+    clock = FakeClock()
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    limiter = RateLimiter(60, burst=1, clock=clock, sleep=sleep)
+    for _ in range(4):
+        limiter.acquire()
+    assert waits == [1.0, 1.0, 1.0]
+    clock.advance(10.0)  # idle time refills only up to the burst
+    limiter.acquire()
+    limiter.acquire()
+    assert waits[3:] == [1.0]
+
+
+def test_rate_limiter_is_thread_safe():
+    clock = FakeClock()
+    limiter = RateLimiter(120, burst=2, clock=clock)
+    delays: list[float] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        delay = limiter.reserve()
+        with lock:
+            delays.append(delay)
+
+    threads = [threading.Thread(target=take) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(delays) == [0.0, 0.0] + [0.5 * i for i in range(1, 19)]
+
+
+def test_store_paces_its_own_calls(emu, cfg):
+    clock = FakeClock()
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    limiter = RateLimiter(30, burst=1, clock=clock, sleep=sleep)
+    name = emu.create_store("paced")
+    store = GeminiStore(cfg, KEY, name, pacer=Pacer(limiter=limiter, sleep=sleep))
+    for _ in range(3):
+        store.get("nope")
+    assert waits == [2.0, 2.0]
+
+
+# --- search ---------------------------------------------------------------------------
+
+
+def test_search_maps_hits_back_to_library_paths(emu, cfg):
+    store, _ = make_store(emu, cfg)
+    emu.add_document(
+        store.name,
+        "entropy.md",
+        {"path": "physics/entropy.md"},
+        b"Entropy measures disorder in thermodynamic systems.",
+    )
+    emu.add_document(store.name, "cats.md", {"path": "pets/cats.md"}, b"Cats sleep a lot.")
+    result = store.search("what is entropy in thermodynamic systems", limit=3)
+    assert result.answer
+    assert [h.path for h in result.hits] == ["physics/entropy.md"]
+    hit = result.hits[0]
+    assert hit.display_name == "entropy.md" and "disorder" in hit.snippet
+    generate = emu.find_requests("POST", r":generateContent$")[0]
+    assert generate.path == f"/v1beta/models/{cfg.model}:generateContent"
+
+
+def test_search_without_metadata_uses_the_path_resolver(emu, cfg):
+    emu.grounding_extras = False
+    name = emu.create_store("plain")
+    emu.add_document(name, "entropy.md", {}, b"Entropy measures disorder.")
+    store = GeminiStore(
+        cfg,
+        KEY,
+        name,
+        pacer=Pacer(sleep=lambda s: None),
+        path_resolver={"entropy.md": "physics/entropy.md"}.get,
+    )
+    hits = store.search("entropy disorder").hits
+    assert [(h.path, h.document) for h in hits] == [("physics/entropy.md", "")]
+
+
+def test_finalize_then_503_leaves_a_recognisable_duplicate(emu, cfg):
+    """The retry after a lost finalize answer uploads again; both copies carry our
+    identity metadata, so `find` (the audit / orphan sweep) can remove the extra."""
+    store, _ = make_store(emu, cfg)
+    emu.add_fault(Fault(kind="finalize_then_503"))
+    doc = store.wait(upload(store))
+    copies = store.find({"sha256": "h1", "path": "a/notes.md"})
+    assert len(copies) == 2 and copies[-1].name == doc.name
