@@ -1,0 +1,155 @@
+"""`objlibd run`: the process around the Daemon — lock, logging, signals, sd_notify, reload.
+
+Signal handlers only set flags (platform-notes.md); the main thread does the
+work in its supervision loop:
+- SIGTERM / SIGINT: stop — the drain finishes the file in flight, the
+  debouncer writes its last second to the queue, exit 0 within
+  `shutdown_timeout` (work still running then is left to the next start,
+  which requeues it: nothing is lost). A second signal exits at once.
+- SIGHUP: reload the config file; it is validated first and a bad one is
+  refused with the running configuration kept.
+One daemon per library: the library lock is taken before anything else, so a
+second instance exits 1 naming the holder's pid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from objlib_daemon.config import Config, ConfigError, load
+from objlib_daemon.daemon import sdnotify
+from objlib_daemon.daemon.runner import Daemon
+from objlib_daemon.errors import ObjlibError
+from objlib_daemon.logging import setup_logging
+from objlib_daemon.state.lock import library_lock
+
+log = structlog.get_logger("objlibd.lifecycle")
+
+# Supervision tick: a dead watcher is rebuilt within this, and it bounds how
+# late a stop/reload flag is noticed if a signal lands between checks.
+TICK = 1.0
+
+
+class Signals:
+    """Flags set by signal handlers; the main loop waits on `wake`."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        self.wake = threading.Event()
+
+    def install(self) -> Signals:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._on_reload)
+        return self
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            # Second request: leave now; the next start requeues anything in flight.
+            os.write(2, b"objlibd: second stop signal, exiting immediately\n")
+            os._exit(128 + signum)
+        self.stop.set()
+        self.wake.set()
+
+    def _on_reload(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reload.set()
+        self.wake.set()
+
+
+def configure_logging(config: Config) -> None:
+    """structlog per the config, and stdlib loggers (watchdog, APScheduler) in the same form."""
+    setup_logging(config.logging.level, config.logging.format)
+    fmt = config.logging.format
+    as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    pre_chain = [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=pre_chain,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
+
+
+def run_daemon(config_path: Path, config: Config) -> int:
+    """Run until stopped; returns the exit code (0 on a requested stop)."""
+    configure_logging(config)
+    lock = library_lock(config.state_dir, "daemon").acquire()  # AlreadyRunning: exit 1
+    try:
+        return _serve(config_path, config)
+    finally:
+        lock.release()
+
+
+def _serve(config_path: Path, config: Config) -> int:
+    signals = Signals().install()
+    daemon = Daemon(config)
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.stop(timeout=5.0)
+        raise
+    period = sdnotify.watchdog_period()
+    tick = min(TICK, period / 2) if period else TICK
+    last_ping = float("-inf")
+    last_status = ""
+    while not signals.stop.is_set():
+        signals.wake.wait(tick)
+        signals.wake.clear()
+        if signals.stop.is_set():
+            break
+        if signals.reload.is_set():
+            signals.reload.clear()
+            reload_config(daemon, config_path)
+        daemon.supervise()
+        now = time.monotonic()
+        if period and now - last_ping >= period and daemon.healthy():
+            sdnotify.notify("WATCHDOG=1")  # only while healthy: systemd restarts us otherwise
+            last_ping = now
+        line = daemon.status_line()
+        if line != last_status:
+            sdnotify.notify(f"STATUS={line}")
+            last_status = line
+    clean = daemon.stop(daemon.config.daemon.shutdown_timeout)
+    if not clean:
+        # Threads still in a store call would keep the interpreter alive past
+        # the deadline; the database is consistent at every commit, so leave.
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+def reload_config(daemon: Daemon, config_path: Path) -> bool:
+    """SIGHUP: load, validate, apply — or refuse and keep the running config."""
+    log.info("reloading configuration", path=str(config_path))
+    try:
+        new = load(config_path)
+        detail = daemon.reload(new)
+    except (ConfigError, ObjlibError) as exc:
+        log.error("configuration reload refused; keeping the running one", error=str(exc))
+        daemon.last_errors.append(
+            {"at": time.time(), "where": "reload", "error": f"reload refused: {exc}"[:500]}
+        )
+        return False
+    configure_logging(new)
+    log.info("configuration reloaded", detail=detail)
+    return True
