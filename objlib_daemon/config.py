@@ -93,6 +93,8 @@ class StoreConfig:
     operation_timeout: float = 300.0
     breaker_threshold: int = 5
     breaker_cooldown: float = 60.0
+    retry_attempts: int = 5
+    retry_initial: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,8 @@ SCHEMA: dict[str, dict[str, _Kind]] = {
         "operation_timeout": "duration",
         "breaker_threshold": "int",
         "breaker_cooldown": "duration",
+        "retry_attempts": "int",
+        "retry_initial": "duration",
     },
     "sync": {
         "max_missing_count": "int",
@@ -233,6 +237,7 @@ _POSITIVE = {
     "requests_per_minute",
     "concurrency",
     "breaker_threshold",
+    "retry_attempts",
     "volume_check_interval",
 }
 

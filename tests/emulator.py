@@ -1686,6 +1686,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body go out as separate writes: without this, Nagle plus
+        # delayed ACK adds ~45 ms to every request.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.emu._lock:
             self.emu._connections.add(self.connection)
 

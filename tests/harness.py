@@ -58,9 +58,10 @@ class Harness:
             self.store_resource = self.emulator.create_store("objlibd-test")
             store_args = ["--store-backend", "gemini", "--store", self.store_resource]
             store_section = (
-                "[store]\nbackend = \"gemini\"\n"
-                f"name = \"{self.store_resource}\"\nbase_url = \"{self.emulator.url}\"\n"
-                "operation_timeout = 5\n"
+                '[store]\nbackend = "gemini"\n'
+                f'name = "{self.store_resource}"\nbase_url = "{self.emulator.url}"\n'
+                "operation_timeout = 5\nretry_attempts = 3\nretry_initial = 0.05\n"
+                "requests_per_minute = 60000\n"
             )
         self.config_path.write_text(
             f'[library]\nroot = "{self.root}"\n\n{store_section}\n'
@@ -146,7 +147,7 @@ class Harness:
                     rel = p.relative_to(self.root).as_posix()
                     on_disk[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
         by_path = self.docs_by_path()
-        assert set(by_path) == set(on_disk), (set(by_path) ^ set(on_disk))
+        assert set(by_path) == set(on_disk), set(by_path) ^ set(on_disk)
         for rel, sha in on_disk.items():
             assert len(by_path[rel]) == 1, (rel, by_path[rel])
             assert by_path[rel][0].metadata["sha256"] == sha, rel

@@ -18,8 +18,10 @@ def test_new_files_uploaded_and_nothing_else_touched(h):
     summary = h.sync()
     assert (summary["new"], summary["uploaded"], summary["deleted"]) == (2, 2, 0)
     h.converged()
-    assert set(h.rows()) == {"Courses/OPAR/OPAR - Lesson 01 - Reason.txt",
-                             "Books/Ayn Rand - Atlas Shrugged.txt"}
+    assert set(h.rows()) == {
+        "Courses/OPAR/OPAR - Lesson 01 - Reason.txt",
+        "Books/Ayn Rand - Atlas Shrugged.txt",
+    }
     after = {p.name: p.stat().st_mtime_ns for p in h.root.rglob("*") if p.is_file()}
     assert before == after  # the library itself is never written (marker aside)
 
@@ -36,12 +38,17 @@ def test_replace_uploads_new_before_deleting_old(h):
     assert new_doc != old_doc
     assert [d.name for d in h.docs()] == [new_doc]
     with h.db() as conn:
-        actions = [r["action"] for r in conn.execute(
-            "SELECT action FROM journal WHERE path = ? ORDER BY id", (rel,))]
+        actions = [
+            r["action"]
+            for r in conn.execute("SELECT action FROM journal WHERE path = ? ORDER BY id", (rel,))
+        ]
     assert actions[-2:] == ["replaced", "deleted"]  # upload first, then delete
     if h.backend == "gemini":
-        log = [(r.method, r.phase) for r in h.emulator.requests
-               if r.method in ("POST", "DELETE") and (r.phase in ("start", None))]
+        log = [
+            (r.method, r.phase)
+            for r in h.emulator.requests
+            if r.method in ("POST", "DELETE") and (r.phase in ("start", None))
+        ]
         starts = [i for i, (m, p) in enumerate(log) if p == "start"]
         deletes = [i for i, (m, _) in enumerate(log) if m == "DELETE"]
         assert starts[-1] < deletes[-1]
@@ -72,7 +79,8 @@ def fail_uploads(h, monkeypatch) -> None:
         from emulator import Fault
 
         h._fault = h.emulator.add_fault(
-            Fault(path=r":uploadToFileSearchStore", phase="start", status=503, times=None))
+            Fault(path=r":uploadToFileSearchStore", phase="start", status=503, times=None)
+        )
     else:
         from objlib_daemon.stores.base import TransientError
         from objlib_daemon.stores.local import LocalStore
@@ -135,8 +143,9 @@ def test_prune_deletes_only_long_missing(h):
     (h.root / "young.txt").unlink()
     h.sync()
     with __import__("sqlite3").connect(h.state_dir / "objlibd.db") as conn:
-        conn.execute("UPDATE files SET missing_since = ? WHERE path = 'old.txt'",
-                     (time.time() - 8 * 86400,))
+        conn.execute(
+            "UPDATE files SET missing_since = ? WHERE path = 'old.txt'", (time.time() - 8 * 86400,)
+        )
     young_doc = h.row("young.txt")["document"]
     summary = h.sync("--prune-missing", "--older-than", "7d")
     assert summary["pruned"] == 1
@@ -239,7 +248,8 @@ def fail_deletes(h, monkeypatch) -> None:
         from emulator import Fault
 
         h._dfault = h.emulator.add_fault(
-            Fault(method="DELETE", path=r"documents/", status=503, times=None))
+            Fault(method="DELETE", path=r"documents/", status=503, times=None)
+        )
     else:
         from objlib_daemon.stores.base import TransientError
         from objlib_daemon.stores.local import LocalStore
@@ -332,11 +342,14 @@ def test_touch_refreshes_mtime_only(h):
     assert h.row("t/Touched.txt")["mtime_ns"] == p.stat().st_mtime_ns
 
 
-@pytest.mark.parametrize("name", [
-    "Peikoff Podcast/Episode 12 – 3⧸4⧸2015 [abc].txt",
-    "Ayn Rand Institute/Milton Friedman vs Ayn Rand： How To Change the World.txt",
-    "L" * 240 + ".txt",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Peikoff Podcast/Episode 12 – 3⧸4⧸2015 [abc].txt",
+        "Ayn Rand Institute/Milton Friedman vs Ayn Rand： How To Change the World.txt",
+        "L" * 240 + ".txt",
+    ],
+)
 def test_odd_names(h, name):
     h.write(name)
     assert h.sync()["uploaded"] == 1

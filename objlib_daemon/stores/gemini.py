@@ -276,19 +276,12 @@ def _document(doc: types.Document) -> RemoteDocument:
 
 
 def fit_display_name(name: str) -> str:
-    """Strip (a leading space hung an import) and cut to the 512-character limit.
+    """Strip (a leading space hung an import) and enforce the 512-character limit.
 
-    The middle goes, so the start of the path and the extension survive; the
-    full path is in the metadata anyway.
+    Enrichment already gives a fitting name; this guards the API's own limit.
     """
-    name = " ".join(name.split())  # also no newlines or tabs in a display name
-    if not name:
-        return "untitled"
-    if len(name) <= MAX_DISPLAY_NAME:
-        return name
-    keep = MAX_DISPLAY_NAME - 1
-    head = keep // 2
-    return name[:head] + "…" + name[-(keep - head) :]
+    name = name.strip() or "untitled"
+    return name if len(name) <= MAX_DISPLAY_NAME else name[: MAX_DISPLAY_NAME - 1] + "…"
 
 
 def _matches(doc: RemoteDocument, match: Mapping[str, MetadataValue]) -> bool:
@@ -339,6 +332,8 @@ class GeminiStore:
             pacer = Pacer(
                 limiter=RateLimiter(config.requests_per_minute, sleep=sleep),
                 breaker=CircuitBreaker(config.breaker_threshold, config.breaker_cooldown),
+                attempts=config.retry_attempts,
+                base_delay=config.retry_initial,
                 sleep=sleep,
             )
         pacer.add_secret(self._key)
