@@ -40,6 +40,8 @@ FLUSH_INTERVAL = 0.5
 # reconcile walk (which re-finds all of them): drop the set and ask for one.
 # Watchdog's measured 18-32k events/s cannot normally fill it in one interval.
 MAX_PENDING = 50_000
+# Longest wait between retries of a failing queue write.
+MAX_BACKOFF = 30.0
 
 
 class Debouncer:
@@ -70,6 +72,7 @@ class Debouncer:
         self._thread: threading.Thread | None = None
         self.flushed = 0  # paths written since start, for status
         self.last_flush_at: float | None = None
+        self.failures = 0  # consecutive failed flushes
 
     # --- producers (any thread; O(1), never raise) ---------------------------------
 
@@ -118,9 +121,15 @@ class Debouncer:
             self._wake.wait()  # idle: no timer, no polling
             if self._stop.is_set():
                 break
-            self._stop.wait(FLUSH_INTERVAL)  # gather the rest of the burst
+            # Gather the rest of the burst, but never longer than the settle
+            # time: a path cannot be ready before it is in the queue.
+            self._stop.wait(min(FLUSH_INTERVAL, max(0.05, self.settle_seconds)))
             self._wake.clear()
             self.flush()
+            if self.failures:
+                # The database refused the write (disk full, locked for long):
+                # back off, keeping the events, instead of retrying every 0.5 s.
+                self._stop.wait(min(MAX_BACKOFF, FLUSH_INTERVAL * 2**self.failures))
 
     def flush(self) -> int:
         """One transaction for everything gathered; on failure keep it for the next try."""
@@ -144,8 +153,12 @@ class Debouncer:
                     for path in s.scalars(below):
                         items.setdefault(path, queue.MOVED_FROM)
                 queue.enqueue(s, items.items(), not_before=not_before)
-        except Exception:
-            log.exception("could not write events to the queue; keeping them for the next flush")
+        except Exception as exc:
+            self.failures += 1
+            if self.failures == 1:
+                log.exception("could not write events to the queue; keeping them to retry")
+            else:
+                log.debug("queue write failed again", failures=self.failures, error=repr(exc))
             with self._lock:
                 for path, reason in paths.items():
                     self._paths.setdefault(path, reason)
@@ -153,6 +166,9 @@ class Debouncer:
                 self._vanished |= vanished
             self._wake.set()
             return 0
+        if self.failures:
+            log.info("events written to the queue again", after_failures=self.failures)
+        self.failures = 0
         self.flushed += len(items)
         self.last_flush_at = time.time()
         if items:

@@ -8,12 +8,14 @@ work in its supervision loop:
   which requeues it: nothing is lost). A second signal exits at once.
 - SIGHUP: reload the config file; it is validated first and a bad one is
   refused with the running configuration kept.
+- SIGUSR1: dump every thread's stack to stderr (a stuck daemon, diagnosed).
 One daemon per library: the library lock is taken before anything else, so a
 second instance exits 1 naming the holder's pid.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -52,6 +54,8 @@ class Signals:
         signal.signal(signal.SIGINT, self._on_stop)
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, self._on_reload)
+        if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack to the log
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
         return self
 
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:

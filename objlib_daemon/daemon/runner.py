@@ -82,9 +82,11 @@ class Daemon:
         self._reconciling = False
         self._draining = False
         self._drain_progress: Counter[str] = Counter()
+        self._progress_lock = threading.Lock()
         self.totals: Counter[str] = Counter()
         self.last_errors: deque[dict[str, Any]] = deque(maxlen=LAST_ERRORS)
         self.last_reconcile: dict[str, Any] | None = None
+        self._pass_record: dict[str, Any] = {}
         self.last_drain: dict[str, Any] | None = None
         self.last_audit: dict[str, Any] | None = None
         self.watch_report: dict[str, Any] | None = None
@@ -428,6 +430,10 @@ class Daemon:
                 self._error("drain", str(exc))
                 log.warning("drain could not run", error=str(exc))
                 again = time.time() + self.config.sync.retry_base
+            except Exception as exc:  # database trouble (disk full, ...): retry, don't spin
+                self._error("drain", f"{type(exc).__name__}: {exc}")
+                log.exception("drain failed")
+                again = time.time() + self.config.sync.retry_base
             finally:
                 self._draining = False
             self.totals.update(counts)
@@ -447,7 +453,8 @@ class Daemon:
             return queue.next_due(s)
 
     def _on_result(self, result: Result) -> None:
-        self._drain_progress[result.action] += 1
+        with self._progress_lock:  # called from every applier thread
+            self._drain_progress[result.action] += 1
         if result.action in ("unchanged", "gone"):
             log.debug("looked at", path=result.path, action=result.action)
         elif result.error:
@@ -461,16 +468,19 @@ class Daemon:
         force = bool(options.get("force"))
         why = sorted(options.get("why") or {"schedule"})
         if self.stopping.is_set():
+            self._pass_record = {"outcome": "stopped", "skipped": True, "error": "stopping"}
             return
+        # A skipped pass is reported to `reconcile --wait` but does not replace
+        # `last_reconcile`, which always describes the last pass that ran.
         if self._paused:
             self._reconcile_skipped = True
-            self.last_reconcile = {"at": time.time(), "outcome": "skipped: paused", "why": why}
+            self._pass_record = {"outcome": "paused", "skipped": True, "error": self._paused}
             return
         if not self._volume.available:
-            self.last_reconcile = {
-                "at": time.time(),
-                "outcome": "skipped: volume unavailable",
-                "why": why,
+            self._pass_record = {
+                "outcome": "volume unavailable",
+                "skipped": True,
+                "error": f"skipped: {self._volume.reason}",
             }
             return
         self._reconcile_skipped = False
@@ -516,7 +526,7 @@ class Daemon:
         finally:
             self._reconciling = False
         record["finished_at"] = time.time()
-        self.last_reconcile = record
+        self.last_reconcile = self._pass_record = record
         log.info(
             "reconcile finished",
             **{
@@ -684,7 +694,7 @@ class Daemon:
         if not wait:
             return {"ok": True, "queued": True, "force": force}
         self.reconcile_job.wait(ticket)
-        result = dict(self.last_reconcile or {})
+        result = dict(self._pass_record)
         answer: dict[str, Any] = {"ok": result.get("outcome") == "ok", "reconcile": result}
         if result.get("outcome") != "ok":
             answer["error"] = result.get("error") or str(result.get("outcome"))

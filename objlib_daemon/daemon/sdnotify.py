@@ -29,8 +29,12 @@ def notify(*fields: str) -> bool:
     payload = "\n".join(f.replace("\n", " ") for f in fields).encode("utf-8", "replace")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            # Never block: a receiver that stops reading fills its queue
+            # (net.unix.max_dgram_qlen, 10 by default) and a blocking send would
+            # then hang whichever thread reported its state; drop the message.
+            sock.setblocking(False)
             sock.connect(address)
-            sock.sendall(payload)
+            sock.send(payload)
     except OSError as exc:
         log.debug("sd_notify failed", error=str(exc))
         return False
