@@ -1,0 +1,129 @@
+"""The docs cannot drift from the code: every config key is documented and in the example.
+
+config.SCHEMA is the single source (`schema_keys()`); docs/configuration.md
+must name each key as `section.key`, and config.example.toml must hold each
+one, commented out with its default. "Uncommenting" the example is defined
+here: a line `# key = value` or `# [section]` / `# [[metadata.rules]]` loses
+its `# `; prose comments never start with `word =` or `[`, so they stay.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from objlib_daemon import config
+from objlib_daemon.library.metadata import enrich, validate_rules
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "config.example.toml"
+CONFIG_DOC = REPO / "docs" / "configuration.md"
+OPERATIONS_DOC = REPO / "docs" / "operations.md"
+
+COMMENTED_SETTING = re.compile(r"^#\s?(\[\[?[a-z_.]+\]\]?|[a-z_]+\s*=.*)$")
+
+
+def uncomment(text: str) -> str:
+    return "\n".join(COMMENTED_SETTING.sub(r"\1", line) for line in text.splitlines()) + "\n"
+
+
+def flatten(data: dict, prefix: str = "") -> set[str]:
+    """`section.key` for tables, `section.list.key` for arrays of tables."""
+    keys: set[str] = set()
+    for name, value in data.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, dict) and not (prefix and name == "fields"):
+            keys |= flatten(value, dotted + ".")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for item in value:
+                keys |= flatten(item, dotted + ".")
+        else:
+            keys.add(dotted)
+    return keys
+
+
+@pytest.fixture(scope="module")
+def example() -> dict:
+    return tomllib.loads(uncomment(EXAMPLE.read_text(encoding="utf-8")))
+
+
+def test_every_key_is_documented() -> None:
+    text = CONFIG_DOC.read_text(encoding="utf-8")
+    missing = [k for k in config.schema_keys() if f"`{k}`" not in text]
+    assert not missing, f"docs/configuration.md lacks {missing}"
+
+
+def test_no_documented_key_is_unknown() -> None:
+    """A key removed from the code must leave the docs too."""
+    text = CONFIG_DOC.read_text(encoding="utf-8")
+    sections = "|".join([*config.SCHEMA, *config.LIST_SECTIONS])
+    named = set(re.findall(rf"`((?:{sections})\.[a-z_.]+)`", text))
+    assert named <= set(config.schema_keys()), named - set(config.schema_keys())
+
+
+def test_every_key_is_in_the_example(example: dict) -> None:
+    assert flatten(example) == set(config.schema_keys())
+
+
+def test_example_parses_as_shipped() -> None:
+    """Everything commented out: the file loads and every value is the default."""
+    cfg = config.load(EXAMPLE)
+    assert cfg.library == config.LibraryConfig()
+    assert cfg.store == config.StoreConfig()
+    assert cfg.metadata_rules is None
+
+
+def test_example_validates_uncommented(example: dict, tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(uncomment(EXAMPLE.read_text(encoding="utf-8")), encoding="utf-8")
+    cfg = config.load(path)
+    assert cfg == config.from_dict(example, source=path.resolve())
+    assert cfg.library.root is not None and cfg.metadata_rules
+
+
+def test_example_values_are_the_defaults(example: dict) -> None:
+    """`# key = value` shows the default (keys whose default is "none" show a sample)."""
+    cfg = config.from_dict(example)
+    for section, defaults in config.dataclass_defaults().items():
+        for key, default in defaults.items():
+            if default is None:
+                continue
+            assert getattr(getattr(cfg, section), key) == default, f"{section}.{key}"
+
+
+def test_example_metadata_rule_works(example: dict) -> None:
+    rules = config.from_dict(example).metadata_rules
+    assert rules is not None
+    validate_rules(rules)
+    got = enrich("Lectures/Jane_Doe/On_Reason.txt", library_id="x", sha256="0", rules=rules)
+    assert got.metadata["speaker"] == "Jane Doe"
+    assert got.metadata["title"] == "On Reason"
+
+
+def test_configuration_doc_states_the_lookup_orders() -> None:
+    text = CONFIG_DOC.read_text(encoding="utf-8")
+    for needle in ("--config", "OBJLIBD_CONFIG", "OBJLIBD_STATE_DIR", "OBJLIBD_RUNTIME_DIR"):
+        assert needle in text
+    assert text.index("`--config FILE`") < text.index("`$OBJLIBD_CONFIG`")
+
+
+def test_operations_doc_covers_the_issue() -> None:
+    text = OPERATIONS_DOC.read_text(encoding="utf-8")
+    for needle in (
+        "objlibd service install",
+        "objlibd service uninstall",
+        "loginctl enable-linger",
+        "journalctl --user -u objlibd",
+        "~/Library/Logs/objlibd/",
+        "BindsTo=",
+        "StartOnMount",
+        "TCC",
+        "NAME 1",
+        "First sync",
+        "unplugged",
+        "Upgrading",
+    ):
+        assert needle in text, needle
