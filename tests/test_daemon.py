@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import stat
@@ -26,7 +27,7 @@ from daemon_helpers import Env, atomic_write, wait_until, write
 from objlib_daemon.config import LibraryConfig
 from objlib_daemon.daemon import scheduler as sched
 from objlib_daemon.daemon.runner import Daemon
-from objlib_daemon.daemon.watcher import OverflowHook, Watcher, check_watches
+from objlib_daemon.daemon.watcher import OverflowHook, Watcher, WatchReport, check_watches
 from objlib_daemon.library.eligibility import Eligibility
 
 
@@ -347,6 +348,10 @@ def test_control_socket_lock_cli_and_signals(make_env, tmp_path: Path) -> None:
     notify.shutdown(socket.SHUT_RDWR)
     notify.close()
 
+    # Not on a terminal, the log is JSON lines (stdlib loggers' records too).
+    events = [json.loads(line)["event"] for line in env.log().splitlines() if line.strip()]
+    assert {"daemon started", "configuration reloaded", "stopped"} <= set(events)
+
     # Without a daemon: status from the database, reconcile inline, pause refused.
     assert env.cli_json("status")["daemon"] is None
     write(env.root / "inline.txt", "synced by the inline reconcile")
@@ -355,16 +360,6 @@ def test_control_socket_lock_cli_and_signals(make_env, tmp_path: Path) -> None:
     assert env.file_states()["inline.txt"] == "indexed"
     refused = env.cli("pause")
     assert refused.returncode == 1 and "no objlibd daemon is running" in refused.stderr
-
-
-def test_log_is_json_lines_when_not_a_terminal(make_env) -> None:
-    env = make_env()
-    env.init()
-    env.start()
-    assert env.stop() == 0
-    lines = [line for line in env.log().splitlines() if line.strip()]
-    events = [json.loads(line)["event"] for line in lines]
-    assert "daemon started" in events and "stopped" in events
 
 
 # --- in-process: overflow, kicks, watcher --------------------------------------------------
@@ -466,6 +461,19 @@ def test_a_kick_between_the_last_check_and_the_end_of_the_run_is_kept() -> None:
         scheduler.shutdown(wait=True)
 
 
+def test_socket_path_fits_sockaddr_un(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from objlib_daemon.config import Config
+    from objlib_daemon.daemon.control import MAX_SOCKET_PATH, socket_path
+
+    monkeypatch.setenv("OBJLIBD_RUNTIME_DIR", str(tmp_path / "run"))
+    assert socket_path(Config()) == tmp_path / "run" / "objlibd.sock"
+    deep = tmp_path / ("x" * 60) / ("y" * 60)
+    monkeypatch.setenv("OBJLIBD_RUNTIME_DIR", str(deep))
+    path = socket_path(Config())
+    assert len(os.fsencode(path)) <= MAX_SOCKET_PATH
+    assert path == socket_path(Config()), "server and client must agree"
+
+
 class _Collect:
     def __init__(self) -> None:
         self.paths: dict[str, str] = {}
@@ -518,5 +526,45 @@ def test_watcher_keys_filters_and_never_raises(tmp_path: Path) -> None:
         report = check_watches(root)
         assert report.watches == report.directories and not report.short
         assert "sysctl fs.inotify.max_user_watches" in report.advice()
+
+        shutil.rmtree(root)  # the root itself going away is for the volume monitor
+        wait_until(lambda: gone, what="the root's disappearance reported")
     finally:
         watcher.stop()
+
+
+def test_supervisor_rebuilds_a_dead_watcher_and_a_watch_shortfall_is_reported(
+    make_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from objlib_daemon.daemon import runner
+
+    short = WatchReport(watches=3, directories=40, limit=8192)
+    monkeypatch.setattr(runner, "check_watches", lambda _root: short)
+    env = make_env()
+    env.init()
+    daemon = Daemon(env.config())
+    daemon.start()
+    try:
+        wait_until(lambda: (daemon.last_reconcile or {}).get("outcome") == "ok", what="reconcile")
+        wait_until(
+            lambda: any("max_user_watches" in e["error"] for e in daemon.last_errors),
+            what="the watch shortfall reported",
+        )
+        next_run = daemon.reconcile_job.next_run()
+        assert next_run is not None and next_run <= time.time() + runner.LIMITED_RECONCILE_INTERVAL
+
+        # An observer that died (as after an exception in watchdog) is rebuilt.
+        observer = daemon.watcher._observer
+        observer.stop()
+        observer.join(5)
+        assert not daemon.watcher.is_alive()
+        daemon.supervise()
+        assert daemon.watcher.is_alive()
+        wait_until(
+            lambda: "watcher restarted" in (daemon.last_reconcile or {}).get("why", []),
+            what="a reconcile after the rebuild",
+        )
+        write(env.root / "after-rebuild.txt", "seen by the new observer")
+        env.wait_converged()
+    finally:
+        assert daemon.stop(10)

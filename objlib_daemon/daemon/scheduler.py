@@ -32,6 +32,27 @@ from apscheduler.triggers.interval import IntervalTrigger
 log = structlog.get_logger("objlibd.scheduler")
 
 JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+
+# Drain's safety-net interval: its real schedule is the queue's next due
+# time; this only bounds how long a scheduling bug could leave work waiting.
+DRAIN_INTERVAL = 300.0
+# Prune is a daily look: against a 7-day `prune_after` a day's slack is noise.
+PRUNE_INTERVAL = 86400.0
+# With fewer inotify watches than folders, changes in unwatched folders are
+# found only by the reconcile: run it at least this often then.
+LIMITED_RECONCILE_INTERVAL = 900.0
+# Orphans left by the last run are retried this long after start, once the
+# first reconcile and drain had the store to themselves.
+FIRST_SWEEP_DELAY = 60.0
+# An interval of 0 in the config means "never on a timer" (kicks still run
+# the job): ten years stands in for never.
+NEVER = 10 * 365 * 86400.0
+
+
+def periodic(seconds: float) -> float:
+    return seconds if seconds > 0 else NEVER
+
+
 # Jobs: drain, reconcile, orphan sweep, prune, audit, plus one-off helpers;
 # a handful of threads is enough and bounds what a stuck store call can pin.
 MAX_WORKERS = 8

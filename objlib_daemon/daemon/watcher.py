@@ -147,6 +147,11 @@ class Watcher:
         except Exception as exc:  # a dead or half-started observer: nothing left to stop
             log.debug("observer stop", error=repr(exc))
 
+    def set_eligibility(self, eligibility: Eligibility) -> None:
+        """New include/exclude rules (config reload)."""
+        self.eligibility = eligibility
+        self._dir_ok_cache.clear()
+
     @property
     def running(self) -> bool:
         return self._observer is not None

@@ -1,0 +1,241 @@
+"""The job bodies: what each scheduled pass does, and when it must not run.
+
+- drain: the only caller of the applier. It holds the daemon's writer lock
+  (so the orphan sweep, prune and audit never touch the store at the same
+  time, and `resolve_intents` never sees another pass's upload in flight),
+  runs only while not paused and the volume is present, stops after the file
+  in flight when either changes, and returns when the queue is next due.
+- reconcile: a scan that only enqueues; skipped (and reported so) while
+  paused or while the volume is away, so nothing is ever marked missing then.
+- orphan sweep, prune (after a reconcile on a present volume), audit (report
+  only unless `audit_repair`, through `objlib_daemon.sync.verify` when it exists).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from objlib_daemon.errors import SafetyAbort, VolumeUnavailable
+from objlib_daemon.state import queue
+from objlib_daemon.stores.base import AuthError, StoreError
+from objlib_daemon.sync.applier import Result
+
+if TYPE_CHECKING:
+    from objlib_daemon.daemon.runner import Daemon
+
+log = structlog.get_logger("objlibd.jobs")
+
+
+class Jobs:
+    """The pass bodies, bound to one Daemon (its state decides what may run)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    def drain(self, _options: dict[str, Any]) -> float | None:
+        d = self.d
+        if not d.may_read_library():
+            return None
+        with d.writer:
+            stop = d.new_pass_stop()
+            if stop.is_set():
+                return None
+            engine = d.engine
+            d.draining = True
+            d.drain_progress = Counter()
+            started = time.time()
+            counts: Counter[str] = Counter()
+            again: float | None = None
+            try:
+                engine.require_volume()
+                counts = engine.drain(stop=stop, on_result=self.on_result)
+            except VolumeUnavailable as exc:
+                log.warning("drain halted: volume unavailable", error=str(exc))
+                d.record_error("drain", str(exc))
+                if d.monitor is not None:
+                    d.monitor.request_check()
+                again = time.time() + d.config.daemon.volume_check_interval
+            except AuthError as exc:
+                d.record_error("drain", f"credentials rejected: {exc}")
+                log.error("the store rejected our credentials; pausing", error=str(exc))
+                d.pause("the store rejected the credentials: fix them, then `objlibd resume`")
+            except StoreError as exc:  # e.g. listing for interrupted uploads failed
+                d.record_error("drain", str(exc))
+                log.warning("drain could not run", error=str(exc))
+                again = time.time() + d.config.sync.retry_base
+            except Exception as exc:  # database trouble (disk full, ...): retry, don't spin
+                d.record_error("drain", f"{type(exc).__name__}: {exc}")
+                log.exception("drain failed")
+                again = time.time() + d.config.sync.retry_base
+            finally:
+                d.draining = False
+            d.totals.update(counts)
+            d.last_drain = {
+                "started_at": started,
+                "finished_at": time.time(),
+                "counts": {k: v for k, v in counts.items() if v},
+            }
+            if any(v for k, v in counts.items() if k not in ("unchanged", "gone", "hashed")):
+                log.info("changes applied", **{k: v for k, v in counts.items() if v})
+            if counts.get("paused"):  # circuit breaker open: look again after its cooldown
+                again = time.time() + d.config.store.breaker_cooldown
+        if again is not None or stop.is_set():
+            return again
+        assert d.ro_db is not None
+        with d.ro_db.session() as s:
+            return queue.next_due(s)
+
+    def on_result(self, result: Result) -> None:
+        d = self.d
+        with d.progress_lock:  # called from every applier thread
+            d.drain_progress[result.action] += 1
+        if result.action in ("unchanged", "gone"):
+            log.debug("looked at", path=result.path, action=result.action)
+        elif result.error:
+            log.info("not applied", path=result.path, action=result.action, error=result.error)
+            if result.action != "skipped":
+                d.record_error("apply", f"{result.path}: {result.error}")
+        else:
+            log.info("applied", path=result.path, action=result.action)
+
+    def reconcile(self, options: dict[str, Any]) -> None:
+        d = self.d
+        force = bool(options.get("force"))
+        why = sorted(options.get("why") or {"schedule"})
+        if d.stopping.is_set():
+            d.pass_record = {"outcome": "stopped", "skipped": True, "error": "stopping"}
+            return
+        # A skipped pass is reported to `reconcile --wait` but does not replace
+        # `last_reconcile`, which always describes the last pass that ran.
+        if d.paused:
+            d.reconcile_skipped = True
+            d.pass_record = {"outcome": "paused", "skipped": True, "error": d.paused}
+            return
+        if not d.volume.available:
+            d.pass_record = {
+                "outcome": "volume unavailable",
+                "skipped": True,
+                "error": f"skipped: {d.volume.reason}",
+            }
+            return
+        d.reconcile_skipped = False
+        started = time.time()
+        d.last_reconcile = {
+            "started_at": started,
+            "force": force,
+            "why": why,
+            "outcome": "running",
+        }
+        d.reconciling = True
+        log.info("reconcile started", force=force, why=why)
+        record: dict[str, Any] = {"started_at": started, "force": force, "why": why}
+        try:
+            plan = d.engine.reconcile(force=force)
+        except VolumeUnavailable as exc:
+            record["outcome"] = "volume unavailable"
+            record["error"] = str(exc)
+            d.record_error("reconcile", str(exc))
+            if d.monitor is not None:
+                d.monitor.request_check()
+        except SafetyAbort as exc:
+            record["outcome"] = "aborted"
+            record["error"] = str(exc)
+            log.error("reconcile aborted", error=str(exc))
+            d.record_error("reconcile", str(exc))
+        except Exception as exc:
+            record["outcome"] = "error"
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            log.exception("reconcile failed")
+            d.record_error("reconcile", record["error"])
+        else:
+            record.update(
+                outcome="ok",
+                candidates=len(plan.candidates),
+                vanished=len(plan.vanished),
+                unchanged=plan.unchanged,
+                problems=plan.problems[:20],
+            )
+            d.reconciled_since_mount = True
+            for problem in plan.problems[:20]:
+                log.info("library problem", problem=problem)
+        finally:
+            d.reconciling = False
+        record["finished_at"] = time.time()
+        d.last_reconcile = d.pass_record = record
+        log.info(
+            "reconcile finished",
+            **{
+                k: v
+                for k, v in record.items()
+                if k in ("outcome", "candidates", "vanished", "unchanged", "error")
+            },
+            seconds=round(record["finished_at"] - started, 3),
+        )
+        d.kick_drain()
+
+    def orphan_sweep(self) -> None:
+        d = self.d
+        if not d.may_use_store():
+            return
+        with d.writer:
+            try:
+                cleaned = d.engine.cleanup_orphans()
+            except StoreError as exc:
+                d.record_error("orphans", str(exc))
+                return
+        if cleaned:
+            log.info("orphans deleted", count=cleaned)
+
+    def prune(self) -> None:
+        d = self.d
+        # Only right after a reconcile on a present volume: a file that came
+        # back while we were away must be seen as restored before its
+        # missing clock is trusted.
+        if not d.may_read_library() or not d.reconciled_since_mount:
+            return
+        with d.writer:
+            try:
+                pruned = d.engine.prune(d.config.sync.prune_after)
+            except StoreError as exc:
+                d.record_error("prune", str(exc))
+                return
+        if pruned:
+            log.info("pruned documents of long-missing files", count=pruned)
+
+    def audit(self) -> None:
+        """Weekly remote audit via `objlib_daemon.sync.verify` when that module exists."""
+        d = self.d
+        if not d.may_use_store():
+            return
+        try:
+            verify = importlib.import_module("objlib_daemon.sync.verify")
+        except ModuleNotFoundError as exc:
+            if exc.name != "objlib_daemon.sync.verify":
+                raise
+            log.info("audit skipped: objlib_daemon.sync.verify is not available")
+            return
+        audit = getattr(verify, "audit", None) or getattr(verify, "verify", None)
+        if audit is None:
+            log.info("audit skipped: objlib_daemon.sync.verify has no audit()/verify()")
+            return
+        repair = d.config.daemon.audit_repair
+        started = time.time()
+        with d.writer:
+            try:
+                report = audit(d.engine, repair=repair)
+            except Exception as exc:
+                d.record_error("audit", f"{type(exc).__name__}: {exc}")
+                log.exception("audit failed")
+                return
+        d.last_audit = {
+            "started_at": started,
+            "finished_at": time.time(),
+            "repair": repair,
+            "report": report if isinstance(report, dict | list) else str(report),
+        }
+        log.info("audit finished", repair=repair)
