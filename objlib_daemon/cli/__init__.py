@@ -71,6 +71,7 @@ def _register() -> None:
         ("objlib_daemon.cli.store", "store"),
         ("objlib_daemon.cli.daemon", "COMMANDS"),
         ("objlib_daemon.cli.service", "COMMANDS"),
+        ("objlib_daemon.cli.verify", "COMMANDS"),
     ):
         try:
             mod = __import__(module, fromlist=[name])

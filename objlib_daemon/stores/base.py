@@ -70,10 +70,17 @@ class RemoteDocument:
 
 @dataclass(frozen=True)
 class Upload:
-    """A started upload: the operation to wait on and, when known, the document."""
+    """A started upload: the operation to wait on and, when known, the document.
+
+    `retried`: an earlier attempt of this same upload failed, possibly after
+    its bytes arrived, so it may have created a document anyway (a finalize
+    whose answer was lost); the caller should look for such a copy once this
+    one is recorded.
+    """
 
     operation: str
     document: str | None = None
+    retried: bool = False
 
 
 @dataclass(frozen=True)

@@ -185,8 +185,9 @@ def list_stores(client: genai.Client, *, pacer: Pacer | None = None) -> list[Sto
 def resolve_store(
     client: genai.Client, name_or_display_name: str, *, pacer: Pacer | None = None
 ) -> str:
-    """Resource name for a configured store: a `fileSearchStores/...` name as
-    is, else the one store whose display name (or id) matches. Never creates.
+    """Resource name for a configured store: a `fileSearchStores/...` name once
+    the store answers to it, else the one store whose display name (or id)
+    matches. Never creates.
     """
     wanted = name_or_display_name.strip()
     if not wanted:
@@ -195,7 +196,20 @@ def resolve_store(
             "`objlibd store create NAME` or run `objlibd init --create-store`"
         )
     if wanted.startswith(STORE_PREFIX):
-        return wanted
+        # Checked, not trusted: a mistyped or deleted store recorded at init
+        # would otherwise turn every later upload into a per-file 404 failure.
+        pacer = _pacer_for(client, pacer)
+        try:
+            store = pacer.call("file_search_stores.get", client.file_search_stores.get, name=wanted)
+        except PermanentError as exc:
+            if exc.code == 404 or (exc.code == 403 and not isinstance(exc, AuthError)):
+                raise StoreNotFound(
+                    f"no File Search store {wanted!r} (or this key cannot see it): create one "
+                    "with `objlibd store create NAME` or `objlibd init --create-store`",
+                    code=exc.code,
+                ) from None
+            raise
+        return store.name or wanted
     stores = list_stores(client, pacer=pacer)
     matches = [s for s in stores if s.display_name == wanted]
     if not matches:
@@ -401,8 +415,9 @@ class GeminiStore:
 
         Retried on transient errors from the start of `data` again. A failure
         after the last chunk reached the server can leave a document behind
-        that a retry duplicates; it carries our identity metadata, so the
-        orphan sweep / audit recognises and removes it.
+        that a retry duplicates; the result then says `retried`, and the copy
+        carries our identity metadata, so the caller's intent resolution (or
+        the audit) recognises and removes it.
         """
         if not mime_type:
             raise PermanentError("a MIME type is required for uploads from a file object")
@@ -413,8 +428,11 @@ class GeminiStore:
             custom_metadata=_metadata_in(metadata),
         )
         start = data.tell()
+        attempts = 0
 
         def attempt() -> types.UploadToFileSearchStoreOperation:
+            nonlocal attempts
+            attempts += 1
             data.seek(start)
             return self.client.file_search_stores.upload_to_file_search_store(
                 file_search_store_name=self.name,
@@ -435,7 +453,7 @@ class GeminiStore:
                 raise self._operation_error(op.error, name)
             if op.response is not None and op.response.document_name:
                 document = self.document_name(op.response.document_name)
-        return Upload(operation=op.name, document=document)
+        return Upload(operation=op.name, document=document, retried=attempts > 1)
 
     @staticmethod
     def _finished(op: types.UploadToFileSearchStoreOperation) -> bool:

@@ -277,8 +277,12 @@ class Applier:
             self._record_failure(path, disk, f"the store refused it: {exc}")
             return Result(path, "failed", True, error=str(exc))
         # The intent stays on transient errors: the import may have happened, and
-        # `resolve_intents` adopts or removes whatever it left.
-        old = self._record_upload(path, snap, doc.name, intent.id)
+        # `resolve_intents` adopts or removes whatever it left. It also stays when
+        # the store had to repeat the upload: the failed attempt may have landed
+        # too, and the drain's closing `resolve_intents` removes that copy.
+        old = self._record_upload(
+            path, snap, doc.name, None if getattr(upload, "retried", False) else intent.id
+        )
         result = Result(path, "new" if action is Action.NEW else "modified", True, uploaded=1)
         if old:
             result.deleted += self.retire(old)
@@ -289,7 +293,9 @@ class Applier:
                 result.deleted += self.retire(doc_name)
         return result
 
-    def _record_upload(self, path: str, snap: Snapshot, document: str, intent: int) -> str | None:
+    def _record_upload(
+        self, path: str, snap: Snapshot, document: str, intent: int | None
+    ) -> str | None:
         """Point the row at the new document; the old one becomes an orphan. One commit."""
         now = self.clock()
         with self.db.session() as s:
@@ -305,7 +311,8 @@ class Applier:
             f.updated_at = now
             if old:
                 s.merge(Orphan(document=old, path=path, reason="superseded", created_at=now))
-            s.execute(delete(Intent).where(Intent.id == intent))
+            if intent is not None:
+                s.execute(delete(Intent).where(Intent.id == intent))
             journal(s, "uploaded" if was_new else "replaced", path, document, snap.sha256)
         return old
 

@@ -35,6 +35,7 @@ from objlib_daemon.state.models import (
     File,
     Intent,
     Orphan,
+    PendingChange,
 )
 from objlib_daemon.stores.base import (
     AuthError,
@@ -302,10 +303,25 @@ class Engine:
 
         One listing of the store covers every leftover intent; an adopted
         document is re-queued so the applier checks it against the disk.
+
+        Only intents whose path is not queued, or due now, are settled. A path
+        backing off is not uploaded again yet, so its leftovers wait for the
+        listing just before its retry: an import that outlived the operation
+        deadline is still indexing (not listed) right after the failure, but
+        listed by then, and adopted instead of uploaded twice. A storm of
+        failing uploads costs no listings either.
         """
         assert self.store is not None and self.applier is not None
+        now = time.time()
         with self.db.session() as s:
             intents = s.scalars(select(Intent)).all()
+            queued = {
+                q.path: q.next_attempt_at
+                for q in s.scalars(
+                    select(PendingChange).where(PendingChange.path.in_({i.path for i in intents}))
+                ).all()
+            }
+        intents = [i for i in intents if queued.get(i.path, 0.0) <= now]
         if not intents:
             return 0
         wanted = {i.path for i in intents}
@@ -315,7 +331,6 @@ class Engine:
             if meta.get("library_id") == self.lib.library_id and meta.get("path") in wanted:
                 found.setdefault(str(meta["path"]), []).append(doc)
         extra: list[str] = []
-        now = time.time()
         with self.db.session() as s:
             for path in wanted:
                 shas = {i.sha256 for i in intents if i.path == path}

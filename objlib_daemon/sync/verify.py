@@ -1,0 +1,411 @@
+"""The remote audit: compare every document in the store with the database, and repair.
+
+Events and passes only ever look at paths that changed; this is the one place
+that looks at the whole store, to catch what slipped through: a crash between
+an upload and its commit, a superseded document whose delete was lost, a
+document someone removed by hand, an import the server marked FAILED. Our
+documents carry their identity in `custom_metadata` (library_id, path, sha256),
+so strays are recognised without guessing, and anything without our library
+id is reported and never touched.
+
+API (used by `objlibd verify` and the daemon's weekly audit job)::
+
+    report = audit(db, store, library)        # one listing; changes nothing
+    if not report.clean:
+        result = repair(db, store, library, report)
+
+    summary = audit_engine(engine, repair=True)   # the same for an Engine, as a dict
+
+`repair` must not run while an applier is draining the same library (hold the
+library lock, or the daemon's writer lock): it re-checks each finding against
+the database before acting, but an upload finishing in between is exactly the
+race it cannot see. Re-queued files are uploaded by the next drain.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from objlib_daemon.library.volume import VolumeGuard
+from objlib_daemon.state import queue
+from objlib_daemon.state.db import Database
+from objlib_daemon.state.models import INDEXED, MISSING, PENDING, PRUNED, File, Intent, Orphan
+from objlib_daemon.stores.base import FAILED as DOC_FAILED
+from objlib_daemon.stores.base import RemoteDocument, Store
+from objlib_daemon.sync.applier import Applier, Library, journal
+
+if TYPE_CHECKING:
+    from objlib_daemon.sync.engine import Engine
+
+# Finding kinds. The first four are drift (`Report.clean` is False while any
+# is present); the last two are reported only: a pending deletion is already
+# recorded and retried by the orphan sweep, and foreign documents are not ours.
+UNRECORDED = "unrecorded"  # ours, not referenced by the database
+ABSENT = "absent"  # recorded for a file, not in the store
+FAILED = "failed"  # recorded, but the store says STATE_FAILED
+DUPLICATE = "duplicate"  # two or more of our documents for one path
+PENDING_DELETION = "pending_deletion"  # a recorded orphan still in the store
+FOREIGN = "foreign"  # another library's, or made by hand: never touched
+KINDS = (UNRECORDED, ABSENT, FAILED, DUPLICATE, PENDING_DELETION, FOREIGN)
+DRIFT = frozenset({UNRECORDED, ABSENT, FAILED, DUPLICATE})
+
+# What `repair` does with a finding (None: nothing, it is information only).
+ADOPT = "adopt"  # record it as the file's document instead of uploading again
+DELETE = "delete"  # record as an orphan, then delete (the orphan mechanism)
+REQUEUE = "requeue"  # mark the row for a fresh upload and queue the path
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    path: str | None
+    document: str | None
+    detail: str
+    action: str | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class Report:
+    """What one audit saw: counts, and every finding (one per document or path)."""
+
+    documents: int = 0  # listed in the store
+    ours: int = 0  # of those, carrying our library id
+    recorded: int = 0  # documents the database references
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def drift(self) -> list[Finding]:
+        return [f for f in self.findings if f.kind in DRIFT]
+
+    @property
+    def clean(self) -> bool:
+        return not self.drift
+
+    def of(self, kind: str) -> list[Finding]:
+        return [f for f in self.findings if f.kind == kind]
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(self.of(kind)) for kind in KINDS}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "clean": self.clean,
+            "documents": self.documents,
+            "ours": self.ours,
+            "recorded": self.recorded,
+            "counts": self.counts(),
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+
+@dataclass
+class RepairResult:
+    adopted: list[str] = field(default_factory=list)  # paths
+    requeued: list[str] = field(default_factory=list)  # paths
+    deleted: list[str] = field(default_factory=list)  # documents
+    not_deleted: list[str] = field(default_factory=list)  # still recorded as orphans
+    skipped: list[str] = field(default_factory=list)  # the database changed since the audit
+
+    @property
+    def complete(self) -> bool:
+        return not (self.not_deleted or self.skipped)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"complete": self.complete}
+
+
+# --- audit ------------------------------------------------------------------------------
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _adoptable(doc: RemoteDocument, row: File | None, intent_shas: set[str]) -> bool:
+    """Is `doc` the finished upload of this path whose commit never happened?
+
+    With an unresolved intent of the same content: adopt unless the row already
+    holds that content (then it is a duplicate), as `Engine.resolve_intents`
+    does. Without one: only when the row has no document and the content the
+    row last saw is exactly the document's.
+    """
+    sha = _text(doc.metadata.get("sha256"))
+    if sha is None or doc.state == DOC_FAILED:
+        return False
+    if sha in intent_shas:
+        return row is None or (row.document != doc.name and row.upload_sha256 != sha)
+    return row is not None and row.document is None and row.state != PRUNED and row.sha256 == sha
+
+
+def audit(db: Database, store: Store, library: Library) -> Report:
+    """List the store once and compare every document with the database.
+
+    Changes nothing. A recorded document missing from the listing is looked up
+    by name before it is called absent (a fresh document can lag the listing).
+    Raises StoreError when the store cannot be listed.
+    """
+    documents = list(store.list())
+    with db.session() as s:
+        rows = s.scalars(select(File)).all()
+        orphans = {o.document: o.reason for o in s.scalars(select(Orphan)).all()}
+        intents = s.execute(select(Intent.path, Intent.sha256)).all()
+    by_document = {f.document: f for f in rows if f.document}
+    by_path = {f.path: f for f in rows}
+    intent_shas: dict[str, set[str]] = {}
+    for path, sha in intents:
+        intent_shas.setdefault(path, set()).add(sha)
+
+    report = Report(documents=len(documents), recorded=len(by_document))
+    live: dict[str, list[str]] = {}  # path -> our documents that are not orphans
+    keep: dict[str, str] = {}  # path -> the document that stays
+    strays: dict[str | None, list[RemoteDocument]] = {}
+    listed: set[str] = set()
+    for doc in documents:
+        listed.add(doc.name)
+        meta = doc.metadata
+        path = _text(meta.get("path"))
+        if meta.get("library_id") != library.library_id:
+            owner = _text(meta.get("library_id"))
+            why = (
+                f"belongs to library {owner}"
+                if owner
+                else "has no objlibd identity (made by hand or by another tool)"
+            )
+            report.findings.append(Finding(FOREIGN, path, doc.name, f"{why}; left alone"))
+            continue
+        report.ours += 1
+        row = by_document.get(doc.name)
+        if row is not None:
+            live.setdefault(row.path, []).append(doc.name)
+            keep[row.path] = doc.name
+            if doc.state == DOC_FAILED:
+                report.findings.append(_failed(row, doc.name))
+        elif doc.name in orphans:
+            report.findings.append(
+                Finding(
+                    PENDING_DELETION,
+                    path,
+                    doc.name,
+                    f"recorded orphan ({orphans[doc.name]}) awaiting deletion",
+                    DELETE,
+                )
+            )
+        else:
+            strays.setdefault(path, []).append(doc)
+
+    for path, docs in strays.items():
+        row = by_path.get(path) if path else None
+        shas = intent_shas.get(path, set()) if path else set()
+        # The newest finished attempt is the one to keep; older copies are extras.
+        newest_first = sorted(docs, key=lambda d: d.create_time or "", reverse=True)
+        adopted = next((d for d in newest_first if path and _adoptable(d, row, shas)), None)
+        for doc in docs:
+            sha = _text(doc.metadata.get("sha256"))
+            if doc is adopted:
+                detail = "finished upload that was never recorded (same content): adopt it"
+                report.findings.append(Finding(UNRECORDED, path, doc.name, detail, ADOPT, sha))
+                keep[path] = doc.name
+            else:
+                detail = "ours but not in the database (crash leftover or superseded version)"
+                if doc.state == DOC_FAILED:
+                    detail += "; STATE_FAILED"
+                report.findings.append(Finding(UNRECORDED, path, doc.name, detail, DELETE, sha))
+            if path:
+                live.setdefault(path, []).append(doc.name)
+
+    for path, names in live.items():
+        if len(names) > 1:
+            kept = keep.get(path)
+            detail = f"{len(names)} documents of ours for this path; " + (
+                f"keeping this one, deleting {len(names) - 1}" if kept else "deleting all"
+            )
+            report.findings.append(Finding(DUPLICATE, path, kept, detail))
+
+    for row in rows:
+        if not row.document or row.document in listed:
+            continue
+        found = store.get(row.document)
+        if found is None:
+            report.findings.append(
+                Finding(
+                    ABSENT,
+                    row.path,
+                    row.document,
+                    "recorded for this file but not in the store: upload again",
+                    REQUEUE,
+                    row.upload_sha256,
+                )
+            )
+        elif found.state == DOC_FAILED:
+            report.findings.append(_failed(row, row.document))
+    report.findings.sort(key=lambda f: (KINDS.index(f.kind), f.path or "", f.document or ""))
+    return report
+
+
+def _failed(row: File, document: str) -> Finding:
+    return Finding(
+        FAILED,
+        row.path,
+        document,
+        "the store could not index it (STATE_FAILED): upload again",
+        REQUEUE,
+        row.upload_sha256,
+    )
+
+
+# --- repair -----------------------------------------------------------------------------
+
+
+def repair(
+    db: Database,
+    store: Store,
+    library: Library,
+    report: Report,
+    *,
+    applier: Applier | None = None,
+    clock: Callable[[], float] = time.time,
+) -> RepairResult:
+    """Fix exactly our drift in `report`; foreign documents are never touched.
+
+    Absent and failed documents: the row is marked for a fresh upload and the
+    path queued (reason "repair"). Unrecorded documents are adopted when they
+    are the finished upload whose commit was lost, else deleted through the
+    orphan mechanism (recorded, then deleted; a failed delete stays recorded
+    for the orphan sweep), keeping the recorded document of a duplicated path.
+    Database changes happen in one transaction before any remote call.
+    """
+    if applier is None:
+        applier = Applier(db, store, library, VolumeGuard(library.root, library.library_id))
+    result = RepairResult()
+    to_delete: list[str] = []
+    now = clock()
+    with db.session() as s:
+        for finding in report.findings:
+            if finding.action == ADOPT:
+                _adopt(s, finding, library, now, result, to_delete)
+            elif finding.action == DELETE:
+                _orphan(s, finding, now, result, to_delete)
+            elif finding.action == REQUEUE:
+                _requeue(s, finding, now, result, to_delete)
+    for document in dict.fromkeys(to_delete):
+        if applier.retire(document):
+            result.deleted.append(document)
+        else:
+            result.not_deleted.append(document)
+    return result
+
+
+_repair = repair  # for audit_engine, whose `repair` flag shadows the function
+
+
+def _adopt(
+    s: Session,
+    finding: Finding,
+    library: Library,
+    now: float,
+    result: RepairResult,
+    to_delete: list[str],
+) -> None:
+    path, document, sha = finding.path, finding.document, finding.sha256
+    assert path and document and sha
+    row = s.get(File, path)
+    if row is not None and row.document == document:
+        return  # recorded meanwhile: nothing to do
+    shas = set(s.scalars(select(Intent.sha256).where(Intent.path == path)).all())
+    still = RemoteDocument(name=document, display_name="", metadata={"sha256": sha})
+    if not _adoptable(still, row, shas) or s.scalar(
+        select(File.path).where(File.document == document)
+    ):
+        result.skipped.append(document)
+        return
+    if row is None:
+        row = File(path=path, created_at=now, attempts=0)
+        s.add(row)
+    elif row.document:
+        s.merge(Orphan(document=row.document, path=path, reason="superseded", created_at=now))
+        to_delete.append(row.document)
+    row.document, row.upload_sha256, row.sha256 = document, sha, sha
+    row.size = row.mtime_ns = None  # the applier re-examines the file on disk
+    row.state, row.missing_since, row.last_error, row.updated_at = INDEXED, None, None, now
+    row.enrichment_version = library.enrichment_version
+    s.execute(delete(Intent).where(Intent.path == path, Intent.sha256 == sha))
+    journal(s, "adopted", path, document, "found by verify: upload finished, never recorded")
+    queue.enqueue(s, [(path, queue.REPAIR)])
+    result.adopted.append(path)
+
+
+def _orphan(
+    s: Session, finding: Finding, now: float, result: RepairResult, to_delete: list[str]
+) -> None:
+    document = finding.document
+    assert document
+    if finding.kind == PENDING_DELETION:
+        if s.get(Orphan, document) is not None:
+            to_delete.append(document)
+        return
+    if s.scalar(select(File.path).where(File.document == document)) is not None:
+        result.skipped.append(document)  # recorded since the audit: not a stray
+        return
+    s.merge(Orphan(document=document, path=finding.path, reason="stray", created_at=now))
+    if finding.path and finding.sha256:
+        # Whatever upload attempt left this document is resolved now.
+        s.execute(
+            delete(Intent).where(Intent.path == finding.path, Intent.sha256 == finding.sha256)
+        )
+    journal(s, "stray", finding.path, document, finding.detail)
+    to_delete.append(document)
+
+
+def _requeue(
+    s: Session, finding: Finding, now: float, result: RepairResult, to_delete: list[str]
+) -> None:
+    path = finding.path
+    assert path
+    row = s.get(File, path)
+    if row is None or row.document != finding.document:
+        result.skipped.append(finding.document or path)
+        return
+    if finding.kind == ABSENT:
+        row.document = None
+    elif row.state == MISSING:
+        # A failed document for a file that is not on disk: nothing to replace
+        # it with now; the file is uploaded afresh if it comes back.
+        assert row.document
+        s.merge(Orphan(document=row.document, path=path, reason="failed", created_at=now))
+        to_delete.append(row.document)
+        row.document = None
+    # No recorded content: the planner sees a new (no document) or modified
+    # (failed document still recorded, replaced upload-first) file.
+    row.upload_sha256 = None
+    if row.state != MISSING:
+        row.state = PENDING
+    row.updated_at = now
+    journal(s, "requeued", path, finding.document, f"verify: {finding.kind}")
+    queue.enqueue(s, [(path, queue.REPAIR)])
+    result.requeued.append(path)
+
+
+# --- the daemon's entry point -----------------------------------------------------------
+
+
+def audit_engine(engine: Engine, *, repair: bool = False) -> dict[str, Any]:
+    """Audit the engine's library (and repair when asked); a JSON-able summary.
+
+    For the daemon's weekly job: call it holding the writer lock so no drain
+    runs meanwhile, then kick the drain when `repair.requeued` or
+    `repair.adopted` is non-empty (those paths are queued, not uploaded here).
+    """
+    assert engine.store is not None, "the audit needs the store"
+    report = audit(engine.db, engine.store, engine.lib)
+    summary = report.as_dict() | {"repair": None}
+    if repair:
+        result = _repair(engine.db, engine.store, engine.lib, report, applier=engine.applier)
+        summary["repair"] = result.as_dict()
+    return summary
