@@ -111,7 +111,7 @@ def _run(
         cleaned = engine.cleanup_orphans()
     # Present paths first, vanished ones after: a rename is then one move, not a
     # missing mark followed by a move.
-    plan = engine.reconcile(force=force, vanished=False)
+    plan = engine.reconcile(force=force, vanished=False, keep_backoff=False)
     with ws.db.session() as s:
         total = queue.depth(s) + len(plan.vanished)
     show_bar = sys.stderr.isatty() and not as_json and total > 0
@@ -131,6 +131,8 @@ def _run(
     counts["unchanged"] += plan.unchanged
     counts["orphans_cleaned"] += cleaned
     counts["failed"] += counts.pop("still_failed", 0)
+    # Paused by an open breaker: still queued, like a file waiting for a retry.
+    counts["retrying"] += counts.pop("paused", 0)
     if prune_older is not None:
         counts["pruned"] = engine.prune(prune_older)
     summary: dict[str, Any] = {k: counts.get(k, 0) for k in SUMMARY_KEYS}

@@ -34,10 +34,19 @@ class Claim:
     reason: str
 
 
-def enqueue(session: Session, items: Iterable[tuple[str, str]], *, not_before: float = 0.0) -> int:
+def enqueue(
+    session: Session,
+    items: Iterable[tuple[str, str]],
+    *,
+    not_before: float = 0.0,
+    keep_backoff: bool = False,
+) -> int:
     """UPSERT (path, reason) rows; an existing row gets gen+1 and is due again.
 
-    `not_before` delays readiness (the watcher's settle time). Returns rows written.
+    `not_before` delays readiness (the watcher's settle time). With
+    `keep_backoff` (periodic reconciles) a row backing off after failures keeps
+    its later due time; without it (an edit, a user's `sync`) it is due again.
+    Returns rows written.
     """
     now = time.time()
     rows = [
@@ -62,8 +71,11 @@ def enqueue(session: Session, items: Iterable[tuple[str, str]], *, not_before: f
             "reason": stmt.excluded.reason,
             "gen": PendingChange.gen + 1,
             "last_seen": stmt.excluded.last_seen,
-            # A fresh event makes a backed-off row due again (the user touched it).
-            "next_attempt_at": stmt.excluded.next_attempt_at,
+            "next_attempt_at": (
+                func.max(PendingChange.next_attempt_at, stmt.excluded.next_attempt_at)
+                if keep_backoff
+                else stmt.excluded.next_attempt_at
+            ),
         },
     )
     session.execute(stmt, rows)

@@ -138,12 +138,20 @@ class Engine:
             )
         return plan
 
-    def reconcile(self, *, force: bool = False, vanished: bool = True) -> Plan:
-        """Scan and enqueue (vanished paths too unless the caller does it later)."""
+    def reconcile(
+        self, *, force: bool = False, vanished: bool = True, keep_backoff: bool = True
+    ) -> Plan:
+        """Scan and enqueue (vanished paths too unless the caller does it later).
+
+        Paths backing off after failures keep their due time unless
+        `keep_backoff` is off (a user's one-shot sync retries everything now).
+        """
         plan = self.scan_plan(force=force)
         reason = queue.FORCE if force else queue.SCAN
         with self.db.session() as s:
-            queue.enqueue(s, ((p, reason) for p in plan.candidates))
+            queue.enqueue(
+                s, ((p, reason) for p in plan.candidates), keep_backoff=keep_backoff and not force
+            )
             self.db.set_meta(s, last_reconcile_at=str(time.time()))
         if vanished:
             self.enqueue_vanished(plan)
@@ -152,7 +160,12 @@ class Engine:
     def enqueue_vanished(self, plan: Plan) -> None:
         """Vanished paths are due after the present ones, so moves resolve first."""
         with self.db.session() as s:
-            queue.enqueue(s, ((p, queue.SCAN) for p in plan.vanished), not_before=time.time())
+            queue.enqueue(
+                s,
+                ((p, queue.SCAN) for p in plan.vanished),
+                not_before=time.time(),
+                keep_backoff=True,
+            )
 
     def dry_run(self, *, force: bool = False) -> tuple[Counter[str], list[tuple[str, str]]]:
         """The plan as it would be applied, from a read-only look: no writes, no remote calls."""
