@@ -242,7 +242,7 @@ class Env:
         return dict(self.db("SELECT path, state FROM files"))
 
     def problems(self) -> list[str]:
-        """Why the store does not (yet) mirror the library; empty when converged."""
+        """Why store and database do not (yet) mirror the library; empty when converged."""
         disk = library_files(self.root)
         by_path: dict[str, list[str]] = {}
         for doc in self.documents():
@@ -254,6 +254,8 @@ class Env:
                 out.append(
                     f"{path}: on disk {sha[:8]}, store {[s[:8] for s in by_path.get(path, [])]}"
                 )
+            elif states.get(path) != "indexed":  # uploaded, result not yet recorded
+                out.append(f"{path}: in the store, but the database says {states.get(path)}")
         for path, shas in by_path.items():
             if path in disk:
                 continue
