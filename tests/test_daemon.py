@@ -401,6 +401,14 @@ def test_overflow_in_a_running_daemon_reconciles_the_lost_changes(make_env) -> N
         )
         env.wait_converged()
         assert daemon.status()["daemon"]["watcher"]["overflows"] >= 1
+
+        # The weekly audit job (report only by default).
+        daemon.jobs.audit()
+        assert daemon.last_audit["clean"] is True
+        daemon.ws.store.delete(next(d["_name"] for d in env.documents()))  # behind our back
+        daemon.jobs.audit()
+        assert daemon.last_audit["clean"] is False and daemon.last_audit["repair"] is None
+        assert daemon.status()["daemon"]["last_audit"]["counts"]
     finally:
         assert daemon.stop(10)
 
@@ -486,6 +494,8 @@ class _Collect:
         self.folders.append((path, present))
 
 
+# watchdog warns when `mkdir -p` races its own recursive watch setup; harmless.
+@pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
 def test_watcher_keys_filters_and_never_raises(tmp_path: Path) -> None:
     root = tmp_path / "lib"
     root.mkdir()

@@ -7,13 +7,12 @@
   in flight when either changes, and returns when the queue is next due.
 - reconcile: a scan that only enqueues; skipped (and reported so) while
   paused or while the volume is away, so nothing is ever marked missing then.
-- orphan sweep, prune (after a reconcile on a present volume), audit (report
-  only unless `audit_repair`, through `objlib_daemon.sync.verify` when it exists).
+- orphan sweep, prune (after a reconcile on a present volume), and the
+  weekly audit (sync/verify.py: report only unless `audit_repair`).
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from objlib_daemon.errors import SafetyAbort, VolumeUnavailable
 from objlib_daemon.state import queue
 from objlib_daemon.stores.base import AuthError, StoreError
 from objlib_daemon.sync.applier import Result
+from objlib_daemon.sync.verify import audit_engine
 
 if TYPE_CHECKING:
     from objlib_daemon.daemon.runner import Daemon
@@ -208,34 +208,38 @@ class Jobs:
             log.info("pruned documents of long-missing files", count=pruned)
 
     def audit(self) -> None:
-        """Weekly remote audit via `objlib_daemon.sync.verify` when that module exists."""
+        """Weekly remote audit (sync/verify.py); repairs only with `audit_repair`.
+
+        Under the writer lock, as verify.py requires: no drain may finish an
+        upload between the listing and a repair. Repaired paths are only
+        queued, so the drain is kicked afterwards.
+        """
         d = self.d
         if not d.may_use_store():
-            return
-        try:
-            verify = importlib.import_module("objlib_daemon.sync.verify")
-        except ModuleNotFoundError as exc:
-            if exc.name != "objlib_daemon.sync.verify":
-                raise
-            log.info("audit skipped: objlib_daemon.sync.verify is not available")
-            return
-        audit = getattr(verify, "audit", None) or getattr(verify, "verify", None)
-        if audit is None:
-            log.info("audit skipped: objlib_daemon.sync.verify has no audit()/verify()")
             return
         repair = d.config.daemon.audit_repair
         started = time.time()
         with d.writer:
             try:
-                report = audit(d.engine, repair=repair)
+                summary = audit_engine(d.engine, repair=repair)
             except Exception as exc:
                 d.record_error("audit", f"{type(exc).__name__}: {exc}")
                 log.exception("audit failed")
                 return
-        d.last_audit = {
+        fixed = summary.get("repair") or {}
+        findings = summary.pop("findings", [])
+        d.last_audit = summary | {
             "started_at": started,
             "finished_at": time.time(),
-            "repair": repair,
-            "report": report if isinstance(report, dict | list) else str(report),
+            "findings": findings[:50],
         }
-        log.info("audit finished", repair=repair)
+        if not summary.get("clean"):
+            d.record_error("audit", f"store and database disagree: {summary.get('counts')}")
+        log.info(
+            "audit finished",
+            clean=summary.get("clean"),
+            counts={k: v for k, v in (summary.get("counts") or {}).items() if v},
+            repair=repair,
+        )
+        if fixed.get("requeued") or fixed.get("adopted"):
+            d.kick_drain()

@@ -92,6 +92,8 @@ def configure_logging(config: Config) -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.setFormatter(formatter)
+    # watchdog reports some races as RuntimeWarnings: keep them in the log's format.
+    logging.captureWarnings(True)
 
 
 def run_daemon(config_path: Path, config: Config) -> int:
