@@ -45,6 +45,8 @@ def when(ts: float | None) -> str:
         return "never"
     age = time.time() - ts
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    if age < 0:
+        return f"{stamp} (in {-age:.0f}s)" if age > -7200 else f"{stamp}"
     if age < 120:
         return f"{stamp} ({age:.0f}s ago)"
     if age < 7200:

@@ -149,10 +149,34 @@ def _status_text(data: dict[str, Any]) -> str:
         f"last sync: {when(last['at'])}" + (f" ({result.get('outcome', '?')})" if result else "")
     )
     if daemon:
-        for key in ("activity", "breaker", "last_reconcile", "next_reconcile"):
-            if daemon.get(key) is not None:
-                lines.append(f"{key.replace('_', ' ')}: {daemon[key]}")
+        lines += _daemon_lines(daemon)
     return "\n".join(lines)
+
+
+def _daemon_lines(daemon: dict[str, Any]) -> list[str]:
+    lines = [f"activity:  {daemon.get('activity') or 'idle'}"]
+    for path in daemon.get("inflight") or []:
+        lines.append(f"in flight: {path}")
+    breaker = daemon.get("breaker") or {}
+    if breaker.get("state") not in (None, "closed"):
+        lines.append(
+            f"breaker:   {breaker['state']} (remote work paused; retry in "
+            f"{breaker.get('retry_in', 0):.0f}s; last error: {breaker.get('last_error')})"
+        )
+    last = daemon.get("last_reconcile") or {}
+    if last:
+        detail = last.get("outcome", "?")
+        if last.get("error"):
+            detail += f": {last['error']}"
+        lines.append(f"reconcile: last {when(last.get('started_at'))} ({detail})")
+    nxt = daemon.get("next_reconcile")
+    if isinstance(nxt, int | float):
+        lines.append(f"           next {when(nxt)}")
+    elif nxt:
+        lines.append(f"           next {nxt}")
+    for err in (daemon.get("last_errors") or [])[-3:]:
+        lines.append(f"error:     {when(err.get('at'))} {err.get('where')}: {err.get('error')}")
+    return lines
 
 
 def collect_status(config: Config) -> dict[str, Any]:
