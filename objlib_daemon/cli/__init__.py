@@ -62,26 +62,18 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from objlib_daemon.cli import library, syncing
+    from objlib_daemon.cli import auth, daemon, library, service, store, syncing, verify
 
-    for command in (*library.COMMANDS, *syncing.COMMANDS):
-        cli.add_command(command)
-    for module, name in (
-        ("objlib_daemon.cli.auth", "auth"),
-        ("objlib_daemon.cli.store", "store"),
-        ("objlib_daemon.cli.daemon", "COMMANDS"),
-        ("objlib_daemon.cli.service", "COMMANDS"),
-        ("objlib_daemon.cli.verify", "COMMANDS"),
+    for command in (
+        *library.COMMANDS,
+        *syncing.COMMANDS,
+        *daemon.COMMANDS,
+        *verify.COMMANDS,
+        *service.COMMANDS,
+        auth.auth,
+        store.store,
     ):
-        try:
-            mod = __import__(module, fromlist=[name])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        found = getattr(mod, name)
-        for command in found if isinstance(found, list | tuple) else (found,):
-            cli.add_command(command)
+        cli.add_command(command)
 
 
 _register()
