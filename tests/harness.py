@@ -21,6 +21,12 @@ from objlib_daemon.cli import cli
 from objlib_daemon.stores.base import RemoteDocument
 
 API_KEY = "test-key-0123456789-secret"
+# The real library's 1,749 relative paths (shared/ sits beside the checkout).
+LIBRARY_PATHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "library-paths.txt"
+
+
+def real_paths() -> list[str]:
+    return [p for p in LIBRARY_PATHS.read_text(encoding="utf-8").splitlines() if p.strip()]
 
 
 def filler(rel: str, size: int = 2048, salt: str = "") -> bytes:

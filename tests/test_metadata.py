@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from pathlib import Path
 
 import pytest
+from harness import real_paths
 
 from objlib_daemon.config import MetadataRule, from_dict
 from objlib_daemon.library import metadata as md
@@ -19,8 +19,7 @@ from objlib_daemon.library.metadata import (
     validate_rules,
 )
 
-PATHS_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "library-paths.txt"
-PATHS = PATHS_FILE.read_text(encoding="utf-8").splitlines()
+PATHS = real_paths()
 LIB = "lib-0123"
 SHA = "ab" * 32
 

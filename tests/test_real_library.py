@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import filler
-
-PATHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "library-paths.txt"
-
-
-def real_paths() -> list[str]:
-    return [line for line in PATHS.read_text(encoding="utf-8").splitlines() if line.strip()]
+from harness import filler, real_paths
 
 
 def test_real_library_syncs_completely(h):
