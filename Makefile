@@ -27,5 +27,15 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check objlib_daemon tests bench
 
+# Benchmarks (docs/benchmarks.md). `bench` takes ~20 min the first time (it
+# builds and syncs a 100,000-file library, kept in /tmp/objlibd-bench) and
+# rewrites the results block of docs/benchmarks.md; `bench-quick` runs every
+# benchmark at small sizes in under a minute and checks only correctness.
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py --update-doc docs/benchmarks.md
+
+bench-quick: $(VENV)/.installed
+	$(BIN)/python bench/run.py --quick
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -13,13 +13,15 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.paths import BadName, key
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    """One eligible file. A tuple: 100k of them are built per reconcile."""
+
     path: str  # key: relative, NFC
     size: int
     mtime_ns: int
@@ -34,52 +36,69 @@ class ScanResult:
 
 
 def walk(root: Path, eligibility: Eligibility, result: ScanResult) -> Iterator[Entry]:
-    """Yield eligible files; fill `result.problems` and counters as it goes."""
+    """Yield eligible files; fill `result.problems` and counters as it goes.
+
+    The per-entry work is kept small (docs/benchmarks.md, benchmark 1): a
+    regular file is recognised by one `is_file` call from the dirent type, an
+    ASCII name is its own NFC key, and names are joined as strings.
+    """
+    entries = result.entries
+    problems = result.problems
+    path_ok = eligibility.path_ok
+    min_size, max_size = eligibility.min_size, eligibility.max_size
+    root_s = os.fspath(root)
     stack = [""]
     while stack:
         rel_dir = stack.pop()
         result.directories += 1
         try:
-            it = os.scandir(root / rel_dir if rel_dir else root)
+            it = os.scandir(os.path.join(root_s, rel_dir) if rel_dir else root_s)
         except OSError as exc:
-            result.problems.append(f"{rel_dir or '.'}: cannot list folder: {exc.strerror}")
+            problems.append(f"{rel_dir or '.'}: cannot list folder: {exc.strerror}")
             continue
+        prefix = f"{rel_dir}/" if rel_dir else ""
         with it:
             for entry in it:
-                rel_raw = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                try:
-                    rel = key(rel_raw)
-                except BadName as exc:
-                    result.problems.append(str(exc))
-                    continue
-                try:
-                    if entry.is_symlink():
-                        if eligibility.path_ok(rel) or entry.is_dir():
-                            result.problems.append(f"{rel}: symbolic link not followed")
+                rel_raw = prefix + entry.name
+                if rel_raw.isascii():
+                    rel = rel_raw  # ASCII is valid UTF-8 and already NFC
+                else:
+                    try:
+                        rel = key(rel_raw)
+                    except BadName as exc:
+                        problems.append(str(exc))
                         continue
-                    if entry.is_dir(follow_symlinks=False):
+                try:
+                    # is_file/is_dir without following: False for a symlink.
+                    if entry.is_file(follow_symlinks=False):
+                        if not path_ok(rel):
+                            result.ineligible += 1
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                    elif entry.is_dir(follow_symlinks=False):
                         if eligibility.dir_ok(rel):
                             stack.append(rel_raw)
                         continue
-                    if not entry.is_file(follow_symlinks=False):
-                        continue  # FIFOs, sockets, devices
-                    if not eligibility.path_ok(rel):
-                        result.ineligible += 1
+                    elif entry.is_symlink():
+                        if path_ok(rel) or entry.is_dir():
+                            problems.append(f"{rel}: symbolic link not followed")
                         continue
-                    st = entry.stat(follow_symlinks=False)
+                    else:
+                        continue  # FIFOs, sockets, devices
                 except OSError as exc:
-                    result.problems.append(f"{rel}: cannot stat: {exc.strerror}")
+                    problems.append(f"{rel}: cannot stat: {exc.strerror}")
                     continue
-                if not eligibility.size_ok(st.st_size):
+                size = st.st_size
+                if not min_size <= size <= max_size:
                     result.ineligible += 1
                     continue
-                if rel in result.entries:
-                    result.problems.append(
+                if rel in entries:
+                    problems.append(
                         f"{rel}: two names on disk normalise to the same path; one is skipped"
                     )
                     continue
-                item = Entry(rel, st.st_size, st.st_mtime_ns)
-                result.entries[rel] = item
+                item = Entry(rel, size, st.st_mtime_ns)
+                entries[rel] = item
                 yield item
 
 

@@ -6,21 +6,25 @@ drain + orphan sweep (+ prune), the daemon schedules each on its own.
 
 from __future__ import annotations
 
+import gc
+import os
 import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import structlog
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from objlib_daemon.config import Config
 from objlib_daemon.errors import SafetyAbort, VolumeUnavailable
-from objlib_daemon.library.files import NotSettled, hash_file
+from objlib_daemon.library.files import NotSettled, Snapshot, hash_file, hash_files
 from objlib_daemon.library.paths import resolve
 from objlib_daemon.library.scan import scan
 from objlib_daemon.library.volume import VolumeGuard
@@ -45,7 +49,7 @@ from objlib_daemon.stores.base import (
     TransientError,
 )
 from objlib_daemon.sync.applier import Applier, Library, Result, Retry, journal, row_of
-from objlib_daemon.sync.planner import Action, Disk, decide, needs_hash
+from objlib_daemon.sync.planner import Action, Disk, Row, decide, needs_hash
 
 log = structlog.get_logger("objlibd.engine")
 
@@ -63,12 +67,55 @@ class Plan:
     tracked: int = 0
 
 
-def _likely_moves(vanished: list[str], rows: dict[str, File], new: dict[str, int]) -> int:
+# (path, state, size, mtime_ns): what a reconcile needs of each `files` row.
+_PlanRow = tuple[str, str, int | None, int | None]
+_PLAN_ROWS = "SELECT path, state, size, mtime_ns FROM files"
+
+
+def _plan_rows(s: Session) -> dict[str, _PlanRow]:
+    """Every row as a plain tuple, read through the driver.
+
+    A reconcile reads the whole table; ORM objects for 100k rows cost 1.9 s
+    and 200 MB, SQLAlchemy rows 0.25 s, sqlite3 tuples 0.12 s
+    (docs/benchmarks.md, benchmark 1).
+    """
+    raw = s.connection().connection.driver_connection
+    return {r[0]: r for r in raw.execute(_PLAN_ROWS)}
+
+
+_ROW_COLUMNS = "state, size, mtime_ns, sha256, upload_sha256, document, enrichment_version"
+
+
+def _planner_rows(s: Session, paths: list[str]) -> dict[str, Row | None]:
+    """The planner's view of each path's row (None: no row), in one pass over the table
+    when there are many (a query per path costs 60 us: 6 s for 100k)."""
+    if len(paths) < 1000:
+        return {p: row_of(s.get(File, p)) for p in paths}
+    out: dict[str, Row | None] = dict.fromkeys(paths)
+    raw = s.connection().connection.driver_connection
+    for r in raw.execute(f"SELECT path, {_ROW_COLUMNS} FROM files"):
+        if r[0] in out:
+            out[r[0]] = Row(*r[1:])
+    return out
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _likely_moves(vanished: list[str], rows: dict[str, _PlanRow], new: dict[str, int]) -> int:
     """Vanished rows whose (name, size) reappears among new paths: probably moves."""
     new_keys = Counter((PurePosixPath(p).name, size) for p, size in new.items())
     moves = 0
     for path in vanished:
-        k = (PurePosixPath(path).name, rows[path].size)
+        k = (PurePosixPath(path).name, rows[path][2])
         if new_keys[k]:
             new_keys[k] -= 1
             moves += 1
@@ -100,9 +147,13 @@ class Engine:
 
     def scan_plan(self, *, force: bool = False) -> Plan:
         """Stat walk vs the files table: which paths need the applier's attention."""
+        with _no_gc():  # 100k+ tuples and no cycles: the collector's passes cost 15%
+            return self._scan_plan(force)
+
+    def _scan_plan(self, force: bool) -> Plan:
         self.require_volume()
         with self.db.session() as s:
-            rows = {f.path: f for f in s.scalars(select(File)).all()}
+            rows = _plan_rows(s)
         result = scan(self.lib.root, self.lib.eligibility)
         if not self.guard.verify().available:
             raise VolumeUnavailable(
@@ -111,20 +162,22 @@ class Engine:
             )
         plan = Plan(problems=result.problems)
         new: dict[str, int] = {}
-        for path, entry in result.entries.items():
+        candidates = plan.candidates
+        unchanged = 0
+        entries = result.entries
+        for path, entry in entries.items():
             f = rows.get(path)
-            if f is None or f.state != INDEXED and f.state != FAILED:
-                plan.candidates.append(path)
-                if f is None or f.state == PRUNED:
+            if f is None or f[1] != INDEXED and f[1] != FAILED:
+                candidates.append(path)
+                if f is None or f[1] == PRUNED:
                     new[path] = entry.size
-            elif force or (f.size, f.mtime_ns) != (entry.size, entry.mtime_ns):
-                plan.candidates.append(path)
+            elif force or f[2] != entry.size or f[3] != entry.mtime_ns:
+                candidates.append(path)
             else:
-                plan.unchanged += 1
-        plan.vanished = [
-            p for p, f in rows.items() if f.state in TRACKED and p not in result.entries
-        ]
-        plan.tracked = sum(1 for f in rows.values() if f.state in TRACKED)
+                unchanged += 1
+        plan.unchanged = unchanged
+        plan.vanished = [p for p, f in rows.items() if f[1] in TRACKED and p not in entries]
+        plan.tracked = sum(1 for f in rows.values() if f[1] in TRACKED)
         limit = max(
             self.config.sync.max_missing_count,
             int(self.config.sync.max_missing_fraction * plan.tracked),
@@ -172,27 +225,48 @@ class Engine:
         plan = self.scan_plan(force=force)
         counts: Counter[str] = Counter(unchanged=plan.unchanged)
         items: list[tuple[str, str]] = []
+        root = os.fspath(self.lib.root)
+        # Hashing is batched (on every core when large: docs/benchmarks.md,
+        # benchmark 2). With --force every present candidate is hashed
+        # (planner.needs_hash): the workers start now and the hash is the stat.
+        to_hash = [os.path.join(root, p) for p in plan.candidates] if force else []
+        snapshots = hash_files(to_hash)
         with self.db.session() as s:
-            rows = {p: row_of(s.get(File, p)) for p in plan.candidates + plan.vanished}
+            rows = _planner_rows(s, plan.candidates + plan.vanished)
         new_hashes: set[str] = set()
         version = self.lib.enrichment_version
-        for path in plan.candidates:
-            row = rows[path]
-            disk_path = resolve(self.lib.root, path)
-            try:
-                st = disk_path.stat()
+        looked: list[tuple[str, Disk | Exception | None]] = []
+        if force:
+            looked = [(p, None) for p in plan.candidates]
+        else:
+            for path in plan.candidates:
+                try:
+                    full, st = self._stat(path)
+                except OSError as exc:
+                    looked.append((path, exc))
+                    continue
                 disk = Disk(True, st.st_size, st.st_mtime_ns)
-                if needs_hash(row, disk, force=force):
-                    snap = hash_file(disk_path)
+                if needs_hash(rows[path], disk, force=force):
+                    to_hash.append(full)
+                    looked.append((path, None))
+                else:
+                    looked.append((path, disk))
+            snapshots = hash_files(to_hash)
+        for path, seen in looked:
+            if seen is None:  # hashed
+                snap = self._nfc_retry(path, next(snapshots))
+                if isinstance(snap, Exception):
+                    seen = snap
+                else:
                     counts["hashed"] += 1
-                    disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
-            except (OSError, NotSettled) as exc:
+                    seen = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
+            if isinstance(seen, Exception):
                 counts["failed"] += 1
-                items.append((path, f"error: {exc}"))
+                items.append((path, f"error: {seen}"))
                 continue
-            action = decide(row, disk, force=force, enrichment_version=version)
+            action = decide(rows[path], seen, force=force, enrichment_version=version)
             if action in (Action.NEW, Action.MODIFIED):
-                new_hashes.add(disk.sha256 or "")
+                new_hashes.add(seen.sha256 or "")
             name = {Action.REFRESH: "unchanged", Action.STILL_FAILED: "failed"}.get(
                 action, action.value
             )
@@ -209,6 +283,28 @@ class Engine:
                 counts["missing"] += 1
                 items.append((path, "missing"))
         return counts, items
+
+    def _stat(self, path: str) -> tuple[str, os.stat_result]:
+        """(on-disk path, stat) of a key; the NFC-equal spelling only when the key is not there."""
+        full = os.path.join(self.lib.root, path)
+        try:
+            return full, os.stat(full)
+        except FileNotFoundError:
+            real = os.fspath(resolve(self.lib.root, path))
+            if real == full:
+                raise
+            return real, os.stat(real)
+
+    def _nfc_retry(self, path: str, snap: Snapshot | Exception) -> Snapshot | Exception:
+        """A key hashed at its direct path and not found there: try its on-disk spelling."""
+        if isinstance(snap, FileNotFoundError):
+            real = resolve(self.lib.root, path)
+            if os.fspath(real) != os.path.join(self.lib.root, path):
+                try:
+                    return hash_file(real)
+                except (OSError, NotSettled) as exc:
+                    return exc
+        return snap
 
     # --- drain --------------------------------------------------------------------------
 

@@ -1,0 +1,146 @@
+"""One measured pass in a fresh interpreter, so its peak RSS is its own.
+
+    python bench/child.py reconcile         # Engine.reconcile(), nothing changed
+    python bench/child.py dry-run-force     # Engine.dry_run(force=True): hashes everything
+    python bench/child.py read-files N      # the applier's read_file over every file, N threads
+    python bench/child.py scan              # scan() alone and the row load alone (breakdown)
+
+The library comes from OBJLIBD_CONFIG / OBJLIBD_STATE_DIR as for the CLI.
+Prints one JSON object on its last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+t_start = time.perf_counter()
+
+from objlib_daemon.config import load, resolve_config_path  # noqa: E402
+from objlib_daemon.library import files as files_mod  # noqa: E402
+from objlib_daemon.sync import applier as applier_mod  # noqa: E402
+from objlib_daemon.sync import engine as engine_mod  # noqa: E402
+from objlib_daemon.workspace import open_workspace  # noqa: E402
+
+t_imported = time.perf_counter()
+HASHED = {"hash_file": 0, "read_file": 0, "hash_files": 0}
+
+
+def _count(name: str, fn: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        HASHED[name] += 1
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _count_many(fn: Any) -> Any:
+    def wrapper(paths: Any, *args: Any, **kwargs: Any) -> Any:
+        for item in fn(paths, *args, **kwargs):
+            HASHED["hash_files"] += 1
+            yield item
+
+    return wrapper
+
+
+# Count every hash the engine or applier could do, wherever it is looked up.
+for mod in (engine_mod, applier_mod, files_mod):
+    for name in ("hash_file", "read_file", "hash_files"):
+        if hasattr(mod, name):
+            original = getattr(files_mod, name)
+            wrap = _count_many(original) if name == "hash_files" else _count(name, original)
+            setattr(mod, name, wrap)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> dict[str, Any]:
+    what = sys.argv[1]
+    if os.environ.get("BENCH_PARALLEL_MIN"):  # the quick mode exercises the hash workers
+        files_mod.PARALLEL_MIN = int(os.environ["BENCH_PARALLEL_MIN"])
+    config = load(resolve_config_path(None))
+    out: dict[str, Any] = {"import_s": t_imported - t_start}
+    if what == "reconcile":
+        t0 = time.perf_counter()
+        ws = open_workspace(config, with_store=False)
+        out["open_s"] = time.perf_counter() - t0
+        out["rss_before_mb"] = current_rss_mb()
+        t0 = time.perf_counter()
+        plan = ws.engine.reconcile()
+        out["seconds"] = time.perf_counter() - t0
+        out["candidates"] = len(plan.candidates)
+        out["vanished"] = len(plan.vanished)
+        out["unchanged"] = plan.unchanged
+        ws.close()
+    elif what == "dry-run-force":
+        t0 = time.perf_counter()
+        ws = open_workspace(config, readonly=True, with_store=False)
+        out["open_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        counts, _items = ws.engine.dry_run(force=True)
+        out["seconds"] = time.perf_counter() - t0
+        out["counts"] = dict(counts)
+        ws.close()
+    elif what == "read-files":
+        threads = int(sys.argv[2])
+        ws = open_workspace(config, readonly=True, with_store=False)
+        root = ws.library.root
+        paths = [
+            Path(d, n) for d, _dirs, names in os.walk(root) for n in names if not n.startswith(".")
+        ]
+        ws.close()
+        read = applier_mod.read_file
+        t0 = time.perf_counter()
+        if threads == 1:
+            total = sum(read(p).size for p in paths)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                total = sum(s.size for s in pool.map(read, paths, chunksize=64))
+        out["seconds"] = time.perf_counter() - t0
+        out["files"] = len(paths)
+        out["bytes"] = total
+    elif what == "scan":
+        from sqlalchemy import select
+
+        from objlib_daemon.library.scan import scan
+        from objlib_daemon.state.models import File
+
+        ws = open_workspace(config, with_store=False)
+        t0 = time.perf_counter()
+        result = scan(ws.library.root, ws.library.eligibility)
+        out["scan_s"] = time.perf_counter() - t0
+        out["entries"] = len(result.entries)
+        t0 = time.perf_counter()
+        with ws.db.session() as s:
+            rows = s.execute(select(File.path, File.state, File.size, File.mtime_ns)).all()
+        out["rows_s"] = time.perf_counter() - t0
+        out["rows"] = len(rows)
+        t0 = time.perf_counter()
+        ws.engine.scan_plan()
+        out["scan_plan_s"] = time.perf_counter() - t0
+        ws.close()
+    else:
+        raise SystemExit(f"unknown measurement {what!r}")
+    out["hashed"] = sum(HASHED.values())
+    out["peak_rss_mb"] = rss_mb()
+    out["total_s"] = time.perf_counter() - t_start
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))
