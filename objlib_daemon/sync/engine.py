@@ -48,6 +48,7 @@ from objlib_daemon.stores.base import (
     StoreError,
     TransientError,
 )
+from objlib_daemon.sync.adoption import adopt as adopt_document
 from objlib_daemon.sync.applier import Applier, Library, Result, Retry, journal, row_of
 from objlib_daemon.sync.planner import Action, Disk, Row, decide, needs_hash
 
@@ -453,26 +454,18 @@ class Engine:
                         and (f is None or f.upload_sha256 != doc.metadata.get("sha256"))
                     )
                     if adopt:
-                        if f is None:
-                            f = File(path=path, created_at=now, attempts=0)
-                            s.add(f)
-                        elif f.document:
-                            extra.append(f.document)
-                            s.merge(
-                                Orphan(
-                                    document=f.document,
-                                    path=path,
-                                    reason="superseded",
-                                    created_at=now,
-                                )
-                            )
-                        f.document, f.upload_sha256 = doc.name, str(doc.metadata["sha256"])
-                        f.sha256 = f.upload_sha256
-                        f.size = f.mtime_ns = None  # re-examined by the applier
-                        f.state, f.missing_since, f.updated_at = INDEXED, None, now
-                        f.enrichment_version = self.lib.enrichment_version
-                        journal(s, "adopted", path, doc.name, "upload finished before a crash")
-                        queue.enqueue(s, [(path, queue.REPAIR)])
+                        superseded = adopt_document(
+                            s,
+                            path,
+                            doc.name,
+                            str(doc.metadata["sha256"]),
+                            version=self.lib.enrichment_version,
+                            now=now,
+                            why="upload finished before a crash",
+                        )
+                        if superseded:
+                            extra.append(superseded)
+                        f = s.get(File, path)
                     else:
                         extra.append(doc.name)
                         s.merge(

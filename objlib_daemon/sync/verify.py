@@ -35,9 +35,10 @@ from sqlalchemy.orm import Session
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import INDEXED, MISSING, PENDING, PRUNED, File, Intent, Orphan
+from objlib_daemon.state.models import MISSING, PENDING, PRUNED, File, Intent, Orphan
 from objlib_daemon.stores.base import FAILED as DOC_FAILED
 from objlib_daemon.stores.base import RemoteDocument, Store
+from objlib_daemon.sync.adoption import adopt
 from objlib_daemon.sync.applier import Applier, Library, journal
 
 if TYPE_CHECKING:
@@ -325,19 +326,17 @@ def _adopt(
     ):
         result.skipped.append(document)
         return
-    if row is None:
-        row = File(path=path, created_at=now, attempts=0)
-        s.add(row)
-    elif row.document:
-        s.merge(Orphan(document=row.document, path=path, reason="superseded", created_at=now))
-        to_delete.append(row.document)
-    row.document, row.upload_sha256, row.sha256 = document, sha, sha
-    row.size = row.mtime_ns = None  # the applier re-examines the file on disk
-    row.state, row.missing_since, row.last_error, row.updated_at = INDEXED, None, None, now
-    row.enrichment_version = library.enrichment_version
-    s.execute(delete(Intent).where(Intent.path == path, Intent.sha256 == sha))
-    journal(s, "adopted", path, document, "found by verify: upload finished, never recorded")
-    queue.enqueue(s, [(path, queue.REPAIR)])
+    superseded = adopt(
+        s,
+        path,
+        document,
+        sha,
+        version=library.enrichment_version,
+        now=now,
+        why="found by verify: upload finished, never recorded",
+    )
+    if superseded:
+        to_delete.append(superseded)
     result.adopted.append(path)
 
 
