@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections import Counter
@@ -91,6 +92,8 @@ def classify(records: list[tuple[str, str, str | None]]) -> Counter[str]:
 
 
 def _gemini_lib(base: Path, emu: Emulator, extra: str = "") -> Lib:
+    if base.exists():  # a previous run's: bound to a store of a previous emulator
+        shutil.rmtree(base)
     store = emu.create_store("objlibd-bench")
     lib = Lib(base, backend="gemini", store=store, base_url=emu.url, extra=extra)
     lib.init()

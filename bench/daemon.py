@@ -50,6 +50,7 @@ def _copy_library(src: Lib, dst_base: Path) -> Lib:
         shutil.rmtree(dst_base)
     shutil.copytree(src.base, dst_base, symlinks=True)
     lib = Lib(dst_base, extra=src.extra)
+    lib.write_config()
     conn = sqlite3.connect(lib.state_dir / "objlibd.db")
     try:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'root'", (str(lib.root.resolve()),))
