@@ -71,7 +71,11 @@ class Daemon:
     def start(self) -> None:
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen([*CLI, "run"], env=self.lib.env, stdout=fh, stderr=fh)
-        wait_until(self.status, timeout=60, interval=0.05, what="the daemon's control socket")
+        try:
+            wait_until(self.status, timeout=60, interval=0.05, what="the daemon's control socket")
+        except BaseException:
+            self.stop()  # never leave a daemon behind
+            raise
 
     @property
     def pid(self) -> int:
@@ -416,8 +420,8 @@ def run(res: Results, workdir: Path, *, quick: bool, reuse: bool) -> None:
     lib.write_config()
     with lib.applied_env():  # this process finds the daemon's socket as the CLI would
         d = Daemon(lib)
-        d.start()
         try:
+            d.start()
             wait_until(d.idle, timeout=120, interval=0.1, what="the daemon to settle")
             bench_idle(res, d, window=3.0 if quick else 60.0, files=files)
             bench_status(res, d, runs=3 if quick else 15)
