@@ -6,6 +6,7 @@ what to do; exit codes are listed in the README.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import click
@@ -16,9 +17,37 @@ from objlib_daemon.config import ConfigError
 from objlib_daemon.logging import setup_logging
 from objlib_daemon.stores.base import AuthError, StoreError, StoreNotFound
 
+# Command name → (module, attribute). Modules load only when their command
+# runs, so `objlibd status` does not pay for SQLAlchemy, the SDK or the daemon.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("objlib_daemon.cli.library", "init"),
+    "status": ("objlib_daemon.cli.library", "status"),
+    "search": ("objlib_daemon.cli.library", "search"),
+    "sync": ("objlib_daemon.cli.syncing", "sync"),
+    "verify": ("objlib_daemon.cli.verify", "verify"),
+    "run": ("objlib_daemon.cli.daemon", "run"),
+    "reconcile": ("objlib_daemon.cli.daemon", "reconcile"),
+    "pause": ("objlib_daemon.cli.daemon", "pause"),
+    "resume": ("objlib_daemon.cli.daemon", "resume"),
+    "queue": ("objlib_daemon.cli.daemon", "queue_cmd"),
+    "auth": ("objlib_daemon.cli.auth", "auth"),
+    "store": ("objlib_daemon.cli.store", "store"),
+    "service": ("objlib_daemon.cli.service", "service_group"),
+    "doctor": ("objlib_daemon.cli.service", "doctor"),
+}
+
 
 class ObjlibGroup(click.Group):
-    """Maps our errors to one line on stderr and the documented exit code."""
+    """Loads commands lazily; maps our errors to one line and the documented exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -59,24 +88,6 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     """Keep a document library in sync with a Gemini File Search store."""
     setup_logging(None)  # warnings only; `objlibd run` sets the configured level
     ctx.obj = State(config_path, verbose)
-
-
-def _register() -> None:
-    from objlib_daemon.cli import auth, daemon, library, service, store, syncing, verify
-
-    for command in (
-        *library.COMMANDS,
-        *syncing.COMMANDS,
-        *daemon.COMMANDS,
-        *verify.COMMANDS,
-        *service.COMMANDS,
-        auth.auth,
-        store.store,
-    ):
-        cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:

@@ -36,9 +36,9 @@ from objlib_daemon.state.lock import library_lock
 
 log = structlog.get_logger("objlibd.lifecycle")
 
-# Supervision tick: a dead watcher is rebuilt within this, and it bounds how
-# late a stop/reload flag is noticed if a signal lands between checks.
-TICK = 1.0
+# Signals wake the main loop at once; the tick only paces supervision (a dead
+# watcher is rebuilt within it). It follows the volume check interval so an
+# idle daemon wakes no more often than that check (issue 7: no faster wakeups).
 
 
 class Signals:
@@ -115,7 +115,8 @@ def _serve(config_path: Path, config: Config) -> int:
         daemon.stop(timeout=5.0)
         raise
     period = sdnotify.watchdog_period()
-    tick = min(TICK, period / 2) if period else TICK
+    tick = config.daemon.volume_check_interval
+    tick = min(tick, period / 2) if period else tick
     last_ping = float("-inf")
     last_status = ""
     while not signals.stop.is_set():
