@@ -11,9 +11,9 @@ import click
 from objlib_daemon.cli.common import State, emit, when
 from objlib_daemon.config import Config, load, render_minimal
 from objlib_daemon.errors import ConfigurationError
-from objlib_daemon.state.db import Database
-from objlib_daemon.sync.status import database_status
-from objlib_daemon.workspace import init_library, open_workspace
+
+# SQLAlchemy and the engine load inside the commands that need them: `status`
+# with a daemon running answers from the socket and must stay fast (≤ 200 ms).
 
 
 @click.command()
@@ -50,6 +50,8 @@ def init(
     as_json: bool,
 ) -> None:
     """Set up a library: config, marker file, state database."""
+    from objlib_daemon.workspace import init_library
+
     root = root.expanduser().resolve()
     path = state.config_path
     wrote_config = False
@@ -189,8 +191,13 @@ def collect_status(config: Config) -> dict[str, Any]:
         live = request(config, {"cmd": "status"})
         if live is not None:
             return live
+    from objlib_daemon.state.db import Database
+    from objlib_daemon.sync.status import database_status
+    from objlib_daemon.workspace import check_matches
+
     db = Database(config.database_path, readonly=True)
     try:
+        check_matches(config, db.all_meta())  # another library's database is no status
         data = database_status(db)
     finally:
         db.close()
@@ -214,6 +221,8 @@ def status(state: State, as_json: bool) -> None:
 @click.pass_obj
 def search(state: State, query: str, limit: int, as_json: bool) -> None:
     """Search the store: ranked hits with path and snippet (and an answer on Gemini)."""
+    from objlib_daemon.workspace import open_workspace
+
     ws = open_workspace(state.config())
     try:
         result = ws.store.search(query, limit=limit)
