@@ -4,19 +4,12 @@ A 100,000-file first sync on the local store takes minutes, so the built
 library is kept under the work dir with a stamp and reused while the stamp
 matches (same generator, sizes, objlibd version). The first sync's time is
 recorded in the stamp and reported with the results.
-
-The applier's move check (`Applier._moved_from`) looks rows up by
-`upload_sha256`, which has no index: each upload scans the whole `files`
-table, so a first sync is quadratic (docs/benchmarks.md, "First sync"). With
-`temp_index` the build adds that index for the first sync and drops it after,
-so the state measured afterwards has exactly the shipped schema.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import sys
 import time
 from importlib import metadata
@@ -35,24 +28,7 @@ def stamp_for(files: int, dirs: int) -> dict[str, Any]:
     }
 
 
-TEMP_INDEX = "bench_tmp_upload_sha256"
-
-
-def _temp_index(lib: Lib, create: bool) -> None:
-    conn = sqlite3.connect(lib.state_dir / "objlibd.db")
-    try:
-        if create:
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {TEMP_INDEX} ON files(upload_sha256)")
-        else:
-            conn.execute(f"DROP INDEX IF EXISTS {TEMP_INDEX}")
-        conn.commit()
-    finally:
-        conn.close()
-
-
-def synced_library(
-    workdir: Path, files: int, dirs: int, *, reuse: bool = True, temp_index: bool = True
-) -> tuple[Lib, dict]:
+def synced_library(workdir: Path, files: int, dirs: int, *, reuse: bool = True) -> tuple[Lib, dict]:
     """A library of `files` files over `dirs` folders, fully synced to the local store.
 
     Returns the library and the build info (first-sync seconds, summary).
@@ -70,20 +46,15 @@ def synced_library(
     lib = Lib(base)
     write_s = make_tree(lib.root, files, dirs)
     lib.init()
-    if temp_index:
-        _temp_index(lib, create=True)
     print(f"  building: first sync of {files} files (local store)...", flush=True)
     t0 = time.perf_counter()
     summary = lib.sync_json()
     sync_s = time.perf_counter() - t0
-    if temp_index:
-        _temp_index(lib, create=False)
     if summary.get("new") != files:
         raise RuntimeError(f"first sync did not upload every file: {summary}")
     built = want | {
         "write_seconds": round(write_s, 3),
         "first_sync_seconds": round(sync_s, 3),
-        "temp_index": temp_index,
         "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "summary": {k: v for k, v in summary.items() if k not in ("files", "problems")},
     }
