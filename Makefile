@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-quick clean
+.PHONY: demo test lint bench bench-quick soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench: $(VENV)/.installed
 
 bench-quick: $(VENV)/.installed
 	$(BIN)/python bench/run.py --quick
+
+# The hostile-conditions soak (docs/reliability.md): 200 kill -9, 100 unplugs
+# (bind mounts: run as root), faults and edits, invariants checked after every
+# quiet period; about 20 minutes. CI runs its short form (tests/test_hostile.py).
+soak: $(VENV)/.installed-test
+	$(BIN)/python tests/soak.py --kills 200 --unplugs 100 --disk-full
 
 clean:
 	rm -rf $(VENV) .pytest_cache

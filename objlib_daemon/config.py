@@ -239,7 +239,18 @@ _POSITIVE = {
     "breaker_threshold",
     "retry_attempts",
     "volume_check_interval",
+    # Zero waits turn a failing call or file into a hot loop against the API.
+    "operation_timeout",
+    "breaker_cooldown",
+    "retry_initial",
+    "retry_base",
+    "retry_max",
 }
+# The largest document the store accepts (gemini-file-search.md, limits; the
+# stores use this number too): a bigger file could never be uploaded.
+MAX_DOCUMENT_BYTES = 100 * 1000 * 1000
+# Uploads at once: each is a thread holding a file in memory.
+MAX_CONCURRENCY = 32
 
 
 def _coerce(where: str, kind: _Kind, value: Any, base: Path | None) -> Any:
@@ -343,13 +354,38 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
             values[key] = coerced
         sections[name] = replace(_SECTION_TYPES[name](), **values)
     cfg = Config(**sections, source=source)
-    if cfg.library.min_size > cfg.library.max_size:
-        raise ConfigError("library.min_size must not exceed library.max_size")
-    if not 0 < cfg.sync.max_missing_fraction <= 1:
-        raise ConfigError("sync.max_missing_fraction must be in (0, 1]")
+    _check_values(cfg)
     if "metadata" in data:
         cfg = replace(cfg, metadata_rules=_parse_rules(data["metadata"]))
     return cfg
+
+
+def _check_values(cfg: Config) -> None:
+    """Values of the right type that still cannot work, each named with its key."""
+    if not cfg.library.include:
+        raise ConfigError("library.include: an empty list tracks nothing; list at least one glob")
+    if cfg.library.max_size > MAX_DOCUMENT_BYTES:
+        raise ConfigError(
+            f"library.max_size: at most {MAX_DOCUMENT_BYTES} (the store's limit per document), "
+            f"got {cfg.library.max_size}"
+        )
+    if cfg.library.min_size > cfg.library.max_size:
+        raise ConfigError("library.min_size must not exceed library.max_size")
+    if cfg.store.concurrency > MAX_CONCURRENCY:
+        raise ConfigError(
+            f"store.concurrency: at most {MAX_CONCURRENCY}, got {cfg.store.concurrency}"
+        )
+    url = cfg.store.base_url
+    if url and not re.match(r"^https?://[^/\s]+", url):
+        raise ConfigError(
+            f"store.base_url: expected an http(s) URL such as https://host:port, got {url!r}"
+        )
+    if cfg.sync.max_missing_count < 0:
+        raise ConfigError(
+            f"sync.max_missing_count: must not be negative, got {cfg.sync.max_missing_count}"
+        )
+    if not 0 < cfg.sync.max_missing_fraction <= 1:
+        raise ConfigError("sync.max_missing_fraction must be in (0, 1]")
 
 
 def default_config_path() -> Path:

@@ -58,6 +58,39 @@ def atomic_write(path: Path, text: str, size: int = 1500) -> None:
     os.replace(tmp, path)
 
 
+def bind_mount_works(tmp: Path) -> str | None:
+    """None when `mount --bind` works here, else why not (a reason to skip)."""
+    if os.geteuid() != 0:
+        return "needs root for bind mounts"
+    src, dst = tmp / "probe-src", tmp / "probe-dst"
+    src.mkdir(exist_ok=True)
+    dst.mkdir(exist_ok=True)
+    result = subprocess.run(["mount", "--bind", src, dst], capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"`mount --bind` does not work here: {result.stderr.strip()}"
+    subprocess.run(["umount", dst], check=True)
+    return None
+
+
+def mount_bind(src: Path, dst: Path) -> None:
+    """Plug the drive in: `src` appears at `dst`."""
+    subprocess.run(["mount", "--bind", src, dst], check=True, capture_output=True)
+
+
+def is_mounted(path: Path) -> bool:
+    """A mount point right now (os.path.ismount misses a bind mount from the same disk)."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+        points = [line.split()[4] for line in fh if len(line.split()) > 4]
+    return any(p.replace("\\040", " ") == target for p in points)
+
+
+def unmount(dst: Path) -> None:
+    """Pull the drive out; lazily if something still has a file open on it (as a yank does)."""
+    if subprocess.run(["umount", dst], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", dst], check=True, capture_output=True)
+
+
 def library_files(root: Path) -> dict[str, str]:
     """Eligible files on disk (default globs and size bounds) -> sha256."""
     out: dict[str, str] = {}

@@ -12,6 +12,7 @@ from harness import Harness
 from objlib_daemon.config import LibraryConfig, parse_duration
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.scan import scan
+from objlib_daemon.state.db import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -151,7 +152,16 @@ def test_schema_migrates_from_an_older_version(lh):
     assert lh.run("sync").exit_code == 0
     with lh.db() as conn:
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    assert version[0] == "1"
+    assert version[0] == str(SCHEMA_VERSION)
+    # Version 1 had no intents.ended_at.
+    with sqlite3.connect(lh.state_dir / "objlibd.db") as conn:
+        conn.execute("ALTER TABLE intents DROP COLUMN ended_at")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    assert lh.run("sync").exit_code == 0
+    with lh.db() as conn:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(intents)")}
+        version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    assert "ended_at" in columns and version[0] == str(SCHEMA_VERSION)
     with sqlite3.connect(lh.state_dir / "objlibd.db") as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     result = lh.run("sync")

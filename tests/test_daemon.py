@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Env, atomic_write, wait_until, write
+from daemon_helpers import Env, atomic_write, bind_mount_works, wait_until, write
 
 from objlib_daemon.config import LibraryConfig
 from objlib_daemon.daemon import scheduler as sched
@@ -188,21 +188,8 @@ def test_kill_9_during_drain_then_restart_converges(make_env) -> None:
 # --- unplug / replug ---------------------------------------------------------------------
 
 
-def _bind_mount_works(tmp: Path) -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for bind mounts"
-    src, dst = tmp / "probe-src", tmp / "probe-dst"
-    src.mkdir()
-    dst.mkdir()
-    result = subprocess.run(["mount", "--bind", src, dst], capture_output=True, text=True)
-    if result.returncode != 0:
-        return f"`mount --bind` does not work here: {result.stderr.strip()}"
-    subprocess.run(["umount", dst], check=True)
-    return None
-
-
 def test_unplug_and_replug_with_a_bind_mount(make_env, tmp_path: Path) -> None:
-    reason = _bind_mount_works(tmp_path)
+    reason = bind_mount_works(tmp_path)
     if reason:
         pytest.skip(reason)
     env = make_env()

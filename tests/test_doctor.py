@@ -26,6 +26,7 @@ from objlib_daemon import doctor
 from objlib_daemon.cli import cli
 from objlib_daemon.config import load
 from objlib_daemon.library.volume import write_marker
+from objlib_daemon.state.db import SCHEMA_VERSION
 from objlib_daemon.workspace import init_library
 
 SECRET = "AIzaTESTsecret-never-printed-0123456789"
@@ -151,7 +152,8 @@ def test_stale_schema(good: dict[str, Path]) -> None:
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE meta SET value='0' WHERE key='schema_version'")
     result = run()
-    assert_fails_with(result, "database", "has schema 0, this objlibd expects 1 (stale)")
+    expected = f"has schema 0, this objlibd expects {SCHEMA_VERSION} (stale)"
+    assert_fails_with(result, "database", expected)
     assert "objlibd sync" in failed(result)[0]
 
 

@@ -291,8 +291,43 @@ def test_finalize_that_lands_but_answers_503_leaves_no_duplicate(h):
     assert len(starts(h)) == 3
     assert len(listings(h)) == 1  # one listing resolves the attempt, not one per file
     h.converged()
-    with h.db() as conn:
-        assert conn.execute("SELECT count(*) FROM intents").fetchone()[0] == 0
+    # The attempt's intent stays until a listing late enough to show a copy
+    # still on its way (engine.INTENT_GRACE); the next sync after that settles it.
+    [(ended,)] = rows_sql(h, "SELECT ended_at FROM intents")
+    assert ended is not None
+    age_intents(h)
+    h.sync()
+    assert len(listings(h)) == 2
+    assert rows_sql(h, "SELECT count(*) FROM intents") == [(0,)]
+    h.converged()
+
+
+def age_intents(h, seconds: float = 3600) -> None:
+    """As time passing would: every unfinished upload attempt ended `seconds` ago."""
+    with sqlite3.connect(h.state_dir / "objlibd.db") as conn:
+        conn.execute(
+            "UPDATE intents SET started_at = started_at - ?, ended_at = ended_at - ?",
+            (seconds, seconds),
+        )
+
+
+def test_a_copy_the_listing_does_not_show_yet_is_found_by_a_later_listing(h):
+    """A finalize landed but answered 503, and the store lists new documents only
+    a while later (0.25-1.5 s on the real service): the listing right after the
+    repeated upload misses the first copy. It must not be taken as proof that
+    nothing landed; a later listing finds the copy and deletes it."""
+    h.emulator.listing_delay = 1.0
+    h.write("f/Lagging.txt")
+    h.emulator.add_fault(Fault(kind="finalize_then_503", match_display_name="Lagging.txt"))
+    assert h.sync()["uploaded"] == 1
+    assert len(h.emulator.documents()) == 2  # the copy exists, not listed yet
+    assert rows_sql(h, "SELECT count(*) FROM intents") == [(1,)]
+    time.sleep(1.1)  # the copy is listed now
+    age_intents(h, 30)
+    h.sync()
+    no_duplicates(h)
+    assert rows_sql(h, "SELECT count(*) FROM intents") == [(0,)]
+    h.converged()
 
 
 # --- the circuit breaker --------------------------------------------------------------------

@@ -262,6 +262,13 @@ def test_crash_between_upload_and_commit_is_adopted_not_uploaded_again(h, upload
     assert row["mtime_ns"] is not None  # the applier re-examined the file after adopting
     assert doc_names(h) == {landed}  # the replaced document is gone too
     assert old_document is None or old_document not in doc_names(h)
+    if how == "sync":
+        # The crash was just now: a second copy could still be on its way, so
+        # the intent waits for a later listing (engine.INTENT_GRACE).
+        with h.db() as conn:
+            assert conn.execute("SELECT count(*) FROM intents").fetchone()[0] == 1
+        sql(h, "UPDATE intents SET started_at = started_at - 7200")  # > MAX_ATTEMPT
+        assert h.sync()["uploaded"] == 0
     with h.db() as conn:
         assert conn.execute("SELECT count(*) FROM intents").fetchone()[0] == 0
     assert verify(h)["clean"]

@@ -56,6 +56,7 @@ class Debouncer:
         *,
         on_flushed: Callable[[float], None],
         on_overload: Callable[[], None],
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.db = db
         self.root = root
@@ -63,6 +64,7 @@ class Debouncer:
         self.settle_seconds = settle_seconds
         self.on_flushed = on_flushed
         self.on_overload = on_overload
+        self.on_error = on_error
         self._lock = threading.Lock()
         self._paths: dict[str, str] = {}
         self._appeared: set[str] = set()  # folders to walk
@@ -157,6 +159,8 @@ class Debouncer:
             self.failures += 1
             if self.failures == 1:
                 log.exception("could not write events to the queue; keeping them to retry")
+                if self.on_error is not None:
+                    self.on_error(f"could not queue file events ({exc}); keeping them to retry")
             else:
                 log.debug("queue write failed again", failures=self.failures, error=repr(exc))
             with self._lock:

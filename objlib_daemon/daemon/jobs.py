@@ -88,7 +88,11 @@ class Jobs:
             return again
         assert d.ro_db is not None
         with d.ro_db.session() as s:
-            return queue.next_due(s)
+            due = queue.next_due(s)
+        # Unfinished uploads kept for a later look at the store (engine.py,
+        # INTENT_GRACE) need a drain then, even with nothing queued.
+        recheck = engine.intent_recheck_at
+        return min(due, recheck) if due is not None and recheck is not None else due or recheck
 
     def on_result(self, result: Result) -> None:
         d = self.d

@@ -134,6 +134,7 @@ class Daemon:
             config.daemon.settle_seconds,
             on_flushed=lambda at: self.kick_drain(at),
             on_overload=lambda: self.kick_reconcile("event burst"),
+            on_error=lambda message: self.record_error("events", message),
         )
         self.watcher = Watcher(
             lib.root, lib.eligibility, self.debouncer, on_root_gone=self._on_root_gone

@@ -22,9 +22,10 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from objlib_daemon.errors import CONFIG, ObjlibError
+from objlib_daemon.state.lock import private_dir
 from objlib_daemon.state.models import Base, Meta
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StateError(ObjlibError):
@@ -33,12 +34,26 @@ class StateError(ObjlibError):
     exit_code = CONFIG
 
 
+class DiskFull(ObjlibError):
+    """The state database cannot be written: its disk is full."""
+
+
 def _migrate_1(conn: Connection) -> None:
     Base.metadata.create_all(conn)
 
 
+def _migrate_2(conn: Connection) -> None:
+    """intents.ended_at and the files.upload_sha256 index (version 1 had neither)."""
+    columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(intents)")}
+    if "ended_at" not in columns:
+        conn.exec_driver_sql("ALTER TABLE intents ADD COLUMN ended_at FLOAT")
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_files_upload_sha256 ON files (upload_sha256)"
+    )
+
+
 # Index i migrates from version i to i+1. Append, never edit, once released.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1, _migrate_2]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -65,18 +80,34 @@ def _engine(path: Path, *, readonly: bool) -> Engine:
     return engine
 
 
+def _empty(path: Path) -> bool:
+    """A zero-byte file with no WAL beside it: created, never written (or truncated).
+
+    SQLite would take it for a new database; every command but `init` must not.
+    """
+    try:
+        if path.stat().st_size:
+            return False
+    except FileNotFoundError:
+        return False
+    wal = path.with_name(path.name + "-wal")
+    return not (wal.exists() and wal.stat().st_size)
+
+
 class Database:
     """The state database of one library. Thread-safe: one session per transaction."""
 
     def __init__(self, path: Path, *, readonly: bool = False, create: bool = False) -> None:
         self.path = path
         self.readonly = readonly
+        if not create and _empty(path):
+            raise StateError(f"the state database {path} is empty: run `objlibd init` again")
         if not path.exists():
             if not create:
                 raise StateError(
                     f"no state database at {path}: run `objlibd init --library PATH` first"
                 )
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(path.parent)
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self.engine = _engine(path, readonly=readonly)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -127,9 +158,21 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One transaction (BEGIN IMMEDIATE for writers), committed on success."""
-        with self._sessions() as session, session.begin():
-            yield session
+        """One transaction (BEGIN IMMEDIATE for writers), committed on success.
+
+        A full disk is said in words: the transaction is rolled back, and the
+        caller's retry (the queue, the debouncer) resumes once there is room.
+        """
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlite_errorname", "") == "SQLITE_FULL":
+                raise DiskFull(
+                    f"the disk holding {self.path} is full: free some space there; nothing "
+                    "is lost (changes wait in the queue or are found by the next scan)"
+                ) from None
+            raise
 
     def schema_version(self) -> int:
         return int(self.get_meta("schema_version") or 0)

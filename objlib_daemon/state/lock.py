@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from objlib_daemon.errors import ObjlibError
@@ -23,6 +24,18 @@ class AlreadyRunning(ObjlibError):
         self.pid = pid
 
 
+def private_dir(path: Path) -> None:
+    """Create `path` 0700, or make an existing one of ours 0700.
+
+    The state dir holds the database (every path of the library, the store's
+    name) and the lock: nobody else has business reading it.
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
 class InstanceLock:
     def __init__(self, path: Path, what: str) -> None:
         self.path = path
@@ -30,7 +43,7 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> InstanceLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

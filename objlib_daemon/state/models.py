@@ -52,6 +52,9 @@ class File(Base):
 
     __table_args__ = (
         Index("ix_files_sha256", "sha256"),
+        # The applier's move check looks rows up by uploaded content: without
+        # this index every upload scanned the table (a first sync was O(n^2)).
+        Index("ix_files_upload_sha256", "upload_sha256"),
         Index("ix_files_state", "state"),
         Index("ix_files_document", "document"),
     )
@@ -96,8 +99,10 @@ class Intent(Base):
     Written before the remote call and deleted in the transaction that records
     its document. A crash, or a transient error after the bytes were sent (the
     import may still have happened), leaves the row; `resolve_intents` then
-    lists the store once and adopts or deletes what those attempts left,
-    instead of uploading again and keeping a duplicate.
+    lists the store and adopts or deletes what those attempts left, instead
+    of uploading again and keeping a duplicate. A row stays until a listing
+    late enough to show everything its attempt can still produce: `ended_at`
+    is when the attempt ended (unknown after a crash).
     """
 
     __tablename__ = "intents"
@@ -105,6 +110,7 @@ class Intent(Base):
     path: Mapped[str] = mapped_column(String, index=True)
     sha256: Mapped[str] = mapped_column(String)
     started_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float)
 
 
 class JournalEntry(Base):

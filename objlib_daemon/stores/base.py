@@ -10,6 +10,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
+# The largest document File Search accepts (gemini-file-search.md, limits);
+# the local store enforces the same, and config caps library.max_size with it.
+from objlib_daemon.config import MAX_DOCUMENT_BYTES  # noqa: F401 (re-exported)
+
 MetadataValue = str | float | list[str]
 
 # Document states, normalised across backends.

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 
 from objlib_daemon.stores.base import (
     ACTIVE,
+    MAX_DOCUMENT_BYTES,
     MetadataValue,
     PermanentError,
     RemoteDocument,
@@ -50,7 +51,7 @@ from objlib_daemon.stores.base import (
 # be a 400 there is an error here too, not a surprise on the first real sync.
 MAX_DISPLAY_NAME = 512
 MAX_METADATA = 20
-MAX_SIZE = 100 * 1000 * 1000
+MAX_SIZE = MAX_DOCUMENT_BYTES
 
 TEXT_MIME = frozenset({"text/plain", "text/markdown", "text/html"})
 _TEMP_PREFIX = ".tmp-"

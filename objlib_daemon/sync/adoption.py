@@ -17,9 +17,21 @@ from objlib_daemon.sync.applier import journal
 
 
 def adopt(
-    s: Session, path: str, document: str, sha256: str, *, version: str, now: float, why: str
+    s: Session,
+    path: str,
+    document: str,
+    sha256: str,
+    *,
+    version: str,
+    now: float,
+    why: str,
+    settle_intents: bool = True,
 ) -> str | None:
-    """Record `document` as the file's document; returns the superseded one, if any."""
+    """Record `document` as the file's document; returns the superseded one, if any.
+
+    The intents of that content are settled too, unless the caller settles
+    them itself (crash recovery keeps them until a late enough listing).
+    """
     row = s.get(File, path)
     superseded = None
     if row is None:
@@ -32,7 +44,8 @@ def adopt(
     row.size = row.mtime_ns = None  # the applier re-examines the file on disk
     row.state, row.missing_since, row.last_error, row.updated_at = INDEXED, None, None, now
     row.enrichment_version = version
-    s.execute(delete(Intent).where(Intent.path == path, Intent.sha256 == sha256))
+    if settle_intents:
+        s.execute(delete(Intent).where(Intent.path == path, Intent.sha256 == sha256))
     journal(s, "adopted", path, document, why)
     queue.enqueue(s, [(path, queue.REPAIR)])
     return superseded

@@ -8,6 +8,7 @@ the superseded document recorded as an orphan before it is deleted.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from objlib_daemon.config import MetadataRule
@@ -38,7 +39,13 @@ from objlib_daemon.state.models import (
     JournalEntry,
     Orphan,
 )
-from objlib_daemon.stores.base import AuthError, PermanentError, Store, StoreError
+from objlib_daemon.stores.base import (
+    MAX_DOCUMENT_BYTES,
+    AuthError,
+    PermanentError,
+    Store,
+    StoreError,
+)
 from objlib_daemon.sync.planner import Action, Disk, Row, decide, needs_hash
 
 log = structlog.get_logger("objlibd.applier")
@@ -142,7 +149,11 @@ class Applier:
         with self.db.session() as s:
             f = s.get(File, path)
             row = row_of(f)
-        disk, disk_path, problem = observe(self.lib.root, path, self.lib.eligibility)
+        try:
+            disk, disk_path, problem = observe(self.lib.root, path, self.lib.eligibility)
+        except Retry:
+            self._require_volume(f"cannot look at {path}")
+            raise
         if disk.present and problem:
             return self._ineligible(path, row, disk, problem)
         snap: Snapshot | None = None
@@ -179,9 +190,29 @@ class Applier:
         except FileNotFoundError:
             raise Retry("vanished while being read", soon=True) from None
         except OSError as exc:
-            message = f"cannot read: {exc.strerror}; fix its permissions"
+            # A pulled USB stick answers EIO (or ENODEV, ...): that is the
+            # volume going away, not this file's fault, and nothing is recorded.
+            self._require_volume(f"cannot read {path}")
+            message = f"cannot read: {exc.strerror}"
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                message += "; fix its permissions"
             self._record_failure(path, None, message, unreadable=True)
             raise Retry(message) from None
+
+    def _still_there(self, path: str) -> bool:
+        """A regular file at `path` now, as `observe` sees one (trouble looking = there)."""
+        try:
+            return observe(self.lib.root, path, self.lib.eligibility)[0].present
+        except Retry:
+            return True
+
+    def _require_volume(self, what: str) -> None:
+        """Raise VolumeUnavailable unless the library is verifiably still here."""
+        state = self.guard.verify()
+        if not state.available:
+            raise VolumeUnavailable(
+                f"{what}: {state.reason}. Reconnect the drive; nothing was changed"
+            )
 
     # --- actions ----------------------------------------------------------------------
 
@@ -202,20 +233,25 @@ class Applier:
             journal(s, "restored", path, f.document)
 
     def _vanished(self, path: str, action: Action) -> Result:
-        state = self.guard.verify()
-        if not state.available:
-            raise VolumeUnavailable(
-                f"not marking {path} missing: {state.reason}. Reconnect the drive; "
-                "nothing was changed"
-            )
+        self._require_volume(f"not marking {path} missing")
         with self.db.session() as s:
-            f = s.get(File, path)
+            f = s.get(File, path)  # first: holds the write lock from here to the commit
+            if f is None:
+                return Result(path, "gone")  # another applier resolved it as a move
+            # The absence seen by `observe` may date from an unmount that has
+            # since been undone (a bind mount keeps its device number, so the
+            # guard cannot tell): look again, and only then verify the volume.
+            # Absent now and the marker still ours afterwards = really gone.
+            now = self.clock()
+            if self._still_there(path):
+                raise Retry(f"{path} is there again", soon=True)
+            self._require_volume(f"not marking {path} missing")
             if action is Action.FORGET:
                 s.delete(f)
                 journal(s, "forgotten", path, detail="vanished before it was ever uploaded")
                 return Result(path, "forgotten")
-            f.state, f.missing_since, f.updated_at = MISSING, self.clock(), self.clock()
-            journal(s, "missing", path, f.document)
+            f.state, f.missing_since, f.updated_at = MISSING, now, now
+            s.add(JournalEntry(at=now, path=path, action="missing", document=f.document))
         return Result(path, "missing")
 
     def _ineligible(self, path: str, row: Row | None, disk: Disk, problem: str) -> Result:
@@ -256,7 +292,11 @@ class Applier:
         )
         body = snap.data
         if enr.header and is_text(path):
-            body = enr.header.encode("utf-8") + snap.data
+            header = enr.header.encode("utf-8")
+            # The header is a courtesy (the metadata says the same): a file the
+            # size bounds let in must not be refused for the header's sake.
+            if len(header) + len(snap.data) <= MAX_DOCUMENT_BYTES:
+                body = header + snap.data
         with self.db.session() as s:
             intent = Intent(path=path, sha256=snap.sha256, started_at=self.clock())
             s.add(intent)
@@ -268,21 +308,24 @@ class Applier:
                 mime_type=mime_type(path),
             )
             doc = self.store.wait(upload)
-        except AuthError:
-            raise  # not this file's fault: the drain stops and says so
         except PermanentError as exc:
+            if isinstance(exc, AuthError):
+                self._attempt_ended(intent.id)
+                raise  # not this file's fault: the drain stops and says so
             with self.db.session() as s:
                 s.execute(delete(Intent).where(Intent.id == intent.id))
             disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
             self._record_failure(path, disk, f"the store refused it: {exc}")
             return Result(path, "failed", True, error=str(exc))
+        except BaseException:
+            self._attempt_ended(intent.id)
+            raise
         # The intent stays on transient errors: the import may have happened, and
         # `resolve_intents` adopts or removes whatever it left. It also stays when
         # the store had to repeat the upload: the failed attempt may have landed
-        # too, and the drain's closing `resolve_intents` removes that copy.
-        old = self._record_upload(
-            path, snap, doc.name, None if getattr(upload, "retried", False) else intent.id
-        )
+        # too, and a later `resolve_intents` removes that copy.
+        retried = getattr(upload, "retried", False)
+        old = self._record_upload(path, snap, doc.name, intent.id, keep_intent=bool(retried))
         result = Result(path, "new" if action is Action.NEW else "modified", True, uploaded=1)
         if old:
             result.deleted += self.retire(old)
@@ -293,8 +336,16 @@ class Applier:
                 result.deleted += self.retire(doc_name)
         return result
 
+    def _attempt_ended(self, intent: int) -> None:
+        """Note when an attempt that leaves its intent behind ended (best effort)."""
+        try:
+            with self.db.session() as s:
+                s.execute(update(Intent).where(Intent.id == intent).values(ended_at=self.clock()))
+        except Exception as exc:  # unknown end: the intent waits as a crash's would
+            log.warning("could not note the end of an upload attempt", error=repr(exc))
+
     def _record_upload(
-        self, path: str, snap: Snapshot, document: str, intent: int | None
+        self, path: str, snap: Snapshot, document: str, intent: int, *, keep_intent: bool
     ) -> str | None:
         """Point the row at the new document; the old one becomes an orphan. One commit."""
         now = self.clock()
@@ -311,7 +362,9 @@ class Applier:
             f.updated_at = now
             if old:
                 s.merge(Orphan(document=old, path=path, reason="superseded", created_at=now))
-            if intent is not None:
+            if keep_intent:
+                s.execute(update(Intent).where(Intent.id == intent).values(ended_at=now))
+            else:
                 s.execute(delete(Intent).where(Intent.id == intent))
             journal(s, "uploaded" if was_new else "replaced", path, document, snap.sha256)
         return old
@@ -331,9 +384,7 @@ class Applier:
                     File.state.in_((INDEXED, MISSING, FAILED)),
                 )
             ).all()
-            gone = [
-                f for f in candidates if not os.path.lexists(paths.resolve(self.lib.root, f.path))
-            ]
+            gone = [f for f in candidates if not self._still_there(f.path)]
             if not gone or not self.guard.verify().available:
                 return []
             now = self.clock()

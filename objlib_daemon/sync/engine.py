@@ -56,6 +56,15 @@ log = structlog.get_logger("objlibd.engine")
 
 TRACKED = (INDEXED, PENDING, FAILED)
 
+# An upload whose document a listing does not show may still land: a listing
+# shows a new document only 0.25-1.5 s after its operation is done
+# (gemini-file-search.md), and a finalize in flight when the daemon died is
+# finished by the server all the same. So a listing proves an attempt left
+# nothing only when it starts this long after the attempt ended. (An attempt
+# of an earlier run ended before this run started; none outlives an hour.)
+INTENT_GRACE = 20.0
+MAX_ATTEMPT = 3600.0
+
 
 @dataclass
 class Plan:
@@ -133,6 +142,11 @@ class Engine:
         self.config = config
         self.guard = VolumeGuard(library.root, library.library_id)
         self.applier = Applier(db, store, library, self.guard) if store is not None else None
+        self.started_at = time.time()
+        # Intents a listing has already looked at, and when the ones it had to
+        # keep (too young to call lost) are worth another listing.
+        self._listed: set[int] = set()
+        self.intent_recheck_at: float | None = None
 
     # --- reconcile ----------------------------------------------------------------------
 
@@ -420,6 +434,12 @@ class Engine:
         deadline is still indexing (not listed) right after the failure, but
         listed by then, and adopted instead of uploaded twice. A storm of
         failing uploads costs no listings either.
+
+        An intent stays until a listing that starts `INTENT_GRACE` after its
+        attempt ended: an earlier one may miss a document that is still on
+        its way, which would then be left behind as a second copy. Such an
+        intent is listed again at `intent_recheck_at`, not at every drain.
+        Returns how many intents were settled.
         """
         assert self.store is not None and self.applier is not None
         now = time.time()
@@ -432,7 +452,8 @@ class Engine:
                 ).all()
             }
         intents = [i for i in intents if queued.get(i.path, 0.0) <= now]
-        if not intents:
+        fresh = [i for i in intents if i.id not in self._listed]
+        if not intents or (not fresh and now < (self.intent_recheck_at or 0.0)):
             return 0
         wanted = {i.path for i in intents}
         found: dict[str, list] = {}
@@ -443,25 +464,35 @@ class Engine:
         extra: list[str] = []
         with self.db.session() as s:
             for path in wanted:
-                shas = {i.sha256 for i in intents if i.path == path}
+                began: dict[str, float] = {}  # sha256 -> its earliest attempt
+                for i in intents:
+                    if i.path == path:
+                        began[i.sha256] = min(began.get(i.sha256, i.started_at), i.started_at)
                 f = s.get(File, path)
                 for doc in sorted(found.get(path, []), key=lambda d: d.create_time or ""):
                     if f is not None and f.document == doc.name:
                         continue
+                    sha = doc.metadata.get("sha256")
+                    # Never over a newer upload: a row changed since the attempt
+                    # began holds something later than that attempt's content.
                     adopt = (
-                        doc.metadata.get("sha256") in shas
+                        sha in began
                         and doc.state != "failed"
-                        and (f is None or f.upload_sha256 != doc.metadata.get("sha256"))
+                        and (
+                            f is None
+                            or (f.upload_sha256 != sha and (f.updated_at or 0.0) <= began[sha])
+                        )
                     )
                     if adopt:
                         superseded = adopt_document(
                             s,
                             path,
                             doc.name,
-                            str(doc.metadata["sha256"]),
+                            str(sha),
                             version=self.lib.enrichment_version,
                             now=now,
                             why="upload finished before a crash",
+                            settle_intents=False,
                         )
                         if superseded:
                             extra.append(superseded)
@@ -476,10 +507,23 @@ class Engine:
                                 created_at=now,
                             )
                         )
-            s.execute(delete(Intent).where(Intent.id.in_([i.id for i in intents])))
+            quiet = {i.id: self._attempt_ended(i, now) + INTENT_GRACE for i in intents}
+            settled = [i.id for i in intents if quiet[i.id] <= now]
+            s.execute(delete(Intent).where(Intent.id.in_(settled)))
+        self._listed.update(i.id for i in intents)
+        kept = [t for i, t in quiet.items() if i not in settled]
+        self.intent_recheck_at = min(kept) if kept else None
         for name in extra:
             self.applier.retire(name)
-        return len(intents)
+        return len(settled)
+
+    def _attempt_ended(self, intent: Intent, now: float) -> float:
+        """When the upload attempt of `intent` ended, or the latest it could have."""
+        if intent.ended_at is not None:
+            return intent.ended_at
+        if intent.started_at < self.started_at:  # an earlier run's: it died before we began
+            return min(self.started_at, intent.started_at + MAX_ATTEMPT)
+        return now  # ours and not ended: still running, somewhere
 
     # --- sweeps -------------------------------------------------------------------------
 
