@@ -8,15 +8,18 @@ work in its supervision loop:
   which requeues it: nothing is lost). A second signal exits at once.
 - SIGHUP: reload the config file; it is validated first and a bad one is
   refused with the running configuration kept.
-- SIGUSR1: dump every thread's stack to stderr (a stuck daemon, diagnosed).
+- SIGUSR1: dump every thread's stack to stderr (a stuck daemon, diagnosed);
+  the main loop does it, like everything a signal asks for.
 One daemon per library: the library lock is taken before anything else, so a
 second instance exits 1 naming the holder's pid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -42,12 +45,21 @@ log = structlog.get_logger("objlibd.lifecycle")
 
 
 class Signals:
-    """Flags set by signal handlers; the main loop waits on `wake`."""
+    """Flags set by signal handlers; the main loop sleeps in `wait()`.
+
+    A handler only assigns a flag and writes a byte to a pipe, both safe when
+    one handler interrupts another (or itself). `threading.Event.set()` is
+    not: it takes a lock, and a signal arriving inside it in the main thread
+    deadlocks (a SIGUSR1 storm in the hostile suite froze the daemon so).
+    """
 
     def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.reload = threading.Event()
-        self.wake = threading.Event()
+        self.stop = False
+        self.reload = False
+        self.dump = False
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
 
     def install(self) -> Signals:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -55,28 +67,46 @@ class Signals:
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, self._on_reload)
         if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack to the log
-            signal.signal(signal.SIGUSR1, dump_stacks)
+            signal.signal(signal.SIGUSR1, self._on_dump)
         return self
 
+    def wait(self, timeout: float) -> None:
+        """Sleep until a signal (or `timeout`); the flags say which."""
+        with contextlib.suppress(InterruptedError):
+            select.select([self._read], [], [], timeout)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 4096):
+                pass
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # pipe full: a wake-up is pending
+            os.write(self._write, b"x")
+
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
-        if self.stop.is_set():
+        if self.stop:
             # Second request: leave now; the next start requeues anything in flight.
             os.write(2, b"objlibd: second stop signal, exiting immediately\n")
             os._exit(128 + signum)
-        self.stop.set()
-        self.wake.set()
+        self.stop = True
+        self._wake()
 
     def _on_reload(self, _signum: int, _frame: FrameType | None) -> None:
-        self.reload.set()
-        self.wake.set()
+        self.reload = True
+        self._wake()
+
+    def _on_dump(self, _signum: int, _frame: FrameType | None) -> None:
+        self.dump = True
+        self._wake()
 
 
-def dump_stacks(_signum: int = 0, _frame: FrameType | None = None) -> None:
-    """Every thread's stack to stderr: run in the main thread, holding the GIL.
+def dump_stacks() -> None:
+    """Every thread's stack to stderr, from the main loop (holding the GIL).
 
     Not `faulthandler.register(all_threads=True)`: that reads the other
     threads' frames without the GIL, and a busy daemon died of SIGSEGV about
-    one dump in six (the hostile suite's security test).
+    one dump in six. Nor from the signal handler itself: a second SIGUSR1
+    during a dump re-entered `threading.enumerate()` and deadlocked on its
+    lock, freezing every thread that then started or ended a thread.
     """
     names = {t.ident: t.name for t in threading.enumerate()}
     parts = []
@@ -135,14 +165,16 @@ def _serve(config_path: Path, config: Config) -> int:
     tick = min(tick, period / 2) if period else tick
     last_ping = float("-inf")
     last_status = ""
-    while not signals.stop.is_set():
-        signals.wake.wait(tick)
-        signals.wake.clear()
-        if signals.stop.is_set():
+    while not signals.stop:
+        signals.wait(tick)
+        if signals.stop:
             break
-        if signals.reload.is_set():
-            signals.reload.clear()
+        if signals.reload:
+            signals.reload = False
             reload_config(daemon, config_path)
+        if signals.dump:
+            signals.dump = False
+            dump_stacks()
         daemon.supervise()
         now = time.monotonic()
         if period and now - last_ping >= period and daemon.healthy():
