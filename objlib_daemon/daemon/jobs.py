@@ -91,8 +91,8 @@ class Jobs:
             due = queue.next_due(s)
         # Unfinished uploads kept for a later look at the store (engine.py,
         # INTENT_GRACE) need a drain then, even with nothing queued.
-        recheck = engine.intent_recheck_at
-        return min(due, recheck) if due is not None and recheck is not None else due or recheck
+        times = [t for t in (due, engine.intent_recheck_at) if t is not None]
+        return min(times) if times else None
 
     def on_result(self, result: Result) -> None:
         d = self.d
