@@ -299,9 +299,6 @@ class UserLibrary:
             getattr(self, kind)(path)
         return kind
 
-    def edits_total(self) -> int:
-        return sum(self.edits.values())
-
 
 # --- figures ----------------------------------------------------------------------------
 
@@ -638,7 +635,7 @@ class Soak:
             if path is None:
                 self.edits(2)
             else:
-                self.user.atomic_save(path) if rng.random() < 0.5 else self.user.modify(path)
+                (self.user.atomic_save if rng.random() < 0.5 else self.user.modify)(path)
             hold = self.add_fault(
                 "latency",
                 Fault(method="DELETE", path="/documents/", kind="latency", latency=1.0, times=1),
