@@ -104,10 +104,29 @@ FAULT_KINDS = frozenset(
         # Extensions beyond the brief:
         "operation_error",  # the upload's operation ends done + error, document STATE_FAILED
         "bare_ids",  # operation response carries bare ids instead of full resource names
+        # A document DELETE answered 404 NOT_FOUND while the document stays: a
+        # server (or proxy) that lies. The API documents 404 as "already
+        # gone", so a client that trusts it blindly forgets a live document.
+        "spurious_404_delete",
+        # A document DELETE that happens, but whose answer is a 404: what a
+        # client sees when an earlier attempt's 200 was lost and it asks again.
+        "delete_then_404",
     }
 )
 # Kinds that end the request with a fault answer; the first matching one wins.
-_TERMINAL_KINDS = frozenset({"error", "retry_info", "reset", "not_found", "finalize_then_503"})
+_TERMINAL_KINDS = frozenset(
+    {
+        "error",
+        "retry_info",
+        "reset",
+        "not_found",
+        "finalize_then_503",
+        "spurious_404_delete",
+        "delete_then_404",
+    }
+)
+# Kinds that only apply to a DELETE of a document, whatever `method`/`path` say.
+_DELETE_KINDS = frozenset({"spurious_404_delete", "delete_then_404"})
 # Kinds that only make sense for an upload (or, for some, an operations GET).
 _UPLOAD_FLAG_KINDS = frozenset({"never_done", "operation_error", "bare_ids"})
 
@@ -879,6 +898,8 @@ class GeminiEmulator:
             return False
         if f.kind == "finalize_then_503":
             return ctx.phase == "finalize"
+        if f.kind in _DELETE_KINDS:
+            return ctx.method == "DELETE" and ctx.kind == "document"
         if f.kind in _UPLOAD_FLAG_KINDS:
             if ctx.kind == "upload":
                 return True
@@ -1149,7 +1170,10 @@ class GeminiEmulator:
         if byte_phase and session is not None and f.upload_status == "final":
             with self._lock:
                 session.terminated = True
-        if f.kind == "not_found":
+        if f.kind == "delete_then_404":
+            with self._lock:
+                self._docs.pop(ctx.path.split("/", 2)[-1], None)  # /v1beta/<name>
+        if f.kind in ("not_found", "spurious_404_delete", "delete_then_404"):
             err = _ApiError(404, f.message or None, f.grpc_status or "NOT_FOUND")
             return _Reply(404, err.body(), upload_headers)
         if f.kind == "retry_info":

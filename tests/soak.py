@@ -18,7 +18,7 @@ atomic save, rename, folder move, delete) with faults:
 - emulator faults: 429 storms with RetryInfo, 5xx, connection resets, latency
   spikes, an operation that never finishes, a finalize that creates the
   document then answers 503, a 404 on delete (the delete happened, its answer
-  was lost);
+  was lost), and a spurious 404 on delete (the document stays);
 - a watchdog overflow (the daemon is stopped with SIGSTOP while 17,000 files
   appear, so the kernel's inotify queue overflows, with real edits among them).
 
@@ -98,17 +98,11 @@ def inotify_watches(pid: int) -> int:
     return total
 
 
-# --- the emulator, with a realistic 404 on delete ---------------------------------------
+# --- the emulator, quiet about killed clients -------------------------------------------
 
 
 class SoakEmulator(GeminiEmulator):
-    """The emulator, where a `not_found` fault on a DELETE is a lost answer.
-
-    The API documents 404 on delete as "already gone", and the daemon trusts
-    it (design.md: gone = success). The plain emulator fault answers 404 and
-    keeps the document, a server that lies; here the delete happens and only
-    its answer is a 404, as when an earlier attempt's answer was lost.
-    """
+    """The emulator, silent about connections reset by a client killed mid-request."""
 
     def start(self) -> SoakEmulator:
         super().start()
@@ -116,13 +110,6 @@ class SoakEmulator(GeminiEmulator):
         assert self._server is not None
         self._server.handle_error = lambda _request, _address: None  # type: ignore[method-assign]
         return self
-
-    def _fault_reply(self, f: Fault, ctx: Any, session: Any, headers: Any, body: Any, flags: Any):
-        if f.kind == "not_found" and ctx.method == "DELETE" and ctx.kind == "document":
-            rest = ctx.path.split("/", 2)[-1]  # /v1beta/<name>
-            with self._lock:
-                self._docs.pop(rest, None)
-        return super()._fault_reply(f, ctx, session, headers, body, flags)
 
 
 # --- the user's side: the drive and what was on it when --------------------------------
@@ -514,7 +501,16 @@ class Soak:
     def random_fault(self) -> None:
         rng = self.rng
         kind = rng.choice(
-            ["429", "5xx", "reset", "latency", "never_done", "finalize_then_503", "404_delete"]
+            [
+                "429",
+                "5xx",
+                "reset",
+                "latency",
+                "never_done",
+                "finalize_then_503",
+                "404_delete",
+                "spurious_404_delete",
+            ]
         )
         where = rng.choice(
             [
@@ -542,8 +538,10 @@ class Soak:
             fault = Fault(phase="start", kind="never_done", times=1)
         elif kind == "finalize_then_503":
             fault = Fault(kind="finalize_then_503", times=1)
-        else:
-            fault = Fault(method="DELETE", path="/documents/", kind="not_found", times=1)
+        elif kind == "404_delete":  # the delete happened, its answer was lost
+            fault = Fault(kind="delete_then_404", times=1)
+        else:  # the answer says gone, the document stays
+            fault = Fault(kind="spurious_404_delete", times=rng.randint(1, 3))
         self.add_fault(kind, fault)
 
     # --- edits ----------------------------------------------------------------------

@@ -693,6 +693,25 @@ def test_fault_not_found_on_delete(
     assert emulator.document(name) is not None
 
 
+@pytest.mark.parametrize(
+    ("kind", "stays"), [("spurious_404_delete", True), ("delete_then_404", False)]
+)
+def test_fault_404_on_delete_kinds(
+    emulator: GeminiEmulator, client: genai.Client, store: str, kind: str, stays: bool
+) -> None:
+    """Both answer 404 to a document DELETE, and only to that: a spurious one keeps
+    the document, a lost answer's replay comes after the delete happened."""
+    name = emulator.add_document(store, "a.txt", {}, b"a")
+    rule = emulator.add_fault(Fault(kind=kind, times=None))
+    client.file_search_stores.documents.get(name=name)  # a GET is not a DELETE
+    assert rule.hits == 0
+    with pytest.raises(errors.ClientError) as ei:
+        client.file_search_stores.documents.delete(name=name, config={"force": True})
+    assert ei.value.code == 404 and ei.value.status == "NOT_FOUND"
+    assert (emulator.document(name) is not None) is stays
+    assert rule.hits == 1
+
+
 def test_fault_operation_error(emulator: GeminiEmulator, client: genai.Client, store: str) -> None:
     emulator.add_fault(Fault(kind="operation_error", message="Failed to count tokens"))
     op = upload(client, store, b"x", display_name="sheet.xlsx")

@@ -208,6 +208,31 @@ def test_delete_answering_404_is_success(h):
     h.converged()
 
 
+@pytest.mark.parametrize("times", [1, None])
+def test_a_spurious_404_on_the_old_documents_delete_leaves_no_duplicate(h, times):
+    """The delete of a replaced document answers 404 while the document stays.
+    Taken for "already gone", the old document would be forgotten and stay in
+    the store beside its replacement. Checked, it is deleted on a retry, or,
+    while the server keeps lying, kept as an orphan until a delete sticks."""
+    rel = "d/Replaced Twice.txt"
+    h.write(rel)
+    h.sync()
+    old = h.row(rel)["document"]
+    h.write(rel, filler(rel, 3000, "v2"))
+    fault = h.emulator.add_fault(Fault(kind="spurious_404_delete", times=times))
+    h.sync()
+    assert fault.hits >= 1
+    if times is None:
+        assert rows_sql(h, "SELECT document FROM orphans") == [(old,)]
+        assert h.emulator.document(old) is not None
+        h.emulator.clear_faults()
+        assert h.sync("--cleanup-orphans")["orphans_cleaned"] == 1
+    assert h.emulator.document(old) is None
+    assert rows_sql(h, "SELECT count(*) FROM orphans") == [(0,)]
+    no_duplicates(h)
+    h.converged()
+
+
 def test_operation_that_never_finishes_is_resolved_by_looking_the_document_up(h):
     store_setting(h, operation_timeout=0.3)
     h.write("n/Never Done.txt")

@@ -291,6 +291,54 @@ def test_delete_uses_force_and_gone_is_success(emu, cfg):
     assert all(r.query.get("force") == "True" for r in deletes)
 
 
+def test_a_404_on_delete_is_believed_only_once_a_get_says_404_too(emu, cfg):
+    """The delete happened and its answer was lost (replayed as 404): one GET
+    confirms the document is gone, and nothing is deleted twice."""
+    store, _ = make_store(emu, cfg)
+    doc = store.wait(upload(store))
+    emu.add_fault(Fault(kind="delete_then_404"))
+    store.delete(doc.name)
+    assert emu.document(doc.name) is None
+    assert [r.status for r in emu.find_requests("DELETE")] == [404]
+    assert [r.status for r in emu.find_requests("GET", "/documents/")] == [404]
+
+
+def test_a_spurious_404_on_delete_is_checked_and_the_delete_retried(emu, cfg):
+    """A DELETE answered 404 while the document stays: trusted blindly, the
+    document would be forgotten as gone and live on as a duplicate. The GET
+    finds it, and the pacer retries the delete with its backoff."""
+    store, sleeps = make_store(emu, cfg)
+    doc = store.wait(upload(store))
+    emu.add_fault(Fault(kind="spurious_404_delete", times=2))
+    store.delete(doc.name)
+    assert emu.document(doc.name) is None
+    assert [r.status for r in emu.find_requests("DELETE")] == [404, 404, 200]
+    assert [r.status for r in emu.find_requests("GET", "/documents/")] == [200, 200]
+    assert sleeps == [0.75, 1.5]  # the pacer's backoff (base 1 s, jitter 0.5), not a hot loop
+
+
+def test_a_delete_that_keeps_answering_404_on_a_live_document_is_an_error(emu, cfg):
+    """Never confirmed: after the pacer's last attempt the caller gets a transient
+    error (it keeps the document recorded as an orphan), never "gone"."""
+    store, _ = make_store(emu, cfg, attempts=3)
+    doc = store.wait(upload(store))
+    emu.add_fault(Fault(kind="spurious_404_delete", times=None))
+    with pytest.raises(TransientError, match="still there"):
+        store.delete(doc.name)
+    assert emu.document(doc.name) is not None
+    assert len(emu.find_requests("DELETE")) == 3
+
+
+def test_a_gone_answer_whose_check_is_refused_is_not_success(emu, cfg):
+    """Only a 404 on the GET means gone: a 403 there leaves the delete unconfirmed."""
+    store, _ = make_store(emu, cfg)
+    doc = store.wait(upload(store))
+    emu.add_fault(Fault(method="DELETE", status=403, message="Permission denied or may not exist"))
+    emu.add_fault(Fault(method="GET", path="/documents/", status=403, message="Permission denied"))
+    with pytest.raises(PermanentError, match="could not confirm"):
+        store.delete(doc.name)
+
+
 def test_delete_with_a_missing_key_is_not_success(emu, cfg):
     store, _ = make_store(emu, cfg)
     doc = store.wait(upload(store))

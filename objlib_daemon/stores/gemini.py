@@ -79,6 +79,15 @@ class OperationTimeout(TransientError):
         self.document = document
 
 
+class DeleteNotConfirmed(TransientError):
+    """A delete answered "already gone" but a GET still finds the document.
+
+    Transient so the pacer retries the delete: a lost answer replayed as 404
+    is confirmed by the GET's own 404; a document that is really still there
+    must not be forgotten.
+    """
+
+
 # --- client and store-level functions --------------------------------------------
 
 
@@ -588,18 +597,54 @@ class GeminiStore:
         )
 
     def delete(self, document: str) -> None:
-        """Delete a document with force (it has chunks); already gone is success."""
-        name = self.document_name(document)
+        """Delete a document with force (it has chunks); already gone is success.
+
+        "Already gone" is confirmed, not trusted: the API documents a 404 (or
+        a 403 "may not exist") on delete as gone, but a document that is in
+        fact still there would then be forgotten while it lives on as a
+        duplicate (design.md invariant 5). So such an answer is followed by a
+        GET, and only a 404 there means gone. A document still there makes the
+        attempt transient: the pacer retries delete and check together with
+        its backoff, and after the last attempt the error reaches the caller,
+        which keeps the document recorded as an orphan for a later retry.
+        """
+        self._call("documents.delete", self._delete_confirmed, self.document_name(document))
+
+    def _delete_confirmed(self, name: str) -> None:
+        """One attempt for `delete`: the DELETE, and on a "gone" answer the GET that checks it.
+
+        Both raw SDK calls run inside one pacer attempt (not nested `_call`s:
+        a nested call would find the breaker's half-open trial taken by this
+        very attempt and fail fast), so the pair is retried as a unit; the
+        GET still takes a rate-limiter token of its own.
+        """
         try:
-            self._call(
-                "documents.delete",
-                self.client.file_search_stores.documents.delete,
-                name=name,
-                config={"force": True},
+            self.client.file_search_stores.documents.delete(name=name, config={"force": True})
+            return
+        except Exception as exc:  # classified as every SDK failure is
+            answer = self.pacer.classify(exc)
+        if answer.transient or not self._gone(answer):
+            raise answer
+        if self.pacer.limiter is not None:
+            self.pacer.limiter.acquire()
+        try:
+            self.client.file_search_stores.documents.get(name=name)
+        except Exception as exc:
+            check = self.pacer.classify(exc)
+        else:
+            raise DeleteNotConfirmed(
+                f"delete of {name} answered {answer.code} (gone) but the document is still "
+                "there; deleting it again"
             )
-        except PermanentError as exc:
-            if not self._gone(exc):
-                raise
+        if check.code == 404 and not check.transient:
+            return
+        if check.transient or isinstance(check, AuthError):
+            raise check
+        raise PermanentError(
+            f"delete of {name} answered {answer.code} (gone), and the check could not "
+            f"confirm it: {check}",
+            code=check.code,
+        )
 
     def list(self) -> Iterator[RemoteDocument]:
         """Every document, 20 per request, each page retried on its own.
