@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from objlib_daemon import service
 from objlib_daemon.config import Config, ConfigError, load
 from objlib_daemon.errors import ConfigurationError, Mismatch, ObjlibError
 from objlib_daemon.library.volume import MARKER, MarkerError, read_marker
+from objlib_daemon.service import launchd, systemd
+from objlib_daemon.service import manager as svc
+from objlib_daemon.service.steps import Runner, run_command
 from objlib_daemon.state.db import SCHEMA_VERSION, Database, StateError
 from objlib_daemon.state.models import Base
 
@@ -62,7 +64,7 @@ def run_checks(
     config_path: Path,
     *,
     online: bool = False,
-    runner: service.Runner = service.run_command,
+    runner: Runner = run_command,
     volumes_dir: Path = Path("/Volumes"),
 ) -> list[Check]:
     """All checks, in the order a newcomer would fix them."""
@@ -325,7 +327,7 @@ def check_library(
             )
         )
         return
-    point = service.mount_point(root)
+    point = systemd.mount_point(root)
     where = "on the system volume" if point == Path("/") else f"on the volume mounted at {point}"
     out.append(Check("library", True, f"{root} present {where}, marker names library {found}"))
 
@@ -545,7 +547,7 @@ def _daemon_answer(config: Config | None) -> dict[str, Any] | None:
 
 
 def check_service(
-    config: Config | None, config_path: Path, out: list[Check], runner: service.Runner
+    config: Config | None, config_path: Path, out: list[Check], runner: Runner
 ) -> None:
     """Installed and running? Not installed is fine: `objlibd run` by hand works too."""
     answer = _daemon_answer(config)
@@ -555,11 +557,11 @@ def check_service(
         pid = f"pid {info['pid']}, " if info.get("pid") else ""
         running = f"a daemon answers on the control socket ({pid}{info.get('state', '?')})"
     try:
-        manager = service.default_manager()
+        manager = svc.default_manager()
     except ConfigurationError:
         out.append(Check("service", True, running or "no service manager on this platform"))
         return
-    st = service.status(manager, config=config, config_path=config_path, runner=runner)
+    st = svc.status(manager, config=config, config_path=config_path, runner=runner)
     where = next((f["path"] for f in st["files"].values() if f["installed"]), None)
     if not st["installed"]:
         message = f"not installed as a {manager} service (optional: `objlibd service install`)"
@@ -598,19 +600,19 @@ def check_service(
     if st["active"] == "active":
         out.append(Check("service", True, f"installed at {where} and running{drift}"))
         return
-    follows_drive = manager == service.SYSTEMD and st["files"]["mount-bound"]["installed"]
+    follows_drive = manager == svc.SYSTEMD and st["files"]["mount-bound"]["installed"]
     if follows_drive and not _library_mounted(config):
         out.append(Check("service", True, f"installed (mount-bound), waiting for the drive{drift}"))
         return
     logs = (
         "journalctl --user -u objlibd -e"
-        if manager == service.SYSTEMD
+        if manager == svc.SYSTEMD
         else "~/Library/Logs/objlibd/objlibd.log"
     )
     start = (
         "systemctl --user start objlibd"
-        if manager == service.SYSTEMD
-        else f"launchctl kickstart {service.gui_domain()}/{service.LABEL_DAEMON}"
+        if manager == svc.SYSTEMD
+        else f"launchctl kickstart {launchd.gui_domain()}/{launchd.LABEL_DAEMON}"
     )
     out.append(
         Check(

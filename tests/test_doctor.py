@@ -26,6 +26,7 @@ from objlib_daemon import doctor
 from objlib_daemon.cli import cli
 from objlib_daemon.config import load
 from objlib_daemon.library.volume import write_marker
+from objlib_daemon.service import manager
 from objlib_daemon.state.db import SCHEMA_VERSION
 from objlib_daemon.workspace import init_library
 
@@ -61,7 +62,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
         monkeypatch.delenv(var, raising=False)
     # The service check may probe the user's service manager: make it unreachable.
     monkeypatch.setattr(
-        doctor.service, "reachable", lambda manager, runner=None: (False, "not reachable here")
+        manager, "reachable", lambda manager, runner=None: (False, "not reachable here")
     )
     paths["root"].mkdir()
     (paths["root"] / "Courses").mkdir()
@@ -263,7 +264,7 @@ def test_installed_service_with_a_vanished_interpreter(good: dict[str, Path]) ->
         '[Service]\nExecStart="/nonexistent/venv/bin/python" "-m" "objlib_daemon" "run"\n',
         encoding="utf-8",
     )
-    if doctor.service.default_manager() != doctor.service.SYSTEMD:
+    if manager.default_manager() != manager.SYSTEMD:
         pytest.skip("the systemd unit is only looked at on Linux")
     result = run()
     assert_fails_with(result, "service", "/nonexistent/venv/bin/python, which no longer exists")

@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from objlib_daemon import service as svc
 from objlib_daemon.cli import cli
 from objlib_daemon.config import from_dict
+from objlib_daemon.service import launchd, manager, systemd
+from objlib_daemon.service.steps import apply
+from objlib_daemon.service.templates import Context, context_for, program_argv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,14 +64,14 @@ def no_commands(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return calls
 
 
-def _ctx(tmp_path: Path, **daemon: object) -> svc.Context:
+def _ctx(tmp_path: Path, **daemon: object) -> Context:
     config = from_dict({"library": {"root": str(tmp_path)}, "daemon": daemon})
-    return svc.context_for(config, tmp_path / "100% $real cfg.toml", home=tmp_path / "home")
+    return context_for(config, tmp_path / "100% $real cfg.toml", home=tmp_path / "home")
 
 
 def _verify(unit_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["systemd-analyze", "verify", str(unit_dir / svc.UNIT)],
+        ["systemd-analyze", "verify", str(unit_dir / systemd.UNIT)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -108,7 +110,7 @@ def test_plist_templates_parse() -> None:
 
 
 def test_program_is_the_running_interpreter() -> None:
-    argv = svc.program_argv()
+    argv = program_argv()
     assert argv[0] == sys.executable
     completed = subprocess.run(
         [*argv, "--help"], capture_output=True, text=True, timeout=60, check=False
@@ -124,10 +126,10 @@ def test_rendered_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     unit_dir = tmp_path / "units"
     unit_dir.mkdir()
-    (unit_dir / svc.UNIT).write_text(svc.render_systemd_unit(ctx), encoding="utf-8")
+    (unit_dir / systemd.UNIT).write_text(systemd.render_unit(ctx), encoding="utf-8")
     result = _verify(unit_dir)
     assert result.returncode == 0, result.stderr
-    assert svc.UNIT not in result.stderr, result.stderr  # no warnings about our unit
+    assert systemd.UNIT not in result.stderr, result.stderr  # no warnings about our unit
 
 
 @pytest.mark.skipif(
@@ -136,10 +138,10 @@ def test_rendered_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 def test_rendered_mount_dropin_passes_verify(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     unit_dir = tmp_path / "units"
-    (unit_dir / f"{svc.UNIT}.d").mkdir(parents=True)
-    (unit_dir / svc.UNIT).write_text(svc.render_systemd_unit(ctx), encoding="utf-8")
-    dropin = svc.render_mount_dropin("media-me-LIB.mount")
-    (unit_dir / f"{svc.UNIT}.d" / svc.DROPIN).write_text(dropin, encoding="utf-8")
+    (unit_dir / f"{systemd.UNIT}.d").mkdir(parents=True)
+    (unit_dir / systemd.UNIT).write_text(systemd.render_unit(ctx), encoding="utf-8")
+    dropin = systemd.render_mount_dropin("media-me-LIB.mount")
+    (unit_dir / f"{systemd.UNIT}.d" / systemd.DROPIN).write_text(dropin, encoding="utf-8")
     assert "BindsTo=media-me-LIB.mount" in dropin and "After=media-me-LIB.mount" in dropin
     # The mount unit is the one the automounter would bring; verify needs it to exist.
     (unit_dir / "media-me-LIB.mount").write_text(
@@ -151,7 +153,7 @@ def test_rendered_mount_dropin_passes_verify(tmp_path: Path) -> None:
 
 def test_unit_quotes_awkward_paths(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
-    unit = svc.render_systemd_unit(ctx)
+    unit = systemd.render_unit(ctx)
     exec_start = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
     # % is a specifier and $ a variable to systemd: both doubled, the path quoted.
     assert '"' + str(tmp_path / "100%% $$real cfg.toml") + '"' in exec_start
@@ -160,23 +162,23 @@ def test_unit_quotes_awkward_paths(tmp_path: Path) -> None:
     assert f'Environment="OBJLIBD_STATE_DIR={ctx.state_dir}"' in unit
     path = tmp_path / "objlibd.service"
     path.write_text(unit, encoding="utf-8")
-    assert svc.installed_program(path) == sys.executable
+    assert systemd.installed_program(path) == sys.executable
 
 
 def test_stop_timeouts_follow_shutdown_timeout(tmp_path: Path) -> None:
     default = _ctx(tmp_path)
     assert default.stop_timeout == 120
-    assert "TimeoutStopSec=120s" in svc.render_systemd_unit(default)
+    assert "TimeoutStopSec=120s" in systemd.render_unit(default)
     long = _ctx(tmp_path, shutdown_timeout="5m")
-    assert "TimeoutStopSec=360s" in svc.render_systemd_unit(long)
-    data = plistlib.loads(svc.render_plist(long, svc.LABEL_DAEMON).encode())
+    assert "TimeoutStopSec=360s" in systemd.render_unit(long)
+    data = plistlib.loads(launchd.render_plist(long, launchd.LABEL_DAEMON).encode())
     assert data["ExitTimeOut"] == 360
 
 
 def test_daemon_plist_holds_its_keys(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
-    data = plistlib.loads(svc.render_plist(ctx, svc.LABEL_DAEMON).encode())
-    assert data["Label"] == svc.LABEL_DAEMON
+    data = plistlib.loads(launchd.render_plist(ctx, launchd.LABEL_DAEMON).encode())
+    assert data["Label"] == launchd.LABEL_DAEMON
     assert data["RunAtLoad"] is True
     assert data["KeepAlive"] == {"SuccessfulExit": False}
     assert data["ThrottleInterval"] == 30
@@ -193,7 +195,7 @@ def test_daemon_plist_holds_its_keys(tmp_path: Path) -> None:
 
 
 def test_sync_on_mount_plist_holds_its_keys(tmp_path: Path) -> None:
-    data = plistlib.loads(svc.render_plist(_ctx(tmp_path), svc.LABEL_ON_MOUNT).encode())
+    data = plistlib.loads(launchd.render_plist(_ctx(tmp_path), launchd.LABEL_ON_MOUNT).encode())
     assert data["StartOnMount"] is True
     assert data["KeepAlive"] is False
     assert data["ProgramArguments"][0] == sys.executable
@@ -204,8 +206,8 @@ def test_sync_on_mount_plist_holds_its_keys(tmp_path: Path) -> None:
 def test_runtime_dir_override_is_pinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OBJLIBD_RUNTIME_DIR", str(tmp_path / "run"))
     ctx = _ctx(tmp_path)
-    assert f'"OBJLIBD_RUNTIME_DIR={tmp_path / "run"}"' in svc.render_systemd_unit(ctx)
-    data = plistlib.loads(svc.render_plist(ctx, svc.LABEL_DAEMON).encode())
+    assert f'"OBJLIBD_RUNTIME_DIR={tmp_path / "run"}"' in systemd.render_unit(ctx)
+    data = plistlib.loads(launchd.render_plist(ctx, launchd.LABEL_DAEMON).encode())
     assert data["EnvironmentVariables"]["OBJLIBD_RUNTIME_DIR"] == str(tmp_path / "run")
 
 
@@ -219,7 +221,7 @@ def test_escape_path_matches_systemd_escape(path: str) -> None:
     expected = subprocess.run(
         [tool, "--path", path], capture_output=True, text=True, check=True
     ).stdout.strip()
-    assert svc.escape_path(path) == expected
+    assert systemd.escape_path(path) == expected
 
 
 # --- the CLI ---------------------------------------------------------------------
@@ -252,7 +254,7 @@ def test_launchd_dry_run_renders_anywhere(
 def test_install_refuses_where_the_manager_is_absent(
     setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch, no_commands: list[list[str]]
 ) -> None:
-    monkeypatch.setattr(svc, "present", lambda manager: False)
+    monkeypatch.setattr(manager, "present", lambda manager: False)
     result = CliRunner().invoke(cli, ["service", "install", "--launchd"])
     assert result.exit_code == 78, result.output
     assert "launchd is not present on this machine" in result.output
@@ -269,8 +271,8 @@ def test_install_without_config_exits_78(
 
 
 def _unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(svc, "present", lambda manager: True)
-    monkeypatch.setattr(svc, "reachable", lambda manager, runner=None: (False, "not here"))
+    monkeypatch.setattr(manager, "present", lambda manager: True)
+    monkeypatch.setattr(manager, "reachable", lambda manager, runner=None: (False, "not here"))
 
 
 def test_install_writes_the_unit_into_home(
@@ -307,10 +309,10 @@ def test_install_runs_commands_where_reachable(setup: dict[str, Path]) -> None:
         ran.append(list(argv))
         return subprocess.CompletedProcess(argv, 0, "", "")
 
-    plan = svc.plan_install(
-        svc.SYSTEMD, from_dict({"library": {"root": str(setup["root"])}}), setup["config"]
+    plan = manager.plan_install(
+        manager.SYSTEMD, from_dict({"library": {"root": str(setup["root"])}}), setup["config"]
     )
-    outcome = svc.apply(plan, run=True, runner=runner)
+    outcome = apply(plan, run=True, runner=runner)
     assert not outcome.failed and not outcome.to_run
     assert ran == [
         ["systemctl", "--user", "daemon-reload"],
@@ -322,7 +324,7 @@ def test_install_runs_commands_where_reachable(setup: dict[str, Path]) -> None:
 def test_mount_bound_install_hooks_the_mount(
     setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch, no_commands: list[list[str]]
 ) -> None:
-    monkeypatch.setattr(svc, "mount_point", lambda path: Path("/media/me/MY LIB"))
+    monkeypatch.setattr(systemd, "mount_point", lambda path: Path("/media/me/MY LIB"))
     result = CliRunner().invoke(cli, ["service", "install", "--systemd", "--on-mount", "--dry-run"])
     assert result.exit_code == 0, result.output
     mount = "media-me-MY\\x20LIB.mount"
@@ -334,7 +336,7 @@ def test_mount_bound_install_hooks_the_mount(
 def test_mount_bound_refuses_the_root_filesystem(
     setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch, no_commands: list[list[str]]
 ) -> None:
-    monkeypatch.setattr(svc, "mount_point", lambda path: Path("/"))
+    monkeypatch.setattr(systemd, "mount_point", lambda path: Path("/"))
     result = CliRunner().invoke(cli, ["service", "install", "--systemd", "--on-mount", "--dry-run"])
     assert result.exit_code == 78
     assert "root file system" in result.output

@@ -1,6 +1,6 @@
 """`objlibd service install|uninstall|status` and `objlibd doctor`: thin renderers.
 
-The logic is in objlib_daemon/service.py and objlib_daemon/doctor.py; this
+The logic is in objlib_daemon/service/ and objlib_daemon/doctor/; this
 module parses flags and prints. The group registers `COMMANDS` automatically.
 """
 
@@ -13,9 +13,10 @@ import click
 
 from objlib_daemon import doctor as doctor_mod
 from objlib_daemon import errors
-from objlib_daemon import service as svc
 from objlib_daemon.cli.common import State, emit
 from objlib_daemon.config import Config, ConfigError
+from objlib_daemon.service import manager as svc
+from objlib_daemon.service.steps import Outcome, Plan, apply
 
 
 def _manager_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -63,7 +64,7 @@ def install(state: State, manager: str | None, on_mount: bool, dry_run: bool) ->
         _print_dry_run(plan, present=svc.present(manager))
         return
     reachable, why = svc.reachable(manager)
-    outcome = svc.apply(plan, run=reachable)
+    outcome = apply(plan, run=reachable)
     _print_outcome(plan, outcome, why)
 
 
@@ -84,7 +85,7 @@ def uninstall(state: State, manager: str | None, dry_run: bool) -> None:
     if not any(s.kind == "remove" for s in plan.steps):
         click.echo(f"objlibd is not installed as a {manager} service; nothing to remove.")
         return
-    _print_outcome(plan, svc.apply(plan, run=reachable), why)
+    _print_outcome(plan, apply(plan, run=reachable), why)
 
 
 @service_group.command("status")
@@ -123,7 +124,7 @@ def doctor(state: State, online: bool, as_json: bool) -> None:
 # --- rendering -------------------------------------------------------------------
 
 
-def _print_dry_run(plan: svc.Plan, *, present: bool) -> None:
+def _print_dry_run(plan: Plan, *, present: bool) -> None:
     if not present:
         click.echo(f"# note: {plan.manager} is not present on this machine; showing it anyway")
     for step in plan.steps:
@@ -142,7 +143,7 @@ def _print_dry_run(plan: svc.Plan, *, present: bool) -> None:
     click.echo("# dry run: nothing was written and no command was run")
 
 
-def _print_outcome(plan: svc.Plan, outcome: svc.Outcome, why: str) -> None:
+def _print_outcome(plan: Plan, outcome: Outcome, why: str) -> None:
     for line in outcome.done:
         click.echo(f"done: {line}")
     if outcome.to_run:
