@@ -25,6 +25,7 @@ from keyring.backends import fail
 from objlib_daemon import doctor
 from objlib_daemon.cli import cli
 from objlib_daemon.config import load
+from objlib_daemon.doctor import machine
 from objlib_daemon.library.volume import write_marker
 from objlib_daemon.service import manager
 from objlib_daemon.state.db import SCHEMA_VERSION
@@ -251,7 +252,7 @@ def test_inotify_limit_too_low(
         (good["root"] / f"folder{i}").mkdir()
     limit = tmp_path / "max_user_watches"
     limit.write_text("8\n")
-    monkeypatch.setattr(doctor, "INOTIFY_LIMIT_FILE", limit)
+    monkeypatch.setattr(machine, "INOTIFY_LIMIT_FILE", limit)
     result = run()
     assert_fails_with(result, "inotify", "the library has 8 folders")
     assert "fs.inotify.max_user_watches=524288" in failed(result)[0]

@@ -11,10 +11,11 @@ from typing import Any
 
 import click
 
-from objlib_daemon import doctor as doctor_mod
 from objlib_daemon import errors
 from objlib_daemon.cli.common import State, emit
 from objlib_daemon.config import Config, ConfigError
+from objlib_daemon.doctor import run_checks
+from objlib_daemon.doctor.report import summary
 from objlib_daemon.service import manager as svc
 from objlib_daemon.service.steps import Outcome, Plan, apply
 
@@ -113,9 +114,9 @@ def status_cmd(state: State, manager: str | None, as_json: bool) -> None:
 @click.pass_obj
 def doctor(state: State, online: bool, as_json: bool) -> None:
     """Check the whole setup; each problem is one line with its fix. Exit 1 if any."""
-    results = doctor_mod.run_checks(state.config_path, online=online)
+    results = run_checks(state.config_path, online=online)
     ok = all(r.ok for r in results)
-    text = "\n".join([*(r.line() for r in results), doctor_mod.summary(results)])
+    text = "\n".join([*(r.line() for r in results), summary(results)])
     emit({"ok": ok, "checks": [r.as_dict() for r in results]}, as_json, text)
     if not ok:
         raise click.exceptions.Exit(errors.UNEXPECTED)
