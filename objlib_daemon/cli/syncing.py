@@ -129,6 +129,8 @@ def _run(
         engine.enqueue_vanished(plan)
         counts += engine.drain(on_result=progress)
     counts["unchanged"] += plan.unchanged
+    if force:  # the scan hashed every present file; the applier re-read only the changed
+        counts["hashed"] = plan.hashed
     counts["orphans_cleaned"] += cleaned
     counts["failed"] += counts.pop("still_failed", 0)
     # Paused by an open breaker: still queued, like a file waiting for a retry.

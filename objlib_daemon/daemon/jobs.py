@@ -162,6 +162,7 @@ class Jobs:
                 candidates=len(plan.candidates),
                 vanished=len(plan.vanished),
                 unchanged=plan.unchanged,
+                hashed=plan.hashed,
                 problems=plan.problems[:20],
             )
             d.reconciled_since_mount = True

@@ -47,6 +47,7 @@ def reconcile_inline(config: Config, *, force: bool = False) -> dict[str, Any]:
             "candidates": len(plan.candidates),
             "vanished": len(plan.vanished),
             "unchanged": plan.unchanged,
+            "hashed": plan.hashed,
             "problems": plan.problems[:20],
         },
         "drain": {"counts": {k: v for k, v in counts.items() if v}},

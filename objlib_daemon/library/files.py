@@ -6,16 +6,18 @@ is not settled: the caller retries it later instead of uploading a torn copy.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import queue
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 # At or below this size a file is read in one call and hashed from memory:
 # `file_digest` allocates a 256 KiB buffer per call, which doubles the cost of
@@ -33,8 +35,11 @@ class NotSettled(Exception):
     """The file changed while it was being read."""
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
+    """A file's size, mtime and hash as read (and its bytes, when kept for upload).
+
+    A tuple: a forced reconcile builds one per file."""
+
     size: int
     mtime_ns: int
     sha256: str
@@ -51,8 +56,9 @@ def hash_file(path: Path | str) -> Snapshot:
     try:
         before = os.fstat(fd)
         if before.st_size <= SMALL_FILE:
-            # One read from memory: no buffered file object, no 256 KiB buffer.
-            digest = hashlib.sha256(_read_upto(fd, before.st_size + 1)).hexdigest()
+            # One read from memory: no buffered file object, no 256 KiB buffer,
+            # no read to see the end (a file that grew meanwhile has another size).
+            digest = hashlib.sha256(_read_upto(fd, before.st_size)).hexdigest()
         else:
             with open(fd, "rb", closefd=False) as fh:
                 digest = hashlib.file_digest(fh, "sha256").hexdigest()
@@ -62,7 +68,8 @@ def hash_file(path: Path | str) -> Snapshot:
 
 
 def _read_upto(fd: int, limit: int) -> bytes:
-    """Up to `limit` bytes, to the end of the file (a file that grew is caught as unsettled)."""
+    """`limit` bytes, or fewer at the end of the file (a file that grew or shrank is
+    caught as unsettled by its stat)."""
     parts = []
     left = limit
     while left > 0:
@@ -71,28 +78,69 @@ def _read_upto(fd: int, limit: int) -> bytes:
             break
         parts.append(chunk)
         left -= len(chunk)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)  # 0 or several reads
 
 
-def hash_files(paths: Sequence[Path | str]) -> Iterator[Snapshot | Exception]:
-    """`hash_file` over many paths, in order; a failure is yielded, not raised.
+def hash_files(paths: Iterable[Path | str]) -> Iterator[Snapshot | Exception]:
+    """`hash_file` over many paths, in order; a failure is yielded, not raised."""
+    stream = HashStream()
+    for p in paths:
+        stream.add(p)
+    return stream.results()
 
-    A large batch is hashed by worker processes, one per core (fresh
-    interpreters running `_worker`: nothing forked, nothing of the caller's
-    imported); they start at once, so the caller can do other work while they
-    hash. If they cannot run or die, the rest is hashed in this process.
+
+class HashStream:
+    """Hash files as a walk finds them: in this process for a few, on workers for many.
+
+    The first PARALLEL_MIN paths are only kept; from then on they go to worker
+    processes, one per core, as they are added, so the workers hash while the
+    caller is still walking (docs/benchmarks.md, benchmark 2). The workers are
+    fresh interpreters running `_worker` (nothing forked, nothing of the
+    caller's imported). Whatever they cannot answer (they would not start,
+    died, or sent garbage) is hashed here. `results()` yields in the order
+    the paths were added.
     """
-    workers = min(os.cpu_count() or 1, MAX_WORKERS)
-    if len(paths) >= PARALLEL_MIN and workers >= 2:
-        try:
-            return _Workers(paths, workers).results()
-        except OSError:
-            pass
-    return _serial(paths, 0)
+
+    def __init__(self, parallel_min: int | None = None) -> None:
+        self.parallel_min = PARALLEL_MIN if parallel_min is None else parallel_min
+        self.workers = min(os.cpu_count() or 1, MAX_WORKERS)
+        self.kept: list[Path | str] = []
+        self.pool: _Pool | None = None
+
+    def add(self, path: Path | str) -> None:
+        if self.pool is not None:
+            self.pool.add(path)
+            return
+        self.kept.append(path)
+        if len(self.kept) >= self.parallel_min and self.workers >= 2:
+            try:
+                self.pool = _Pool(self.workers)
+            except OSError:
+                self.workers = 1  # cannot start processes here: stay serial
+                return
+            for p in self.kept:
+                self.pool.add(p)
+            self.kept = []
+
+    def results(self) -> Iterator[Snapshot | Exception]:
+        if self.pool is None:
+            return _serial(self.kept)
+        return self.pool.results()
+
+    def close(self) -> None:
+        """Stop the workers (a walk that failed half way never asks for results)."""
+        if self.pool is not None:
+            self.pool.close()
+
+    def __enter__(self) -> HashStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _serial(paths: Sequence[Path | str], start: int) -> Iterator[Snapshot | Exception]:
-    for p in paths[start:]:
+def _serial(paths: Iterable[Path | str]) -> Iterator[Snapshot | Exception]:
+    for p in paths:
         try:
             yield hash_file(p)
         except (OSError, NotSettled) as exc:
@@ -102,24 +150,31 @@ def _serial(paths: Sequence[Path | str], start: int) -> Iterator[Snapshot | Exce
 _WORKER = "from objlib_daemon.library.files import _worker; _worker()"
 
 
-class _Workers:
-    """Chunks go round-robin to the workers; answers are read back in chunk order."""
+class _Pool:
+    """Worker processes fed chunks round-robin, each answering into a temporary file.
 
-    def __init__(self, paths: Sequence[Path | str], workers: int) -> None:
-        self.paths = paths
-        self.chunks = [paths[i : i + PARALLEL_CHUNK] for i in range(0, len(paths), PARALLEL_CHUNK)]
+    Each worker's input is written by a thread of its own: a caller writing
+    the pipes itself would block on one full pipe while the other worker runs
+    dry. Answers go to a file, not a pipe: a pipe fills up within a thousand
+    answers and would stall the worker unless yet another thread kept reading it.
+    """
+
+    def __init__(self, workers: int) -> None:
         # The workers import this package from where this process did.
         here = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.answers: list[IO[bytes]] = []
         try:
-            for _ in range(min(workers, len(self.chunks))):
+            for _ in range(workers):
+                out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+                self.answers.append(out)
                 self.procs.append(
                     subprocess.Popen(
                         [sys.executable, "-c", _WORKER],
                         stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
+                        stdout=out,
                         stderr=subprocess.DEVNULL,
                         env=env,
                     )
@@ -127,45 +182,67 @@ class _Workers:
         except OSError:
             self.close()
             raise
-        n = len(self.procs)
-        for i, proc in enumerate(self.procs):
-            mine = self.chunks[i::n]
-            threading.Thread(target=self._feed, args=(proc.stdin, mine), daemon=True).start()
+        self.inputs: list[queue.SimpleQueue[bytes | None]] = []
+        for proc in self.procs:
+            self.inputs.append(queue.SimpleQueue())
+            threading.Thread(target=_feed, args=(proc.stdin, self.inputs[-1]), daemon=True).start()
+        self.chunks: list[list[Path | str]] = []
+        self.chunk: list[Path | str] = []
 
-    @staticmethod
-    def _feed(stdin: IO[bytes], chunks: list[Sequence[Path | str]]) -> None:
-        try:
-            with stdin:
-                for chunk in chunks:
-                    stdin.write(b"".join(os.fsencode(p) + b"\0" for p in chunk))
-        except OSError:
-            pass  # the worker died: its reader sees EOF
+    def add(self, path: Path | str) -> None:
+        self.chunk.append(path)
+        if len(self.chunk) >= PARALLEL_CHUNK:
+            self._send()
+
+    def _send(self) -> None:
+        to = self.inputs[len(self.chunks) % len(self.inputs)]
+        to.put(b"".join(os.fsencode(p) + b"\0" for p in self.chunk))
+        self.chunks.append(self.chunk)
+        self.chunk = []
 
     def results(self) -> Iterator[Snapshot | Exception]:
-        done = 0
-        try:
-            for i, chunk in enumerate(self.chunks):
-                out = self.procs[i % len(self.procs)].stdout
-                assert out is not None
-                for path in chunk:
-                    item = _parse(out.readline(), path)
-                    if item is None:
-                        raise EOFError
-                    yield item
-                    done += 1
-        except (OSError, EOFError):
-            self.close()
-            yield from _serial(self.paths, done)  # hash what is left here
-        finally:
-            self.close()
+        """Wait for the workers (they exit once their input ends), then yield their
+        answers in order; the workers are gone when this returns."""
+        if self.chunk:
+            self._send()
+        for to in self.inputs:
+            to.put(None)  # the end: the feeder closes the worker's input
+        lines = []
+        for proc, out in zip(self.procs, self.answers, strict=True):
+            proc.wait()
+            out.seek(0)
+            lines.append(iter(out.read().splitlines()))
+        self.close()
+        return self._in_order(lines)
+
+    def _in_order(self, lines: list[Iterator[bytes]]) -> Iterator[Snapshot | Exception]:
+        n = len(lines)
+        for i, chunk in enumerate(self.chunks):
+            for path in chunk:
+                item = _parse(next(lines[i % n], b""), path)
+                if item is None:  # the worker died: hash the rest of its share here
+                    lines[i % n] = iter(())
+                    item = next(_serial([path]))
+                yield item
 
     def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+        for out in self.answers:
+            out.close()
+
+
+def _feed(stdin: IO[bytes] | None, chunks: queue.SimpleQueue[bytes | None]) -> None:
+    assert stdin is not None
+    # A worker that died makes the write fail: its answers run short.
+    with contextlib.suppress(OSError), stdin:
+        while (chunk := chunks.get()) is not None:
+            stdin.write(chunk)
 
 
 def _parse(line: bytes, path: Path | str) -> Snapshot | Exception | None:

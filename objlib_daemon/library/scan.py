@@ -25,6 +25,7 @@ class Entry(NamedTuple):
     path: str  # key: relative, NFC
     size: int
     mtime_ns: int
+    on_disk: str  # relative, as spelled on disk (the same string when ASCII)
 
 
 @dataclass
@@ -97,7 +98,7 @@ def walk(root: Path, eligibility: Eligibility, result: ScanResult) -> Iterator[E
                         f"{rel}: two names on disk normalise to the same path; one is skipped"
                     )
                     continue
-                item = Entry(rel, size, st.st_mtime_ns)
+                item = Entry(rel, size, st.st_mtime_ns, rel_raw)
                 entries[rel] = item
                 yield item
 

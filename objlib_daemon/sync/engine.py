@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from objlib_daemon.config import Config
 from objlib_daemon.errors import SafetyAbort, VolumeUnavailable
-from objlib_daemon.library.files import NotSettled, Snapshot, hash_file, hash_files
+from objlib_daemon.library.files import HashStream, hash_files
 from objlib_daemon.library.paths import resolve
-from objlib_daemon.library.scan import scan
+from objlib_daemon.library.scan import ScanResult, scan, walk
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
@@ -75,14 +75,24 @@ class Plan:
     unchanged: int = 0
     problems: list[str] = field(default_factory=list)
     tracked: int = 0
+    # A forced reconcile hashes every present file during the walk: how many,
+    # and what it found for the candidates (the unchanged ones are left out).
+    hashed: int = 0
+    seen: dict[str, Disk | Exception] = field(default_factory=dict)
 
 
 # (path, state, size, mtime_ns): what a reconcile needs of each `files` row.
+# A forced one also needs what it takes to call a file unchanged from its hash:
+# (..., sha256, upload_sha256, document, enrichment_version).
 _PlanRow = tuple[str, str, int | None, int | None]
 _PLAN_ROWS = "SELECT path, state, size, mtime_ns FROM files"
+_FORCE_ROWS = (
+    "SELECT path, state, size, mtime_ns, sha256, upload_sha256, document, enrichment_version "
+    "FROM files"
+)
 
 
-def _plan_rows(s: Session) -> dict[str, _PlanRow]:
+def _plan_rows(s: Session, *, force: bool = False) -> dict[str, _PlanRow]:
     """Every row as a plain tuple, read through the driver.
 
     A reconcile reads the whole table; ORM objects for 100k rows cost 1.9 s
@@ -90,7 +100,7 @@ def _plan_rows(s: Session) -> dict[str, _PlanRow]:
     (docs/benchmarks.md, benchmark 1).
     """
     raw = s.connection().connection.driver_connection
-    return {r[0]: r for r in raw.execute(_PLAN_ROWS)}
+    return {r[0]: r for r in raw.execute(_FORCE_ROWS if force else _PLAN_ROWS)}
 
 
 _ROW_COLUMNS = "state, size, mtime_ns, sha256, upload_sha256, document, enrichment_version"
@@ -167,15 +177,18 @@ class Engine:
 
     def _scan_plan(self, force: bool) -> Plan:
         self.require_volume()
-        with self.db.session() as s:
-            rows = _plan_rows(s)
-        result = scan(self.lib.root, self.lib.eligibility)
+        if force:
+            result, rows, plan = self._hashed_scan()
+        else:
+            with self.db.session() as s:
+                rows = _plan_rows(s)
+            result = scan(self.lib.root, self.lib.eligibility)
+            plan = Plan(problems=result.problems)
         if not self.guard.verify().available:
             raise VolumeUnavailable(
                 "the library went away during the scan; nothing was changed. "
                 "Reconnect the drive and run again"
             )
-        plan = Plan(problems=result.problems)
         new: dict[str, int] = {}
         candidates = plan.candidates
         unchanged = 0
@@ -186,7 +199,12 @@ class Engine:
                 candidates.append(path)
                 if f is None or f[1] == PRUNED:
                     new[path] = entry.size
-            elif force or f[2] != entry.size or f[3] != entry.mtime_ns:
+            elif force:
+                if path in plan.seen:
+                    candidates.append(path)
+                else:
+                    unchanged += 1
+            elif f[2] != entry.size or f[3] != entry.mtime_ns:
                 candidates.append(path)
             else:
                 unchanged += 1
@@ -205,6 +223,43 @@ class Engine:
                 "deleted, run again with --force"
             )
         return plan
+
+    def _hashed_scan(self) -> tuple[ScanResult, dict[str, tuple], Plan]:
+        """The walk with every file hashed as it is found (on every core when many:
+        docs/benchmarks.md, benchmark 2), and the rows loaded while the workers
+        finish. `plan.seen` keeps what was found for each file that is not
+        plainly unchanged: indexed, with this content, enrichment and stat."""
+        root = os.fspath(self.lib.root)
+        result = ScanResult()
+        with HashStream() as hashes:
+            for entry in walk(self.lib.root, self.lib.eligibility, result):
+                hashes.add(os.path.join(root, entry.on_disk))
+            with self.db.session() as s:
+                rows = _plan_rows(s, force=True)
+            snapshots = hashes.results()
+        plan = Plan(problems=result.problems)
+        version = self.lib.enrichment_version
+        seen = plan.seen
+        hashed = 0
+        for path, snap in zip(result.entries, snapshots, strict=True):
+            if isinstance(snap, Exception):
+                seen[path] = snap
+                continue
+            hashed += 1
+            f = rows.get(path)
+            if (
+                f is None
+                or f[1] != INDEXED
+                or f[6] is None
+                or f[7] != version
+                or f[5] != snap.sha256
+                or f[4] != snap.sha256
+                or f[2] != snap.size
+                or f[3] != snap.mtime_ns
+            ):
+                seen[path] = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
+        plan.hashed = hashed
+        return result, rows, plan
 
     def reconcile(
         self, *, force: bool = False, vanished: bool = True, keep_backoff: bool = True
@@ -238,38 +293,35 @@ class Engine:
     def dry_run(self, *, force: bool = False) -> tuple[Counter[str], list[tuple[str, str]]]:
         """The plan as it would be applied, from a read-only look: no writes, no remote calls."""
         plan = self.scan_plan(force=force)
-        counts: Counter[str] = Counter(unchanged=plan.unchanged)
+        counts: Counter[str] = Counter(unchanged=plan.unchanged, hashed=plan.hashed)
         items: list[tuple[str, str]] = []
-        root = os.fspath(self.lib.root)
-        # Hashing is batched (on every core when large: docs/benchmarks.md,
-        # benchmark 2). With --force every present candidate is hashed
-        # (planner.needs_hash): the workers start now and the hash is the stat.
-        to_hash = [os.path.join(root, p) for p in plan.candidates] if force else []
-        snapshots = hash_files(to_hash)
         with self.db.session() as s:
             rows = _planner_rows(s, plan.candidates + plan.vanished)
         new_hashes: set[str] = set()
         version = self.lib.enrichment_version
+        # What each candidate is on disk: a forced scan has hashed them all; else
+        # stat, and hash (batched: hash_files) those the planner needs hashed.
         looked: list[tuple[str, Disk | Exception | None]] = []
-        if force:
-            looked = [(p, None) for p in plan.candidates]
-        else:
-            for path in plan.candidates:
-                try:
-                    full, st = self._stat(path)
-                except OSError as exc:
-                    looked.append((path, exc))
-                    continue
-                disk = Disk(True, st.st_size, st.st_mtime_ns)
-                if needs_hash(rows[path], disk, force=force):
-                    to_hash.append(full)
-                    looked.append((path, None))
-                else:
-                    looked.append((path, disk))
-            snapshots = hash_files(to_hash)
+        to_hash: list[str] = []
+        for path in plan.candidates:
+            if path in plan.seen:
+                looked.append((path, plan.seen[path]))
+                continue
+            try:
+                full, st = self._stat(path)
+            except OSError as exc:
+                looked.append((path, exc))
+                continue
+            disk = Disk(True, st.st_size, st.st_mtime_ns)
+            if needs_hash(rows[path], disk, force=force):
+                to_hash.append(full)
+                looked.append((path, None))
+            else:
+                looked.append((path, disk))
+        snapshots = hash_files(to_hash)
         for path, seen in looked:
-            if seen is None:  # hashed
-                snap = self._nfc_retry(path, next(snapshots))
+            if seen is None:  # hashed now
+                snap = next(snapshots)
                 if isinstance(snap, Exception):
                     seen = snap
                 else:
@@ -309,17 +361,6 @@ class Engine:
             if real == full:
                 raise
             return real, os.stat(real)
-
-    def _nfc_retry(self, path: str, snap: Snapshot | Exception) -> Snapshot | Exception:
-        """A key hashed at its direct path and not found there: try its on-disk spelling."""
-        if isinstance(snap, FileNotFoundError):
-            real = resolve(self.lib.root, path)
-            if os.fspath(real) != os.path.join(self.lib.root, path):
-                try:
-                    return hash_file(real)
-                except (OSError, NotSettled) as exc:
-                    return exc
-        return snap
 
     # --- drain --------------------------------------------------------------------------
 

@@ -1,0 +1,125 @@
+"""Hashing many files: the worker processes, their fallbacks, and the forced reconcile
+that hashes while it walks (docs/benchmarks.md, benchmark 2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from objlib_daemon.library import files
+from objlib_daemon.library.files import HashStream, Snapshot, hash_files
+
+
+def _tree(tmp_path: Path, n: int) -> list[Path]:
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"d{i % 7}" / f"file {i}.txt"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(f"content {i}\n".encode() * (i % 50 + 1))
+        paths.append(p)
+    return paths
+
+
+def _expected(p: Path) -> Snapshot | type[Exception]:
+    try:
+        st = p.stat()
+        data = p.read_bytes()
+    except IsADirectoryError:
+        return IsADirectoryError
+    except FileNotFoundError:
+        return FileNotFoundError
+    return Snapshot(st.st_size, st.st_mtime_ns, hashlib.sha256(data).hexdigest())
+
+
+def _check(paths: list[Path], got: list[Snapshot | Exception]) -> None:
+    assert len(got) == len(paths)
+    for p, item in zip(paths, got, strict=True):
+        want = _expected(p)
+        if isinstance(want, type):
+            assert isinstance(item, want), (p, item)
+        else:
+            assert item == want, p
+
+
+def test_workers_answer_in_order_with_failures_in_place(tmp_path: Path) -> None:
+    paths = _tree(tmp_path, 700)
+    # A folder and a vanished file among them: errors come back in their place.
+    paths[10] = tmp_path / "d1"
+    paths[400] = tmp_path / "gone.txt"
+    stream = HashStream(parallel_min=1)
+    for p in paths:
+        stream.add(p)
+    assert stream.pool is not None, "the workers should have started"
+    _check(paths, list(stream.results()))
+    assert all(proc.poll() is not None for proc in stream.pool.procs)
+
+
+@pytest.mark.parametrize(
+    "worker",
+    [
+        "import os; os._exit(0)",  # dies at once: no answer at all
+        "import sys; sys.stdin.buffer.read(300); sys.stdout.write('nonsense\\n' * 3)",
+        # answers about 300 files, then dies with its last answers unsent
+        "from objlib_daemon.library import files\nimport os\nreal, n = files.hash_file, [0]\n"
+        "def h(p):\n    n[0] += 1\n    if n[0] > 300: os._exit(0)\n    return real(p)\n"
+        "files.hash_file = h\nfiles._worker()",
+    ],
+    ids=["dies-at-once", "garbage", "dies-after-a-chunk"],
+)
+def test_a_failing_worker_costs_nothing_but_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker: str
+) -> None:
+    paths = _tree(tmp_path, 1200)
+    monkeypatch.setattr(files, "_WORKER", worker)
+    monkeypatch.setattr(files, "PARALLEL_MIN", 1)
+    _check(paths, list(hash_files(paths)))
+
+
+def test_workers_that_cannot_start_leave_it_serial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _tree(tmp_path, 50)
+    monkeypatch.setattr(files.sys, "executable", str(tmp_path / "no-such-python"))
+    stream = HashStream(parallel_min=1)
+    for p in paths:
+        stream.add(p)
+    assert stream.pool is None
+    _check(paths, list(stream.results()))
+
+
+def test_forced_sync_hashes_every_file_in_the_walk_and_queues_only_differences(
+    h, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sync --force` hashes every file on the workers during the scan and hands the
+    applier only what differs (here a content change that kept size and mtime)."""
+    monkeypatch.setattr(files, "PARALLEL_MIN", 5)
+    for i in range(40):
+        h.write(f"a/File {i}.txt", f"text {i:03}\n".encode() * 200)
+    nfd = unicodedata.normalize("NFD", "a/Café.txt")
+    h.write(nfd, b"accented\n" * 200)
+    assert h.sync()["new"] == 41
+    # Same size, same mtime, other bytes: only a forced pass can see it.
+    sneaky = h.root / "a/File 7.txt"
+    st = sneaky.stat()
+    sneaky.write_bytes(b"TEXT 007\n" * 200)
+    os.utime(sneaky, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert h.sync()["modified"] == 0
+
+    summary = h.sync("--force")
+    assert summary["hashed"] == 41
+    assert (summary["modified"], summary["uploaded"], summary["deleted"]) == (1, 1, 1)
+    assert summary["unchanged"] == 40
+    assert h.row("a/File 7.txt")["sha256"] == hashlib.sha256(b"TEXT 007\n" * 200).hexdigest()
+    assert h.row(unicodedata.normalize("NFC", nfd))["state"] == "indexed"
+
+    summary = h.sync("--force")
+    assert (summary["hashed"], summary["uploaded"], summary["unchanged"]) == (41, 0, 41)
+    result = h.run("sync", "--dry-run", "--force", "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert (plan["hashed"], plan["unchanged"]) == (41, 41), plan
