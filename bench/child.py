@@ -1,7 +1,7 @@
 """One measured pass in a fresh interpreter, so its peak RSS is its own.
 
     python bench/child.py reconcile         # Engine.reconcile(), nothing changed
-    python bench/child.py dry-run-force     # Engine.dry_run(force=True): hashes everything
+    python bench/child.py reconcile-force   # Engine.reconcile(force=True): hashes everything
     python bench/child.py read-files N      # the applier's read_file over every file, N threads
     python bench/child.py scan              # scan() alone and the row load alone (breakdown)
 
@@ -87,14 +87,13 @@ def main() -> dict[str, Any]:
         out["vanished"] = len(plan.vanished)
         out["unchanged"] = plan.unchanged
         ws.close()
-    elif what == "dry-run-force":
+    elif what == "reconcile-force":
+        ws = open_workspace(config, with_store=False)
         t0 = time.perf_counter()
-        ws = open_workspace(config, readonly=True, with_store=False)
-        out["open_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        counts, _items = ws.engine.dry_run(force=True)
+        plan = ws.engine.reconcile(force=True)
         out["seconds"] = time.perf_counter() - t0
-        out["counts"] = dict(counts)
+        out["counts"] = {"hashed": plan.hashed, "unchanged": plan.unchanged}
+        out["candidates"] = len(plan.candidates) + len(plan.vanished)
         ws.close()
     elif what == "read-files":
         threads = int(sys.argv[2])
