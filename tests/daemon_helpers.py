@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -69,6 +70,29 @@ def bind_mount_works(tmp: Path) -> str | None:
     if result.returncode != 0:
         return f"`mount --bind` does not work here: {result.stderr.strip()}"
     subprocess.run(["umount", dst], check=True)
+    return None
+
+
+# A user namespace in which this user is root, with a mount namespace of its
+# own: bind mounts and tmpfs without privileges (where the kernel allows
+# unprivileged user namespaces), private so nothing leaks to the host's mounts.
+# Processes started inside (the daemon) inherit both.
+USER_NAMESPACE = ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]
+
+
+def user_namespace_works(tmp: Path) -> str | None:
+    """None when a bind mount works inside USER_NAMESPACE here, else why not."""
+    if shutil.which("unshare") is None:
+        return "no `unshare` (util-linux) here"
+    src, dst = tmp / "probe-ns-src", tmp / "probe-ns-dst"
+    src.mkdir(exist_ok=True)
+    dst.mkdir(exist_ok=True)
+    script = 'mount --bind "$1" "$2" && umount "$2"'
+    result = subprocess.run(
+        [*USER_NAMESPACE, "sh", "-c", script, "sh", src, dst], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        return f"user namespaces are refused here: {result.stderr.strip()[-300:]}"
     return None
 
 

@@ -81,6 +81,39 @@ from harness import real_paths  # noqa: E402
 from objlib_daemon.daemon.control import request  # noqa: E402
 from objlib_daemon.library.volume import write_marker  # noqa: E402
 
+# Where a kill -9 or an unplug is placed (the names in Figures.kill_points and
+# .unplug_points). Each kind of these (and of API_FAULTS) is scheduled once, in
+# a shuffled order, before the schedule turns random, so that even a short run
+# meets every one of them.
+KILL_POINTS = (
+    "random",
+    "upload->commit",
+    "upload landing after death",
+    "replace->delete",
+    "start-up",
+    "reconcile",
+    "mid-upload",
+)
+UNPLUG_POINTS = (
+    "idle",
+    "scan",
+    "upload",
+    "flaps",
+    "other stick",
+    "daemon started without the drive",
+)
+# The API faults added between rounds (Figures.faults), scheduled the same way.
+API_FAULTS = (
+    "429",
+    "5xx",
+    "reset",
+    "latency",
+    "never_done",
+    "finalize_then_503",
+    "404_delete",
+    "spurious_404_delete",
+)
+
 # inotify's default queue holds 16,384 events; each new file is at least two
 # (create, close), so this many files overflow it while the reader is stopped.
 OVERFLOW_FILES = 17_000
@@ -330,6 +363,16 @@ class Figures:
         data["edits_applied"] = sum(self.edits.values())
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Figures:
+        """Back from as_dict() (figures.json): how a soak run in another process reports."""
+        names = {f.name for f in fields(cls)}
+        # Every mapping among the fields is a Counter (as_dict made them dicts).
+        values = {
+            k: Counter(v) if isinstance(v, dict) else v for k, v in data.items() if k in names
+        }
+        return cls(**values)
+
     def summary(self) -> str:
         d = self.as_dict()
         keys = [
@@ -415,6 +458,7 @@ class Soak:
         self.journal_seen = 0
         self.rules: list[Fault] = []
         self.overflow_attempts = 0
+        self.order: dict[tuple[str, ...], list[str]] = {}  # see pick()
         self._saved_env = {k: os.environ.get(k) for k in self._env_keys()}
         for key in self._env_keys():  # the test side resolves the daemon's socket
             os.environ[key] = self.env.env[key]
@@ -482,6 +526,20 @@ class Soak:
         except Exception:
             return None
 
+    def pick(self, kinds: tuple[str, ...], seen: Counter[str]) -> str:
+        """The first kind not met yet in this run's shuffled order of `kinds`, else any.
+
+        "Not met" is read from the figures, not from what was scheduled: a
+        point that fell back (its held request never came, so the kill counted
+        as "random") is scheduled again until it really happened.
+        """
+        if kinds not in self.order:
+            self.order[kinds] = self.rng.sample(kinds, len(kinds))
+        for kind in self.order[kinds]:
+            if not seen[kind]:
+                return kind
+        return self.rng.choice(kinds)
+
     # --- faults ---------------------------------------------------------------------
 
     def add_fault(self, name: str, fault: Fault) -> Fault:
@@ -500,18 +558,7 @@ class Soak:
 
     def random_fault(self) -> None:
         rng = self.rng
-        kind = rng.choice(
-            [
-                "429",
-                "5xx",
-                "reset",
-                "latency",
-                "never_done",
-                "finalize_then_503",
-                "404_delete",
-                "spurious_404_delete",
-            ]
-        )
+        kind = self.pick(API_FAULTS, self.fig.faults)
         where = rng.choice(
             [
                 {"phase": "start"},
@@ -587,17 +634,7 @@ class Soak:
 
     def kill_scenario(self) -> None:
         rng = self.rng
-        point = rng.choice(
-            [
-                "random",
-                "upload->commit",
-                "upload landing after death",
-                "replace->delete",
-                "start-up",
-                "reconcile",
-                "mid-upload",
-            ]
-        )
+        point = self.pick(KILL_POINTS, self.fig.kill_points)
         if point == "random":
             self.edits(rng.randint(1, 6))
             time.sleep(rng.uniform(0.0, 1.5))
@@ -668,14 +705,18 @@ class Soak:
         if self.rng.random() < 0.5:
             self.edits(self.rng.randint(1, 4))
         if self.mount_ok and self.rng.random() < 0.15 and self.fig.unplugs < self.opts.unplugs:
-            self.unplug()  # ... and it starts with no drive
+            self._start_without_drive()  # ... and it starts with no drive
             self.fig.unplugs += 1
             self.fig.unplug_points["daemon started without the drive"] += 1
-            self.start()
-            time.sleep(self.rng.uniform(0.3, 1.5))
-            self.plug()
         else:
             self.start()
+
+    def _start_without_drive(self) -> None:
+        """The daemon (not running) starts with the drive away; it comes a moment later."""
+        self.unplug()
+        self.start()
+        time.sleep(self.rng.uniform(0.3, 1.5))
+        self.plug()
 
     def _edit_for_upload(self) -> None:
         path = self.indexed_path()
@@ -726,8 +767,14 @@ class Soak:
 
     def unplug_scenario(self) -> None:
         rng = self.rng
-        point = rng.choice(["idle", "scan", "upload", "flaps", "other stick"])
-        if point == "idle":
+        point = self.pick(UNPLUG_POINTS, self.fig.unplug_points)
+        if point == "daemon started without the drive":
+            # Stopped cleanly here (a kill -9 before it is kill_scenario's case).
+            code = self.env.stop(timeout=60)
+            if code != 0:
+                self.violation(f"SIGTERM before an unplugged start: exit code {code}")
+            self._start_without_drive()
+        elif point == "idle":
             self.unplug()
             self._away_edits()
             self.plug()
@@ -1156,34 +1203,50 @@ def main() -> int:
     parser.add_argument("--overflows", type=int, default=5)
     parser.add_argument("--rounds-per-check", type=int, default=3)
     parser.add_argument("--max-minutes", type=float, default=120)
+    parser.add_argument("--quiet-timeout", type=float, default=60.0)
     parser.add_argument("--work", type=Path, default=None, help="default: a new temp dir")
     parser.add_argument("--disk-full", action="store_true", help="also run the disk-full test")
+    parser.add_argument("--only-disk-full", action="store_true", help="the disk-full test alone")
+    parser.add_argument(
+        "--json-out",
+        type=Path,
+        default=None,
+        help="write {figures, disk_full} here (for a caller in another namespace)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args()
     import tempfile
 
     work = args.work or Path(tempfile.mkdtemp(prefix="objlibd-soak-"))
-    opts = SoakOptions(
-        work=work,
-        seed=args.seed,
-        files=args.files,
-        kills=args.kills,
-        unplugs=args.unplugs,
-        sigterms=args.sigterms,
-        overflows=args.overflows,
-        rounds_per_check=args.rounds_per_check,
-        max_seconds=args.max_minutes * 60,
-        verbose=not args.quiet,
-    )
-    print(f"soak: seed {args.seed}, work dir {work}", flush=True)
-    fig = run_soak(opts, log=lambda m: print(m, flush=True))
-    print(fig.summary())
-    bad = len(fig.violations)
-    if args.disk_full:
+    out: dict[str, Any] = {"figures": None, "disk_full": None}
+    bad = 0
+    if not args.only_disk_full:
+        opts = SoakOptions(
+            work=work,
+            seed=args.seed,
+            files=args.files,
+            kills=args.kills,
+            unplugs=args.unplugs,
+            sigterms=args.sigterms,
+            overflows=args.overflows,
+            rounds_per_check=args.rounds_per_check,
+            max_seconds=args.max_minutes * 60,
+            quiet_timeout=args.quiet_timeout,
+            verbose=not args.quiet,
+        )
+        print(f"soak: seed {args.seed}, work dir {work}", flush=True)
+        fig = run_soak(opts, log=lambda m: print(m, flush=True))
+        print(fig.summary())
+        print(f"figures: {work / 'figures.json'}")
+        out["figures"] = fig.as_dict()
+        bad += len(fig.violations)
+    if args.disk_full or args.only_disk_full:
         result = disk_full_scenario(work / "disk-full")
-        print(f"disk full: {result['edits']} edits, violations {result['violations']}")
+        print(f"disk full: {result.get('edits')} edits, violations {result['violations']}")
+        out["disk_full"] = result
         bad += len(result["violations"])
-    print(f"figures: {work / 'figures.json'}")
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(out, indent=2))
     return 1 if bad else 0
 
 

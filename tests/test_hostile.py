@@ -5,19 +5,38 @@ The soak itself (tests/soak.py) runs `objlibd run` as a subprocess against the
 emulator with kills, unplugs, faults and edits, checking the invariants after
 every quiet period; `make soak` runs its long form. Figures of this run are
 printed (pytest -s) and written to figures.json in the test's tmp dir.
+
+Unplugs are bind mounts, and the disk-full test mounts a tmpfs. Both run in a
+user + mount namespace of their own (`unshare -Urm`, a subprocess that the
+daemon inherits) wherever the kernel allows one, so they need no root and can
+never leave a mount behind on the host; as root without user namespaces they
+run in this process; with neither, the soak runs without unplugs and says why.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from daemon_helpers import bind_mount_works
+from daemon_helpers import USER_NAMESPACE, bind_mount_works, user_namespace_works
 from harness import Harness
-from soak import SoakOptions, disk_full_scenario, run_soak
+from soak import (
+    API_FAULTS,
+    KILL_POINTS,
+    UNPLUG_POINTS,
+    Figures,
+    SoakOptions,
+    disk_full_scenario,
+    run_soak,
+)
 
 from objlib_daemon.config import load
 from objlib_daemon.errors import VolumeUnavailable
@@ -28,6 +47,10 @@ from objlib_daemon.sync.planner import Disk
 from objlib_daemon.workspace import open_workspace
 
 SEED = int(os.environ.get("OBJLIBD_SOAK_SEED", "6"))
+SOAK = Path(__file__).with_name("soak.py")
+# "namespace" or "root" forces one way of mounting (to test the other one where
+# both work); by default a user namespace is preferred.
+MOUNTS = os.environ.get("OBJLIBD_SOAK_MOUNTS", "")
 
 
 def _short(tmp_path: Path, unplugs: int) -> SoakOptions:
@@ -45,37 +68,93 @@ def _short(tmp_path: Path, unplugs: int) -> SoakOptions:
     )
 
 
-def _assert_clean(fig) -> None:
+def _mounts(tmp_path: Path) -> tuple[str | None, str]:
+    """How mounts can be made here: ("namespace" | "root", "") or (None, why not)."""
+    why_not_ns = user_namespace_works(tmp_path) if MOUNTS != "root" else "not chosen"
+    if why_not_ns is None:
+        return "namespace", ""
+    why_not_root = bind_mount_works(tmp_path) if MOUNTS != "namespace" else "not chosen"
+    if why_not_root is None:
+        return "root", ""
+    return None, f"{why_not_root}; {why_not_ns}"
+
+
+def _in_namespace(work: Path, *args: str, timeout: float = 600) -> dict[str, Any]:
+    """tests/soak.py with `args` in a user + mount namespace; its {figures, disk_full}.
+
+    Its own session, so a run past `timeout` is killed with the daemon it started.
+    """
+    out = work / "result.json"
+    work.mkdir(parents=True, exist_ok=True)
+    command = [*USER_NAMESPACE, sys.executable, str(SOAK), "--work", str(work)]
+    proc = subprocess.Popen([*command, "--json-out", str(out), *args], start_new_session=True)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError(f"the soak ran past {timeout}s: killed") from None
+    assert out.exists(), f"the soak exited {code} without figures (its output is above)"
+    return json.loads(out.read_text())
+
+
+def _soak_args(opts: SoakOptions) -> list[str]:
+    """The command line of tests/soak.py that runs `opts`."""
+    return [
+        *("--seed", str(opts.seed), "--files", str(opts.files)),
+        *("--kills", str(opts.kills), "--unplugs", str(opts.unplugs)),
+        *("--sigterms", str(opts.sigterms), "--overflows", str(opts.overflows)),
+        *("--rounds-per-check", str(opts.rounds_per_check)),
+        *("--max-minutes", str(opts.max_seconds / 60), "--quiet-timeout", str(opts.quiet_timeout)),
+    ]
+
+
+def _assert_clean(fig: Figures) -> None:
     print(fig.summary())
     assert fig.violations == [], "\n".join(fig.violations[:20])
     assert fig.duplicates_left == fig.changes_lost == fig.false_missing_marks == 0
     assert fig.kills >= 20, fig.kill_points
+    never = [p for p in KILL_POINTS if fig.kill_points[p] < 1]
+    assert not never, f"kill points never reached: {never} ({dict(fig.kill_points)})"
+    never = [k for k in API_FAULTS if fig.faults[k] < 1]
+    assert not never, f"API faults never injected: {never} ({dict(fig.faults)})"
 
 
 def test_short_soak_kills_unplugs_faults_and_edits(tmp_path: Path) -> None:
-    """>= 20 kill -9, >= 10 unplugs, faults and edits; zero invariant violations."""
-    reason = bind_mount_works(tmp_path)
-    if reason:
-        pytest.skip(f"unplugs need bind mounts ({reason}); the kill-only form runs instead")
-    fig = run_soak(_short(tmp_path, unplugs=12))
+    """>= 20 kill -9, >= 10 unplugs, every kill point and every unplug kind at
+    least once, faults and edits; zero invariant violations."""
+    how, why_not = _mounts(tmp_path)
+    opts = _short(tmp_path / "soak", unplugs=12)
+    if how is None:
+        pytest.skip(f"unplugs need mounts ({why_not}); the kill-only form runs instead")
+    elif how == "namespace":
+        fig = Figures.from_dict(_in_namespace(opts.work, *_soak_args(opts))["figures"])
+    else:
+        fig = run_soak(opts)
     _assert_clean(fig)
     assert fig.unplugs >= 10, fig.unplug_points
+    never = [p for p in UNPLUG_POINTS if fig.unplug_points[p] < 1]
+    assert not never, f"unplug kinds never met: {never} ({dict(fig.unplug_points)})"
     assert fig.sigterms >= 2 and fig.checks >= 5
 
 
 def test_short_soak_without_unplugs(tmp_path: Path) -> None:
-    """Where bind mounts are not allowed: the same soak without unplugs."""
-    if bind_mount_works(tmp_path) is None:
-        pytest.skip("bind mounts work here: the full short form covers this")
+    """Where no mount can be made (no root, no user namespaces): the soak without unplugs."""
+    if _mounts(tmp_path)[0] is not None:
+        pytest.skip("mounts work here: the full short form covers this")
     _assert_clean(run_soak(_short(tmp_path, unplugs=0)))
 
 
 def test_state_dir_disk_full(tmp_path: Path) -> None:
     """The state dir on a small tmpfs that fills up while files change: no crash,
     no lost change, no corrupt database, and all converges once space is back."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    result = disk_full_scenario(tmp_path)
+    how, why_not = _mounts(tmp_path)
+    if how is None:
+        pytest.skip(f"mounting a tmpfs needs root or a user namespace ({why_not})")
+    elif how == "namespace":
+        result = _in_namespace(tmp_path / "soak", "--only-disk-full")["disk_full"]
+    else:
+        result = disk_full_scenario(tmp_path)
     assert result["violations"] == [], result["violations"]
     assert result["edits"] >= 20
     assert any("is full: free some space" in e for e in result["errors_seen"]), result[
