@@ -48,8 +48,8 @@ from objlib_daemon.workspace import open_workspace
 
 SEED = int(os.environ.get("OBJLIBD_SOAK_SEED", "6"))
 SOAK = Path(__file__).with_name("soak.py")
-# "namespace" or "root" forces one way of mounting (to test the other one where
-# both work); by default a user namespace is preferred.
+# "namespace" or "root" forces one way of mounting, "none" the kill-only form
+# (to test each where more work); by default a user namespace is preferred.
 MOUNTS = os.environ.get("OBJLIBD_SOAK_MOUNTS", "")
 
 
@@ -70,10 +70,11 @@ def _short(tmp_path: Path, unplugs: int) -> SoakOptions:
 
 def _mounts(tmp_path: Path) -> tuple[str | None, str]:
     """How mounts can be made here: ("namespace" | "root", "") or (None, why not)."""
-    why_not_ns = user_namespace_works(tmp_path) if MOUNTS != "root" else "not chosen"
+    unchosen = f"not chosen: OBJLIBD_SOAK_MOUNTS={MOUNTS}"
+    why_not_ns = user_namespace_works(tmp_path) if MOUNTS in ("", "namespace") else unchosen
     if why_not_ns is None:
         return "namespace", ""
-    why_not_root = bind_mount_works(tmp_path) if MOUNTS != "namespace" else "not chosen"
+    why_not_root = bind_mount_works(tmp_path) if MOUNTS in ("", "root") else unchosen
     if why_not_root is None:
         return "root", ""
     return None, f"{why_not_root}; {why_not_ns}"
