@@ -7,7 +7,7 @@ import os
 import sqlite3
 
 import pytest
-from harness import Harness
+from harness import Harness, real_paths
 
 from objlib_daemon.config import LibraryConfig, parse_duration
 from objlib_daemon.library.eligibility import Eligibility
@@ -73,6 +73,41 @@ def test_eligibility_globs_litter_and_size():
     assert not e.path_ok("x/._a.txt") and not e.path_ok(".Trashes/a.txt")
     assert not e.dir_ok("$RECYCLE.BIN") and not e.dir_ok("a/.git") and e.dir_ok("Courses")
     assert e.size_ok(1024) and not e.size_ok(1023) and not e.size_ok(100_000_001)
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude", "by_name"),
+    [
+        (None, None, True),  # the defaults
+        (("**/*.txt", "**/[A-C]*.md"), ("**/*~", "**/.git/**", "**/draft?.txt"), True),
+        (("Courses/**/*.txt",), (), False),  # a folder in an include: by path only
+        (("**/*.txt",), ("Old/**",), False),  # an exclude anchored at the root
+        (("**/*.txt",), ("**/a/b/**",), False),  # a folder path in an exclude
+    ],
+)
+def test_eligibility_by_name_agrees_with_the_full_globs(include, exclude, by_name):
+    """The walk judges a file by its name alone where the globs allow it: for every
+    real path (and litter beside it) in a folder the walk enters, the same verdict."""
+    cfg = LibraryConfig()
+    if include is not None:
+        cfg = LibraryConfig(include=include, exclude=exclude)
+    e = Eligibility.from_config(cfg)
+    assert (e.name is not None) == by_name
+    if e.name is None:
+        return
+    names = ["", "._", ".", "~$", "draft1", "Bnotes"]
+    checked = 0
+    for path in real_paths():
+        folder, _, name = path.rpartition("/")
+        parts = folder.split("/") if folder else []
+        if not all(e.dir_ok("/".join(parts[: i + 1])) for i in range(len(parts))):
+            continue
+        stem = name.rsplit(".", 1)[0]
+        for candidate in [name, *(p + name for p in names), stem + ".txt~", stem + ".MD"]:
+            rel = f"{folder}/{candidate}" if folder else candidate
+            assert bool(e.name.match(candidate)) == e.path_ok(rel), rel
+            checked += 1
+    assert checked > 10_000
 
 
 def test_scanner_reports_problems_and_never_fails(tmp_path):

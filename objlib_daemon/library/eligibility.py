@@ -66,16 +66,51 @@ def _compile(globs: Iterable[str]) -> re.Pattern[str]:
     return re.compile("^(?:" + "|".join(bodies) + ")$", re.IGNORECASE | re.DOTALL)
 
 
+def _by_name(include: Iterable[str], exclude: Iterable[str]) -> re.Pattern[str] | None:
+    """One pattern over a file's name alone that says what the globs say of a file
+    in a folder the walk entered, when they allow it; else None.
+
+    They do when every include is `**/NAME` and every exclude is `**/NAME` or
+    `**/FOLDER/**` (the walk never enters such a folder), with no `/` in NAME or
+    FOLDER: the defaults are. Matching a name is a short match with no
+    backtracking over the folders (docs/benchmarks.md, benchmark 1).
+    """
+    names_in: list[str] = []
+    names_out: list[str] = []
+    for globs, names, folders_ok in ((include, names_in, False), (exclude, names_out, True)):
+        for g in globs:
+            body = g[3:] if g.startswith("**/") else None
+            if body is None or body.startswith("**"):
+                return None
+            if folders_ok and body.endswith("/**") and "/" not in body[:-3]:
+                continue  # a whole folder: pruned by the walk
+            if "/" in body:
+                return None
+            names.append(glob_to_regex(body))
+    if not names_in:
+        return None
+    out = f"(?!(?:{'|'.join(names_out)})$)" if names_out else ""
+    return re.compile(f"^{out}(?:{'|'.join(names_in)})$", re.IGNORECASE | re.DOTALL)
+
+
 @dataclass(frozen=True)
 class Eligibility:
     include: re.Pattern[str]
     exclude: re.Pattern[str]
     min_size: int
     max_size: int
+    # Eligible by name alone, for a file in a folder the walk entered (see _by_name).
+    name: re.Pattern[str] | None = None
 
     @classmethod
     def from_config(cls, cfg: LibraryConfig) -> Eligibility:
-        return cls(_compile(cfg.include), _compile(cfg.exclude), cfg.min_size, cfg.max_size)
+        return cls(
+            _compile(cfg.include),
+            _compile(cfg.exclude),
+            cfg.min_size,
+            cfg.max_size,
+            _by_name(cfg.include, cfg.exclude),
+        )
 
     def path_ok(self, rel: str) -> bool:
         """Eligible by name (size not considered): included and not excluded."""

@@ -10,13 +10,15 @@ is fatal.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.paths import BadName, key
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class Entry(NamedTuple):
@@ -36,75 +38,85 @@ class ScanResult:
     ineligible: int = 0
 
 
-def walk(root: Path, eligibility: Eligibility, result: ScanResult) -> Iterator[Entry]:
-    """Yield eligible files; fill `result.problems` and counters as it goes.
+def scan(
+    root: Path, eligibility: Eligibility, found: Callable[[Entry], object] | None = None
+) -> ScanResult:
+    """Every eligible file, with the problems met; `found` is called with each one
+    as the walk reaches it (a forced reconcile hashes them meanwhile).
 
-    The per-entry work is kept small (docs/benchmarks.md, benchmark 1): a
-    regular file is recognised by one `is_file` call from the dirent type, an
-    ASCII name is its own NFC key, and names are joined as strings.
+    The per-entry work is kept small (docs/benchmarks.md, benchmark 1): folders
+    are listed by descriptor (the kernel resolves only the name for each stat),
+    a regular file is recognised by one `is_file` call from the dirent type, an
+    ASCII name is its own NFC key and is judged by name alone when the globs
+    allow it, and names are joined as strings.
     """
+    result = ScanResult()
     entries = result.entries
     problems = result.problems
     path_ok = eligibility.path_ok
+    name_ok = eligibility.name.match if eligibility.name is not None else None
     min_size, max_size = eligibility.min_size, eligibility.max_size
+    new_entry = tuple.__new__
     root_s = os.fspath(root)
     stack = [""]
     while stack:
         rel_dir = stack.pop()
         result.directories += 1
         try:
-            it = os.scandir(os.path.join(root_s, rel_dir) if rel_dir else root_s)
+            fd = os.open(os.path.join(root_s, rel_dir) if rel_dir else root_s, _DIR_FLAGS)
         except OSError as exc:
             problems.append(f"{rel_dir or '.'}: cannot list folder: {exc.strerror}")
             continue
         prefix = f"{rel_dir}/" if rel_dir else ""
-        with it:
-            for entry in it:
-                rel_raw = prefix + entry.name
-                if rel_raw.isascii():
-                    rel = rel_raw  # ASCII is valid UTF-8 and already NFC
-                else:
-                    try:
-                        rel = key(rel_raw)
-                    except BadName as exc:
-                        problems.append(str(exc))
-                        continue
-                try:
-                    # is_file/is_dir without following: False for a symlink.
-                    if entry.is_file(follow_symlinks=False):
-                        if not path_ok(rel):
-                            result.ineligible += 1
-                            continue
-                        st = entry.stat(follow_symlinks=False)
-                    elif entry.is_dir(follow_symlinks=False):
-                        if eligibility.dir_ok(rel):
-                            stack.append(rel_raw)
-                        continue
-                    elif entry.is_symlink():
-                        if path_ok(rel) or entry.is_dir():
-                            problems.append(f"{rel}: symbolic link not followed")
-                        continue
+        try:
+            with os.scandir(fd) as it:
+                for entry in it:
+                    name = entry.name
+                    rel_raw = prefix + name
+                    if rel_raw.isascii():
+                        rel = rel_raw  # ASCII is valid UTF-8 and already NFC
+                        ok = name_ok(name) if name_ok is not None else path_ok(rel)
                     else:
-                        continue  # FIFOs, sockets, devices
-                except OSError as exc:
-                    problems.append(f"{rel}: cannot stat: {exc.strerror}")
-                    continue
-                size = st.st_size
-                if not min_size <= size <= max_size:
-                    result.ineligible += 1
-                    continue
-                if rel in entries:
-                    problems.append(
-                        f"{rel}: two names on disk normalise to the same path; one is skipped"
-                    )
-                    continue
-                item = Entry(rel, size, st.st_mtime_ns, rel_raw)
-                entries[rel] = item
-                yield item
-
-
-def scan(root: Path, eligibility: Eligibility) -> ScanResult:
-    result = ScanResult()
-    for _ in walk(root, eligibility, result):
-        pass
+                        try:
+                            rel = key(rel_raw)
+                        except BadName as exc:
+                            problems.append(str(exc))
+                            continue
+                        ok = path_ok(rel)
+                    try:
+                        # is_file/is_dir without following: False for a symlink.
+                        if entry.is_file(follow_symlinks=False):
+                            if not ok:
+                                result.ineligible += 1
+                                continue
+                            st = entry.stat(follow_symlinks=False)
+                        elif entry.is_dir(follow_symlinks=False):
+                            if eligibility.dir_ok(rel):
+                                stack.append(rel_raw)
+                            continue
+                        elif entry.is_symlink():
+                            if ok or entry.is_dir():
+                                problems.append(f"{rel}: symbolic link not followed")
+                            continue
+                        else:
+                            continue  # FIFOs, sockets, devices
+                    except OSError as exc:
+                        problems.append(f"{rel}: cannot stat: {exc.strerror}")
+                        continue
+                    size = st.st_size
+                    if not min_size <= size <= max_size:
+                        result.ineligible += 1
+                        continue
+                    if rel in entries:
+                        problems.append(
+                            f"{rel}: two names on disk normalise to the same path; one is skipped"
+                        )
+                        continue
+                    item = entries[rel] = new_entry(Entry, (rel, size, st.st_mtime_ns, rel_raw))
+                    if found is not None:
+                        found(item)
+        except OSError as exc:
+            problems.append(f"{rel_dir or '.'}: cannot list folder: {exc.strerror}")
+        finally:
+            os.close(fd)
     return result

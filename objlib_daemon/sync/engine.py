@@ -26,7 +26,7 @@ from objlib_daemon.config import Config
 from objlib_daemon.errors import SafetyAbort, VolumeUnavailable
 from objlib_daemon.library.files import HashStream, hash_files
 from objlib_daemon.library.paths import resolve
-from objlib_daemon.library.scan import ScanResult, scan, walk
+from objlib_daemon.library.scan import ScanResult, scan
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
@@ -82,25 +82,28 @@ class Plan:
 
 
 # (path, state, size, mtime_ns): what a reconcile needs of each `files` row.
-# A forced one also needs what it takes to call a file unchanged from its hash:
-# (..., sha256, upload_sha256, document, enrichment_version).
 _PlanRow = tuple[str, str, int | None, int | None]
 _PLAN_ROWS = "SELECT path, state, size, mtime_ns FROM files"
+# A forced one also needs the hash a file must have to be plainly unchanged:
+# indexed, uploaded with the content last hashed, with this enrichment. SQLite
+# says which rows qualify, so one string per row crosses over, not four.
 _FORCE_ROWS = (
-    "SELECT path, state, size, mtime_ns, sha256, upload_sha256, document, enrichment_version "
-    "FROM files"
+    "SELECT path, state, size, mtime_ns, CASE WHEN state = 'indexed' AND document IS NOT NULL "
+    "AND upload_sha256 = sha256 AND enrichment_version = ? THEN sha256 END FROM files"
 )
 
 
-def _plan_rows(s: Session, *, force: bool = False) -> dict[str, _PlanRow]:
-    """Every row as a plain tuple, read through the driver.
+def _plan_rows(s: Session, *, version: str | None = None) -> dict[str, _PlanRow]:
+    """Every row as a plain tuple, read through the driver; with an enrichment
+    `version`, a fifth item: the hash of an unchanged file (see _FORCE_ROWS).
 
     A reconcile reads the whole table; ORM objects for 100k rows cost 1.9 s
     and 200 MB, SQLAlchemy rows 0.25 s, sqlite3 tuples 0.12 s
     (docs/benchmarks.md, benchmark 1).
     """
     raw = s.connection().connection.driver_connection
-    return {r[0]: r for r in raw.execute(_FORCE_ROWS if force else _PLAN_ROWS)}
+    rows = raw.execute(_PLAN_ROWS) if version is None else raw.execute(_FORCE_ROWS, (version,))
+    return {r[0]: r for r in rows}
 
 
 _ROW_COLUMNS = "state, size, mtime_ns, sha256, upload_sha256, document, enrichment_version"
@@ -229,16 +232,14 @@ class Engine:
         docs/benchmarks.md, benchmark 2), and the rows loaded while the workers
         finish. `plan.seen` keeps what was found for each file that is not
         plainly unchanged: indexed, with this content, enrichment and stat."""
-        root = os.fspath(self.lib.root)
-        result = ScanResult()
+        prefix = os.path.join(self.lib.root, "")
         with HashStream() as hashes:
-            for entry in walk(self.lib.root, self.lib.eligibility, result):
-                hashes.add(os.path.join(root, entry.on_disk))
+            add = hashes.add
+            result = scan(self.lib.root, self.lib.eligibility, lambda e: add(prefix + e.on_disk))
             with self.db.session() as s:
-                rows = _plan_rows(s, force=True)
+                rows = _plan_rows(s, version=self.lib.enrichment_version)
             snapshots = hashes.results()
         plan = Plan(problems=result.problems)
-        version = self.lib.enrichment_version
         seen = plan.seen
         hashed = 0
         for path, snap in zip(result.entries, snapshots, strict=True):
@@ -247,16 +248,7 @@ class Engine:
                 continue
             hashed += 1
             f = rows.get(path)
-            if (
-                f is None
-                or f[1] != INDEXED
-                or f[6] is None
-                or f[7] != version
-                or f[5] != snap.sha256
-                or f[4] != snap.sha256
-                or f[2] != snap.size
-                or f[3] != snap.mtime_ns
-            ):
+            if f is None or f[4] != snap.sha256 or f[2] != snap.size or f[3] != snap.mtime_ns:
                 seen[path] = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
         plan.hashed = hashed
         return result, rows, plan
