@@ -328,6 +328,8 @@ def test_concurrent_uploads_from_threads(store: LocalStore) -> None:
 
 
 def test_leftovers_of_a_crash_are_invisible_and_swept_when_old(tmp_path: Path) -> None:
+    """Swept when the store opens, at most once a day (listing the blobs on every
+    command would cost what the library holds)."""
     directory = tmp_path / "local-store"
     with LocalStore(directory) as s:
         kept = put(s, "real document", name="real.txt")
@@ -340,6 +342,11 @@ def test_leftovers_of_a_crash_are_invisible_and_swept_when_old(tmp_path: Path) -
     hour_ago = time.time() - 2 * 3600
     for p in (old_temp, old_orphan):
         os.utime(p, (hour_ago, hour_ago))
+    with LocalStore(directory):
+        pass
+    assert old_temp.exists(), "swept twice within a day"
+    day_ago = time.time() - 86400 - 60
+    os.utime(directory / "swept", (day_ago, day_ago))
 
     with LocalStore(directory) as s:
         assert [d.name for d in s.list()] == [kept.name]
@@ -397,3 +404,4 @@ def test_upload_of_64_kib_is_cheap(store: LocalStore) -> None:
         durations.append(time.perf_counter() - start)
     durations.sort()
     assert durations[len(durations) // 2] < 0.010, durations  # median; measured ~1 ms
+

@@ -58,6 +58,9 @@ _TEMP_PREFIX = ".tmp-"
 # A leftover temp file or unreferenced blob younger than this may belong to an
 # upload in flight in another process (e.g. `objlibd sync` next to a search).
 _SWEEP_AGE = 3600.0
+# Listing every blob costs 0.2-0.3 s per 100k documents: on every open (every
+# CLI command) that is a cost that grows with the library, so once a day.
+_SWEEP_EVERY = 86400.0
 _PAGE = 200  # rows fetched per lock hold in list(); keeps writers unblocked
 _MAX_QUERY_TERMS = 32
 _SNIPPET_TOKENS = 16
@@ -321,8 +324,16 @@ class LocalStore:
         return hits
 
     def _sweep(self) -> None:
-        """Remove crash leftovers: old temp files and old unreferenced blobs."""
-        cutoff = time.time() - _SWEEP_AGE
+        """Remove crash leftovers: old temp files and old unreferenced blobs (at most
+        once a day: the mtime of `swept` says when it last ran)."""
+        stamp = self.directory / "swept"
+        now = time.time()
+        try:
+            if now - stamp.stat().st_mtime < _SWEEP_EVERY:
+                return
+        except FileNotFoundError:
+            pass
+        cutoff = now - _SWEEP_AGE
         with self._lock:
             known = {r[0] for r in self._db().execute("SELECT doc_id FROM documents")}
         for entry in os.scandir(self._blobs):
@@ -333,6 +344,8 @@ class LocalStore:
                     os.unlink(entry.path)
             except OSError:
                 pass  # gone already, or not ours to remove: harmless either way
+        stamp.touch(mode=0o600)
+        os.utime(stamp, (now, now))
 
 
 _COLUMNS = "id, doc_id, display_name, metadata, mime_type, size, create_time"
