@@ -3,9 +3,11 @@
 Watchdog delivers tens of thousands of events a second, several per saved
 file. They are collapsed here into one (path -> reason) map and written to the
 durable queue in ONE batched UPSERT per flush (platform-notes.md: ~211k rows/s
-batched against ~1.8k/s one commit per row). Each flushed path is due only
-after `settle_seconds` of quiet: a later event for it bumps the row again and
-pushes its due time, so a file still being written is not read half-way.
+batched against ~1.8k/s one commit per row). Each path is due `settle_seconds`
+after its own last event, not after the flush that wrote it (that cost every
+save half a second: docs/benchmarks.md, benchmark 8): a later event for it
+bumps the row again and pushes its due time, so a file still being written is
+not read half-way.
 
 Directory events are expanded here, off the watchdog thread: a folder that
 appeared (created, or moved in) is walked for eligible files; a folder that
@@ -66,7 +68,7 @@ class Debouncer:
         self.on_overload = on_overload
         self.on_error = on_error
         self._lock = threading.Lock()
-        self._paths: dict[str, str] = {}
+        self._paths: dict[str, tuple[str, float]] = {}  # path -> (reason, last event)
         self._appeared: set[str] = set()  # folders to walk
         self._vanished: set[str] = set()  # folders whose tracked paths to look at
         self._wake = threading.Event()
@@ -80,7 +82,7 @@ class Debouncer:
 
     def add(self, path: str, reason: str = queue.EVENT) -> None:
         with self._lock:
-            self._paths[path] = reason
+            self._paths[path] = (reason, time.monotonic())
             overloaded = len(self._paths) > MAX_PENDING
             if overloaded:
                 self._paths.clear()
@@ -141,12 +143,16 @@ class Debouncer:
             vanished, self._vanished = self._vanished, set()
         if not (paths or appeared or vanished):
             return 0
-        items = dict(paths)
+        items = {path: reason for path, (reason, _at) in paths.items()}
         try:
             for folder in appeared:
                 for path in self._walk(folder):
                     items.setdefault(path, queue.EVENT)
-            not_before = time.time() + self.settle_seconds
+            # Due times are wall-clock (the queue outlives the process); events
+            # were timed on the monotonic clock.
+            now, mono = time.time(), time.monotonic()
+            not_before = now + self.settle_seconds
+            due = {p: now - (mono - at) + self.settle_seconds for p, (_r, at) in paths.items()}
             with self.db.session() as s:
                 for folder in vanished:
                     below = select(File.path).where(
@@ -154,7 +160,7 @@ class Debouncer:
                     )
                     for path in s.scalars(below):
                         items.setdefault(path, queue.MOVED_FROM)
-                queue.enqueue(s, items.items(), not_before=not_before)
+                queue.enqueue(s, items.items(), not_before=not_before, due=due)
         except Exception as exc:
             self.failures += 1
             if self.failures == 1:
@@ -164,8 +170,8 @@ class Debouncer:
             else:
                 log.debug("queue write failed again", failures=self.failures, error=repr(exc))
             with self._lock:
-                for path, reason in paths.items():
-                    self._paths.setdefault(path, reason)
+                for path, event in paths.items():
+                    self._paths.setdefault(path, event)
                 self._appeared |= appeared
                 self._vanished |= vanished
             self._wake.set()
@@ -177,7 +183,7 @@ class Debouncer:
         self.last_flush_at = time.time()
         if items:
             log.debug("events flushed", paths=len(items))
-            self.on_flushed(not_before)
+            self.on_flushed(min(due.values(), default=not_before))
         return len(items)
 
     def _walk(self, folder: str) -> Iterator[str]:

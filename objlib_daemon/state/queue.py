@@ -8,7 +8,7 @@ applied is never lost; `inflight` rows go back to `pending` at start.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, update
@@ -39,11 +39,13 @@ def enqueue(
     items: Iterable[tuple[str, str]],
     *,
     not_before: float = 0.0,
+    due: Mapping[str, float] | None = None,
     keep_backoff: bool = False,
 ) -> int:
     """UPSERT (path, reason) rows; an existing row gets gen+1 and is due again.
 
-    `not_before` delays readiness (the watcher's settle time). With
+    `not_before` delays readiness (the watcher's settle time); `due` gives
+    some paths their own (settled from their own last event). With
     `keep_backoff` (periodic reconciles) a row backing off after failures keeps
     its later due time; without it (an edit, a user's `sync`) it is due again.
     Returns rows written.
@@ -58,7 +60,7 @@ def enqueue(
             "last_seen": now,
             "state": QUEUED,
             "attempts": 0,
-            "next_attempt_at": not_before,
+            "next_attempt_at": due.get(path, not_before) if due else not_before,
         }
         for path, reason in dict(items).items()
     ]
