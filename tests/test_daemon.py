@@ -539,10 +539,10 @@ def test_watcher_keys_filters_and_never_raises(tmp_path: Path) -> None:
 def test_supervisor_rebuilds_a_dead_watcher_and_a_watch_shortfall_is_reported(
     make_env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from objlib_daemon.daemon import runner
+    from objlib_daemon.daemon import supervisor
 
     short = WatchReport(watches=3, directories=40, limit=8192)
-    monkeypatch.setattr(runner, "check_watches", lambda _root: short)
+    monkeypatch.setattr(supervisor, "check_watches", lambda _root: short)
     env = make_env()
     env.init()
     daemon = Daemon(env.config())
@@ -554,7 +554,7 @@ def test_supervisor_rebuilds_a_dead_watcher_and_a_watch_shortfall_is_reported(
             what="the watch shortfall reported",
         )
         next_run = daemon.reconcile_job.next_run()
-        assert next_run is not None and next_run <= time.time() + runner.LIMITED_RECONCILE_INTERVAL
+        assert next_run is not None and next_run <= time.time() + sched.LIMITED_RECONCILE_INTERVAL
 
         # An observer that died (as after an exception in watchdog) is rebuilt.
         observer = daemon.watcher._observer

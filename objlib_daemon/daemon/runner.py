@@ -9,10 +9,10 @@ Who may do what (design.md):
   that reads the library runs while the volume is unavailable. The queue is
   kept; nothing is marked missing.
 
-Threads: the main thread supervises (lifecycle.py); the volume monitor
-reports transitions; APScheduler's pool runs the jobs (jobs.py); watchdog
-and the debouncer feed the queue; the control server answers requests
-(answers.py); SIGHUP applies a new config (reload.py).
+Threads: the main thread supervises and the volume monitor reports
+transitions (lifecycle.py, supervisor.py); APScheduler's pool runs the jobs
+(jobs.py); watchdog and the debouncer feed the queue; the control server
+answers requests (answers.py); SIGHUP applies a new config (reload.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from objlib_daemon.daemon.jobs import Jobs
 from objlib_daemon.daemon.scheduler import (
     DRAIN_INTERVAL,
     FIRST_SWEEP_DELAY,
-    LIMITED_RECONCILE_INTERVAL,
     PRUNE_INTERVAL,
     KickedJob,
     MaxInstancesFilter,
@@ -42,8 +41,9 @@ from objlib_daemon.daemon.scheduler import (
     periodic,
     utc,
 )
+from objlib_daemon.daemon.supervisor import Supervisor
 from objlib_daemon.daemon.volume import VolumeMonitor
-from objlib_daemon.daemon.watcher import OverflowHook, Watcher, check_watches, is_watch_limit
+from objlib_daemon.daemon.watcher import OverflowHook, Watcher
 from objlib_daemon.library.volume import VolumeState
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
@@ -54,8 +54,6 @@ from objlib_daemon.workspace import Workspace, open_workspace
 log = structlog.get_logger("objlibd.daemon")
 
 RUNNING, PAUSED, UNAVAILABLE = "running", "paused", "volume unavailable"
-# A watcher that cannot start (watch limit, odd filesystem) is retried this often.
-WATCHER_RETRY = 60.0
 # Errors kept for `status`: enough to see a pattern, small enough to read.
 LAST_ERRORS = 20
 
@@ -69,9 +67,9 @@ class Daemon:
         self.ro_db: Database | None = None
         self.started_at = time.time()
         self.stopping = threading.Event()
-        self._state_lock = threading.RLock()
+        self.state_lock = threading.RLock()
         self.writer = threading.Lock()
-        self._pass_stop = threading.Event()
+        self.pass_stop = threading.Event()
         self.paused: str | None = None
         self.volume = VolumeState(False, "not checked yet")
         self.reconcile_skipped = False
@@ -88,13 +86,13 @@ class Daemon:
         self.last_audit: dict[str, Any] | None = None
         self.watch_report: dict[str, Any] | None = None
         self.watch_limited = False
-        self._watcher_failed_at: float | None = None
         self.scheduler = make_scheduler()
         self.watcher: Watcher | None = None
         self.debouncer: Debouncer | None = None
         self.monitor: VolumeMonitor | None = None
         self.control: ControlServer | None = None
-        self.overflow = OverflowHook(self._on_overflow)
+        self.supervisor = Supervisor(self)
+        self.overflow = OverflowHook(self.supervisor.on_overflow)
         self.drain_job: KickedJob | None = None
         self.reconcile_job: KickedJob | None = None
         self._max_filter = MaxInstancesFilter({"drain", "reconcile"})
@@ -137,7 +135,7 @@ class Daemon:
             on_error=lambda message: self.record_error("events", message),
         )
         self.watcher = Watcher(
-            lib.root, lib.eligibility, self.debouncer, on_root_gone=self._on_root_gone
+            lib.root, lib.eligibility, self.debouncer, on_root_gone=self.supervisor.on_root_gone
         )
         self._add_jobs()
         logging.getLogger("apscheduler.scheduler").addFilter(self._max_filter)
@@ -152,7 +150,7 @@ class Daemon:
             socket=str(self.control.path),
         )
         self.monitor = VolumeMonitor(
-            lib.root, lib.library_id, config.daemon.volume_check_interval, self._on_volume
+            lib.root, lib.library_id, config.daemon.volume_check_interval, self.supervisor.on_volume
         )
         self.monitor.start()
 
@@ -186,8 +184,8 @@ class Daemon:
         sdnotify.notify("STOPPING=1", "STATUS=stopping: finishing the file in flight")
         log.info("stopping")
         self.stopping.set()
-        with self._state_lock:
-            self._pass_stop.set()
+        with self.state_lock:
+            self.pass_stop.set()
         if self.monitor is not None:
             self.monitor.stop()
         if self.watcher is not None:
@@ -222,39 +220,15 @@ class Daemon:
     def _busy(self) -> bool:
         return self.draining or self.reconciling or self.writer.locked()
 
-    # --- supervision (main thread) ----------------------------------------------------
+    # --- supervision (main thread; supervisor.py) -----------------------------------------
 
     def supervise(self) -> None:
         """One tick: rebuild a dead watcher; called about every second."""
-        if self.stopping.is_set():
-            return
-        with self._state_lock:
-            if not self.volume.available or self.watcher is None:
-                return
-            if self.watcher.is_alive():
-                return
-            if self.watcher.running:
-                log.error("the file watcher died; rebuilding it and reconciling")
-                self.record_error("watcher", "file watcher died; rebuilt")
-            elif (
-                self._watcher_failed_at is not None
-                and time.time() - self._watcher_failed_at < WATCHER_RETRY
-            ):
-                return
-            if self._start_watcher():
-                self.kick_reconcile("watcher restarted")
+        self.supervisor.tick()
 
     def healthy(self) -> bool:
         """For WATCHDOG=1: every thread that should run is running."""
-        parts = [
-            self.scheduler.running,
-            self.debouncer is not None and self.debouncer.is_alive(),
-            self.control is not None and self.control.is_alive(),
-            self.monitor is not None and self.monitor.is_alive(),
-        ]
-        if self.volume.available and self.watcher is not None and self.watcher.running:
-            parts.append(self.watcher.is_alive())
-        return all(parts)
+        return self.supervisor.healthy()
 
     # --- state ----------------------------------------------------------------------------
 
@@ -292,18 +266,21 @@ class Daemon:
     def status_line(self) -> str:
         return f"{self.state}; {self.activity()}"
 
+    def notify_status(self) -> None:
+        sdnotify.notify(f"STATUS={self.status_line()}")
+
     def record_error(self, where: str, message: str) -> None:
         self.last_errors.append({"at": time.time(), "where": where, "error": message[:500]})
 
     def pause(self, reason: str = "paused by the user") -> None:
-        with self._state_lock:
+        with self.state_lock:
             self.paused = reason
-            self._pass_stop.set()
+            self.pass_stop.set()
         log.info("paused", reason=reason)
-        sdnotify.notify(f"STATUS={self.status_line()}")
+        self.notify_status()
 
     def resume(self) -> None:
-        with self._state_lock:
+        with self.state_lock:
             was = self.paused
             self.paused = None
         if was:
@@ -311,86 +288,7 @@ class Daemon:
         if self.reconcile_skipped:
             self.kick_reconcile("resume")
         self.kick_drain()
-        sdnotify.notify(f"STATUS={self.status_line()}")
-
-    # --- volume and watcher ---------------------------------------------------------------
-
-    def _on_volume(self, state: VolumeState) -> None:
-        """From the monitor thread: the volume came, went, or was remounted."""
-        with self._state_lock:
-            self.volume = state
-            if self.stopping.is_set():
-                return
-            if state.available:
-                # Old watches are dead after a remount: always a fresh observer.
-                self._start_watcher()
-                self.reconciled_since_mount = False
-            else:
-                self._pass_stop.set()  # the drain stops after the file in flight
-                if self.watcher is not None:
-                    self.watcher.stop()
-        if state.available:
-            self.kick_reconcile("mount")
-            self.kick_drain()
-        sdnotify.notify(f"STATUS={self.status_line()}")
-
-    def _on_root_gone(self) -> None:
-        # From a watchdog thread: only ask; the monitor thread decides.
-        if self.monitor is not None:
-            self.monitor.request_check()
-
-    def _start_watcher(self) -> bool:
-        assert self.watcher is not None
-        try:
-            self.watcher.start()
-        except OSError as exc:
-            self._watcher_failed_at = time.time()
-            self.watcher.stop()
-            if is_watch_limit(exc):
-                message = (
-                    f"cannot watch the library ({exc.strerror}): raise the limit with "
-                    "`sudo sysctl fs.inotify.max_user_watches=524288`; until then only the "
-                    "periodic reconcile finds changes"
-                )
-                self._limit_reconcile_interval()
-            else:
-                message = f"cannot watch the library: {exc}"
-            log.error(message)
-            self.record_error("watcher", message)
-            return False
-        self._watcher_failed_at = None
-        self.scheduler.add_job(self._check_watches, id="watch-check", replace_existing=True)
-        return True
-
-    def _check_watches(self) -> None:
-        watcher = self.watcher
-        if watcher is None or not watcher.running:
-            return
-        report = check_watches(watcher.root)
-        self.watch_report = {
-            "watches": report.watches,
-            "directories": report.directories,
-            "limit": report.limit,
-        }
-        if report.short:
-            log.warning(report.advice())
-            self.record_error("watcher", report.advice())
-            self._limit_reconcile_interval()
-
-    def _limit_reconcile_interval(self) -> None:
-        if self.watch_limited or self.reconcile_job is None:
-            return
-        self.watch_limited = True
-        interval = min(periodic(self.config.daemon.reconcile_interval), LIMITED_RECONCILE_INTERVAL)
-        self.reconcile_job.reschedule(interval)
-        log.warning(
-            "reconcile interval shortened while not every folder is watched", seconds=interval
-        )
-
-    def _on_overflow(self) -> None:
-        log.warning("file events were lost (watchdog queue overflow); reconciling")
-        self.record_error("watcher", "event queue overflow; reconcile requested")
-        self.kick_reconcile("overflow")
+        self.notify_status()
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -403,11 +301,11 @@ class Daemon:
         return self.reconcile_job.kick(force=force, why={why})
 
     def new_pass_stop(self) -> threading.Event:
-        with self._state_lock:
-            self._pass_stop = threading.Event()
+        with self.state_lock:
+            self.pass_stop = threading.Event()
             if not self.may_read_library():
-                self._pass_stop.set()
-            return self._pass_stop
+                self.pass_stop.set()
+            return self.pass_stop
 
     # --- the outside world: control requests and SIGHUP ---------------------------------
 
