@@ -196,24 +196,32 @@ class Engine:
         candidates = plan.candidates
         unchanged = 0
         entries = result.entries
-        for path, entry in entries.items():
-            f = rows.get(path)
-            if f is None or f[1] != INDEXED and f[1] != FAILED:
+        get, seen = rows.get, plan.seen
+        for path, entry in entries.items():  # entry: (path, size, mtime_ns, on_disk)
+            f = get(path)  # (path, state, size, mtime_ns, ...)
+            if f is not None and (f[1] == INDEXED or f[1] == FAILED):
+                if force:
+                    if path in seen:
+                        candidates.append(path)
+                    else:
+                        unchanged += 1
+                elif f[2] == entry[1] and f[3] == entry[2]:
+                    unchanged += 1
+                else:
+                    candidates.append(path)
+            else:
                 candidates.append(path)
                 if f is None or f[1] == PRUNED:
-                    new[path] = entry.size
-            elif force:
-                if path in plan.seen:
-                    candidates.append(path)
-                else:
-                    unchanged += 1
-            elif f[2] != entry.size or f[3] != entry.mtime_ns:
-                candidates.append(path)
-            else:
-                unchanged += 1
+                    new[path] = entry[1]
         plan.unchanged = unchanged
-        plan.vanished = [p for p, f in rows.items() if f[1] in TRACKED and p not in entries]
-        plan.tracked = sum(1 for f in rows.values() if f[1] in TRACKED)
+        tracked = 0
+        vanished = plan.vanished
+        for path, f in rows.items():
+            if f[1] in TRACKED:
+                tracked += 1
+                if path not in entries:
+                    vanished.append(path)
+        plan.tracked = tracked
         limit = max(
             self.config.sync.max_missing_count,
             int(self.config.sync.max_missing_fraction * plan.tracked),
