@@ -299,3 +299,42 @@ def test_stack_dumps_do_not_kill_a_busy_daemon(tmp_path: Path, monkeypatch) -> N
     finally:
         env.close()
         emulator.stop()
+
+
+@pytest.mark.xfail(
+    strict=False,  # without the fix it fails about two times in three (timing)
+    reason="found by the long soak: the watcher drops at stop the events watchdog still "
+    "holds (behind an unpaired move, up to 0.5 s); the fix belongs in "
+    "objlib_daemon/daemon/watcher.py: drop this marker with it",
+)
+def test_sigterm_just_after_a_rename_queues_every_change(tmp_path: Path, monkeypatch) -> None:
+    """Files created just before a SIGTERM are queued, never dropped with the watcher.
+
+    watchdog holds every event behind an IN_MOVED_FROM (a rename, an atomic
+    save) for up to 0.5 s, to pair it with its IN_MOVED_TO. A stop inside that
+    window dropped events the kernel had already reported: the soak's SIGTERM
+    check found 28 new files neither indexed nor queued (the next start's
+    reconcile finds them, but a clean stop promises to lose nothing).
+    """
+    from daemon_helpers import Env, write
+
+    env = Env(tmp_path / "lib")
+    env.apply_env(monkeypatch)
+    try:
+        write(env.root / "a" / "One.txt", "one")
+        env.init()
+        env.start()
+        env.wait_converged()
+        # Moved out of the library: an IN_MOVED_FROM that never pairs, so
+        # watchdog holds what follows for its full 0.5 s (a rename whose two
+        # halves it reads apart does the same).
+        os.rename(env.root / "a" / "One.txt", tmp_path / "One.txt")
+        new = [f"a/New {i}.txt" for i in range(5)]
+        for rel in new:
+            write(env.root / rel, rel)
+        assert env.stop() == 0, env.log()[-3000:]
+        known = {p for (p,) in env.db("SELECT path FROM files")}
+        known |= {p for (p,) in env.db("SELECT path FROM pending_changes")}
+        assert set(new) <= known, sorted(set(new) - known)
+    finally:
+        env.close()
