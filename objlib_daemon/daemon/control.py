@@ -26,6 +26,7 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,7 @@ class ControlServer:
             if uid is not None and uid != os.geteuid():
                 log.warning("control request refused", peer_uid=uid)
                 self._send(conn, {"ok": False, "error": f"refused: uid {uid} is not the owner"})
+                _linger(conn)
                 return
             conn.settimeout(IDLE_TIMEOUT)
             buffer = b""
@@ -214,6 +216,19 @@ class ControlServer:
         except OSError:
             return False
         return True
+
+
+def _linger(conn: socket.socket) -> None:
+    """Close after the peer has read the answer: closing with its request still
+    unread resets the connection, and the peer may then see the reset instead
+    of the answer. Its request is read and dropped (a second at most)."""
+    deadline = time.monotonic() + 1.0
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            conn.settimeout(left)
+            if not conn.recv(65536):
+                break
 
 
 def request(
