@@ -283,9 +283,8 @@ def bench_big_file(res: Results, workdir: Path, size: int, read_size: int, runs:
             baseline=mib_r / br,
             baseline_name="file_digest MiB/s",
             ratio=br / orr,
-            target=">= 0.8x",
-            met=check(res.quick, br / orr >= 0.8),
-            note="reads the bytes once for hashing and upload",
+            note="reads the bytes once, hashes and uploads those same bytes: it must hold "
+            "the file, file_digest streams it (no target: docs/benchmarks.md)",
         )
     )
 

@@ -22,11 +22,11 @@ from typing import Any, TypeVar
 
 import keyring
 import keyring.errors
-import structlog
 
 from objlib_daemon.errors import ConfigurationError
+from objlib_daemon.logging import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 SERVICE = "objlibd"
 USERNAME = "api_key"

@@ -2,6 +2,11 @@
 
 Under systemd, a `<N>` syslog-priority prefix lets journald keep levels
 (platform-notes.md: when `$JOURNAL_STREAM` matches stderr's device:inode).
+
+Modules take their logger from `get_logger`, which imports and configures
+structlog only when something is first logged: importing it costs 30 ms
+(it pulls in asyncio), a third of what `objlibd status` may take
+(docs/benchmarks.md, benchmark 7), and most commands log nothing.
 """
 
 from __future__ import annotations
@@ -9,8 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-
-import structlog
+from typing import Any
 
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 
@@ -29,10 +33,28 @@ def _journald_prefix(_logger: object, method: str, event: str) -> str:
     return f"<{_PRIORITY.get(method, 6)}>{event}"
 
 
+# (level, console): what setup_logging asked for; warnings only until then.
+_settings: tuple[int, bool] = (logging.WARNING, False)
+_configured = False
+
+
 def setup_logging(level: str | None, fmt: str = "auto") -> None:
-    """Configure structlog and stdlib logging once; `level=None` = warnings only (CLI)."""
+    """Say how to log; `level=None` = warnings only (CLI). structlog is configured
+    now if it is imported already, else when something is first logged."""
+    global _settings
     numeric = getattr(logging, (level or "warning").upper(), logging.INFO)
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    _settings = (numeric, console)
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
+    if _configured or "structlog" in sys.modules:
+        _configure()
+
+
+def _configure() -> None:
+    global _configured
+    import structlog
+
+    numeric, console = _settings
     processors: list = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -51,4 +73,25 @@ def setup_logging(level: str | None, fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
+    _configured = True
+
+
+class _Logger:
+    """A structlog logger made on first use (see the module's docstring)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._logger: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._logger is None:
+            if not _configured:
+                _configure()
+            import structlog
+
+            self._logger = structlog.get_logger(self._name)
+        return getattr(self._logger, attr)
+
+
+def get_logger(name: str) -> Any:
+    return _Logger(name)

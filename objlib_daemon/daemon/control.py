@@ -31,12 +31,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from objlib_daemon.config import Config
 from objlib_daemon.errors import ObjlibError
+from objlib_daemon.logging import get_logger
 
-log = structlog.get_logger("objlibd.control")
+log = get_logger("objlibd.control")
 
 SOCKET_NAME = "objlibd.sock"
 # sockaddr_un.sun_path: 104 bytes on macOS/BSD, 108 on Linux, NUL included.

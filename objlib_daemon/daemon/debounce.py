@@ -24,16 +24,16 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import structlog
 from sqlalchemy import select
 
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.paths import BadName, key, resolve
+from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
 from objlib_daemon.state.models import File
 
-log = structlog.get_logger("objlibd.debounce")
+log = get_logger("objlibd.debounce")
 
 # How long the flusher gathers a burst before writing it: "at least every
 # second" (the issue), and half of that keeps a 2 s settle time honest.

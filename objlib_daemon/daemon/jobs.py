@@ -17,9 +17,8 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from objlib_daemon.errors import SafetyAbort, VolumeUnavailable
+from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
 from objlib_daemon.stores.base import AuthError, StoreError
 from objlib_daemon.sync.applier import Result
@@ -28,7 +27,7 @@ from objlib_daemon.sync.verify import audit_engine
 if TYPE_CHECKING:
     from objlib_daemon.daemon.runner import Daemon
 
-log = structlog.get_logger("objlibd.jobs")
+log = get_logger("objlibd.jobs")
 
 
 class Jobs:

@@ -34,10 +34,10 @@ from objlib_daemon.config import Config, ConfigError, load
 from objlib_daemon.daemon import sdnotify
 from objlib_daemon.daemon.runner import Daemon
 from objlib_daemon.errors import ObjlibError
-from objlib_daemon.logging import setup_logging
+from objlib_daemon.logging import get_logger, setup_logging
 from objlib_daemon.state.lock import library_lock
 
-log = structlog.get_logger("objlibd.lifecycle")
+log = get_logger("objlibd.lifecycle")
 
 # Signals wake the main loop at once; the tick only paces supervision (a dead
 # watcher is rebuilt within it). It follows the volume check interval so an

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import structlog
-
 from objlib_daemon.config import Config, ConfigError
 from objlib_daemon.daemon.scheduler import LIMITED_RECONCILE_INTERVAL, PRUNE_INTERVAL, periodic
+from objlib_daemon.logging import get_logger
 from objlib_daemon.sync.engine import Engine
 from objlib_daemon.workspace import check_matches, library_from
 
 if TYPE_CHECKING:
     from objlib_daemon.daemon.runner import Daemon
 
-log = structlog.get_logger("objlibd.reload")
+log = get_logger("objlibd.reload")
 
 
 def apply_config(d: Daemon, new: Config) -> str:

@@ -24,8 +24,6 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-import structlog
-
 from objlib_daemon.config import Config
 from objlib_daemon.daemon import answers, reload, sdnotify
 from objlib_daemon.daemon.control import ControlServer, socket_path
@@ -45,13 +43,14 @@ from objlib_daemon.daemon.supervisor import Supervisor
 from objlib_daemon.daemon.volume import VolumeMonitor
 from objlib_daemon.daemon.watcher import OverflowHook, Watcher
 from objlib_daemon.library.volume import VolumeState
+from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
 from objlib_daemon.stores.base import StoreError
 from objlib_daemon.sync.engine import Engine
 from objlib_daemon.workspace import Workspace, open_workspace
 
-log = structlog.get_logger("objlibd.daemon")
+log = get_logger("objlibd.daemon")
 
 RUNNING, PAUSED, UNAVAILABLE = "running", "paused", "volume unavailable"
 # Errors kept for `status`: enough to see a pattern, small enough to read.

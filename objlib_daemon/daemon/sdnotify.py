@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import socket
 
-import structlog
+from objlib_daemon.logging import get_logger
 
-log = structlog.get_logger("objlibd.sdnotify")
+log = get_logger("objlibd.sdnotify")
 
 
 def enabled() -> bool:

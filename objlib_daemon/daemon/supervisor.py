@@ -17,16 +17,15 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-import structlog
-
 from objlib_daemon.daemon.scheduler import LIMITED_RECONCILE_INTERVAL, periodic
 from objlib_daemon.daemon.watcher import check_watches, is_watch_limit
 from objlib_daemon.library.volume import VolumeState
+from objlib_daemon.logging import get_logger
 
 if TYPE_CHECKING:
     from objlib_daemon.daemon.runner import Daemon
 
-log = structlog.get_logger("objlibd.daemon")
+log = get_logger("objlibd.daemon")
 
 # A watcher that cannot start (watch limit, odd filesystem) is retried this often.
 WATCHER_RETRY = 60.0

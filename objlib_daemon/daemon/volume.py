@@ -23,11 +23,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import structlog
-
 from objlib_daemon.library.volume import VolumeState, probe
+from objlib_daemon.logging import get_logger
 
-log = structlog.get_logger("objlibd.volume")
+log = get_logger("objlibd.volume")
 
 MOUNTINFO = "/proc/self/mountinfo"
 

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -48,9 +47,10 @@ from watchdog.observers import Observer
 from objlib_daemon.daemon.debounce import Debouncer
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.paths import BadName, relative_key
+from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
 
-log = structlog.get_logger("objlibd.watcher")
+log = get_logger("objlibd.watcher")
 
 # Created/Deleted/Moved/Closed plus folder events: Opened and DirModified are
 # pure noise for us (platform-notes.md). On Linux IN_CLOSE_WRITE marks the end

@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-import structlog
 import tenacity
 
+from objlib_daemon.logging import get_logger
 from objlib_daemon.stores.base import (
     AuthError,
     CircuitOpen,
@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - httpx is not installed with SDK 3.4
 
 from google.genai import errors as genai_errors
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 

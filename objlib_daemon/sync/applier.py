@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
@@ -29,6 +28,7 @@ from objlib_daemon.library.files import NotSettled, Snapshot, read_file
 from objlib_daemon.library.metadata import enrich, enrichment_version
 from objlib_daemon.library.mime import is_text, mime_type
 from objlib_daemon.library.volume import VolumeGuard
+from objlib_daemon.logging import get_logger
 from objlib_daemon.state.models import (
     FAILED,
     INDEXED,
@@ -48,7 +48,7 @@ from objlib_daemon.stores.base import (
 )
 from objlib_daemon.sync.planner import Action, Disk, Row, decide, needs_hash
 
-log = structlog.get_logger("objlibd.applier")
+log = get_logger("objlibd.applier")
 
 
 class Retry(Exception):

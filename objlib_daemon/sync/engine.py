@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-import structlog
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -28,6 +27,7 @@ from objlib_daemon.library.files import HashStream, hash_files
 from objlib_daemon.library.paths import resolve
 from objlib_daemon.library.scan import ScanResult, scan
 from objlib_daemon.library.volume import VolumeGuard
+from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
 from objlib_daemon.state.models import (
@@ -52,7 +52,7 @@ from objlib_daemon.sync.adoption import adopt as adopt_document
 from objlib_daemon.sync.applier import Applier, Library, Result, Retry, journal, row_of
 from objlib_daemon.sync.planner import Action, Disk, Row, decide, needs_hash
 
-log = structlog.get_logger("objlibd.engine")
+log = get_logger("objlibd.engine")
 
 TRACKED = (INDEXED, PENDING, FAILED)
 
