@@ -301,12 +301,6 @@ def test_stack_dumps_do_not_kill_a_busy_daemon(tmp_path: Path, monkeypatch) -> N
         emulator.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,  # without the fix it fails about two times in three (timing)
-    reason="found by the long soak: the watcher drops at stop the events watchdog still "
-    "holds (behind an unpaired move, up to 0.5 s); the fix belongs in "
-    "objlib_daemon/daemon/watcher.py: drop this marker with it",
-)
 def test_sigterm_just_after_a_rename_queues_every_change(tmp_path: Path, monkeypatch) -> None:
     """Files created just before a SIGTERM are queued, never dropped with the watcher.
 

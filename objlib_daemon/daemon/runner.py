@@ -188,7 +188,7 @@ class Daemon:
         if self.monitor is not None:
             self.monitor.stop()
         if self.watcher is not None:
-            self.watcher.stop()
+            self.watcher.stop(deliver_pending=True)  # a clean stop loses no event
         self.overflow.remove()
         logging.getLogger("apscheduler.scheduler").removeFilter(self._max_filter)
         if self.debouncer is not None:

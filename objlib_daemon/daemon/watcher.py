@@ -72,6 +72,17 @@ if not sys.platform.startswith("linux"):
 # otherwise write a line per event (tens of thousands a second).
 ERROR_LOG_INTERVAL = 60.0
 OVERFLOW_LOGGER = "watchdog.observers"
+# On Linux watchdog holds every event behind an unpaired IN_MOVED_FROM (a file
+# moved out, or a rename whose halves it read apart) for this long, to pair it
+# with its IN_MOVED_TO; stopping the observer drops what it holds.
+try:
+    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+    MOVE_PAIRING_DELAY: float = InotifyMoveEventGrouper.delay
+except ImportError:  # not Linux: nothing is held back
+    MOVE_PAIRING_DELAY = 0.0
+# How long after that delay the emitter may take to hand the released events over.
+DELIVERY_MARGIN = 0.2
 
 
 class _Handler(FileSystemEventHandler):
@@ -136,16 +147,30 @@ class Watcher:
         self.started_at = time.time()
         log.info("watching", root=self._root_str)
 
-    def stop(self) -> None:
+    def stop(self, *, deliver_pending: bool = False) -> None:
+        """Stop watching. With `deliver_pending` (a clean shutdown, which promises
+        to lose nothing) the events the kernel has already reported reach the
+        debouncer first, including those held behind an unpaired move."""
         observer, self._observer = self._observer, None
         if observer is None:
             return
+        if deliver_pending and observer.is_alive():
+            self._deliver_pending(observer)
         try:
             observer.stop()
             if observer is not threading.current_thread():
                 observer.join(timeout=5)
         except Exception as exc:  # a dead or half-started observer: nothing left to stop
             log.debug("observer stop", error=repr(exc))
+
+    @staticmethod
+    def _deliver_pending(observer: Observer) -> None:
+        # Whatever was held is released after the pairing delay, then queued
+        # for the dispatcher; wait for the dispatcher to have handled it all.
+        threading.Event().wait(MOVE_PAIRING_DELAY + DELIVERY_MARGIN)
+        events = observer.event_queue
+        with events.all_tasks_done:
+            events.all_tasks_done.wait_for(lambda: events.unfinished_tasks == 0, timeout=2.0)
 
     def set_eligibility(self, eligibility: Eligibility) -> None:
         """New include/exclude rules (config reload)."""
