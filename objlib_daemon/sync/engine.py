@@ -29,6 +29,7 @@ from objlib_daemon.library.scan import ScanResult, scan
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
+from objlib_daemon.state.background import BackgroundQuery
 from objlib_daemon.state.db import Database
 from objlib_daemon.state.models import (
     FAILED,
@@ -63,6 +64,9 @@ TRACKED = (INDEXED, PENDING, FAILED)
 # nothing only when it starts this long after the attempt ended. (An attempt
 # of an earlier run ended before this run started; none outlives an hour.)
 INTENT_GRACE = 20.0
+# From this many rows a reconcile fetches them in a helper process during the
+# walk (state/background.py); fewer are not worth its start (~15 ms).
+BACKGROUND_ROWS = 5000
 MAX_ATTEMPT = 3600.0
 
 
@@ -183,9 +187,7 @@ class Engine:
         if force:
             result, rows, plan = self._hashed_scan()
         else:
-            with self.db.session() as s:
-                rows = _plan_rows(s)
-            result = scan(self.lib.root, self.lib.eligibility)
+            result, rows = self._scan_and_rows()
             plan = Plan(problems=result.problems)
         if not self.guard.verify().available:
             raise VolumeUnavailable(
@@ -234,6 +236,25 @@ class Engine:
                 "deleted, run again with --force"
             )
         return plan
+
+    def _scan_and_rows(self) -> tuple[ScanResult, dict[str, _PlanRow]]:
+        """The walk, and every row: for a large table fetched by a helper process
+        meanwhile (state/background.py), else here before the walk."""
+        with self.db.session() as s:
+            raw = s.connection().connection.driver_connection
+            (count,) = raw.execute("SELECT count(*) FROM files").fetchone()
+            if count < BACKGROUND_ROWS:
+                return scan(self.lib.root, self.lib.eligibility), _plan_rows(s)
+        pending = BackgroundQuery(self.db.path, _PLAN_ROWS)
+        try:
+            result = scan(self.lib.root, self.lib.eligibility)
+            fetched = pending.rows()
+        finally:
+            pending.close()
+        if fetched is None:
+            with self.db.session() as s:
+                return result, _plan_rows(s)
+        return result, {r[0]: r for r in fetched}
 
     def _hashed_scan(self) -> tuple[ScanResult, dict[str, tuple], Plan]:
         """The walk with every file hashed as it is found (on every core when many:
