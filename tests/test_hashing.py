@@ -46,14 +46,15 @@ def _check(paths: list[Path], got: list[Snapshot | Exception]) -> None:
             assert item == want, p
 
 
-def test_workers_answer_in_order_with_failures_in_place(tmp_path: Path) -> None:
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative-to-root"])
+def test_workers_answer_in_order_with_failures_in_place(tmp_path: Path, relative: bool) -> None:
     paths = _tree(tmp_path, 700)
     # A folder and a vanished file among them: errors come back in their place.
     paths[10] = tmp_path / "d1"
     paths[400] = tmp_path / "gone.txt"
-    stream = HashStream(parallel_min=1)
+    stream = HashStream(parallel_min=1, root=str(tmp_path) if relative else None)
     for p in paths:
-        stream.add(p)
+        stream.add(p.relative_to(tmp_path) if relative else p)
     assert stream.pool is not None, "the workers should have started"
     _check(paths, list(stream.results()))
     assert all(proc.poll() is not None for proc in stream.pool.procs)

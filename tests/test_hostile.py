@@ -267,12 +267,6 @@ def test_an_upload_landing_after_the_first_look_is_not_left_behind(ws, monkeypat
     assert late_doc not in names and names == {h.row("r/Kept.txt")["document"]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the long soak's disk-full run: a drain whose queue write fails "
-    "(disk full) leaves its claimed row in flight until the next start; the fix belongs "
-    "in objlib_daemon/sync/engine.py: drop this marker with it",
-)
 def test_a_row_whose_completion_hit_a_full_disk_is_applied_by_the_next_drain(
     ws, monkeypatch
 ) -> None:

@@ -104,8 +104,6 @@ def _run(
 ) -> dict[str, Any]:
     engine = ws.engine
     engine.require_volume()
-    with ws.db.session() as s:
-        queue.reset_inflight(s)
     cleaned = engine.cleanup_orphans(everything=True) if cleanup_all else 0
     if not cleanup_all:
         cleaned = engine.cleanup_orphans()

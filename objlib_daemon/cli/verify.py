@@ -16,7 +16,6 @@ import click
 
 from objlib_daemon.cli.common import State, emit, summary_line
 from objlib_daemon.errors import SOME_FAILED, VolumeUnavailable
-from objlib_daemon.state import queue
 from objlib_daemon.state.lock import library_lock
 from objlib_daemon.sync.verify import KINDS, RepairResult, Report, audit, repair
 from objlib_daemon.workspace import Workspace, open_workspace
@@ -77,8 +76,6 @@ def _drain(ws: Workspace) -> tuple[dict[str, int] | None, str | None]:
         ws.engine.require_volume()
     except VolumeUnavailable as exc:
         return None, f"{exc}; the repaired files are queued for the next sync"
-    with ws.db.session() as s:
-        queue.reset_inflight(s)
     counts: Counter[str] = ws.engine.drain()
     counts["failed"] += counts.pop("still_failed", 0)
     counts["retrying"] += counts.pop("paused", 0)

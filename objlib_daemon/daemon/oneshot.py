@@ -25,8 +25,6 @@ def reconcile_inline(config: Config, *, force: bool = False) -> dict[str, Any]:
         try:
             engine = ws.engine
             engine.require_volume()
-            with ws.db.session() as s:
-                queue.reset_inflight(s)
             started = time.time()
             plan = engine.reconcile(force=force, vanished=False)
             counts: Counter[str] = engine.drain()

@@ -99,10 +99,15 @@ class HashStream:
     caller's imported). Whatever they cannot answer (they would not start,
     died, or sent garbage) is hashed here. `results()` yields in the order
     the paths were added.
+
+    With a `root`, paths are relative to it and the workers run there: the
+    kernel then resolves a few names per file, not the whole absolute path
+    (twice: open and the settled check).
     """
 
-    def __init__(self, parallel_min: int | None = None) -> None:
+    def __init__(self, parallel_min: int | None = None, *, root: str | None = None) -> None:
         self.parallel_min = PARALLEL_MIN if parallel_min is None else parallel_min
+        self.root = root
         self.workers = min(os.cpu_count() or 1, MAX_WORKERS)
         self.kept: list[Path | str] = []
         self.pool: _Pool | None = None
@@ -114,7 +119,7 @@ class HashStream:
         self.kept.append(path)
         if len(self.kept) >= self.parallel_min and self.workers >= 2:
             try:
-                self.pool = _Pool(self.workers)
+                self.pool = _Pool(self.workers, self.root)
             except OSError:
                 self.workers = 1  # cannot start processes here: stay serial
                 return
@@ -124,7 +129,7 @@ class HashStream:
 
     def results(self) -> Iterator[Snapshot | Exception]:
         if self.pool is None:
-            return _serial(self.kept)
+            return _serial(self.kept, self.root)
         return self.pool.results()
 
     def close(self) -> None:
@@ -139,10 +144,10 @@ class HashStream:
         self.close()
 
 
-def _serial(paths: Iterable[Path | str]) -> Iterator[Snapshot | Exception]:
+def _serial(paths: Iterable[Path | str], root: str | None) -> Iterator[Snapshot | Exception]:
     for p in paths:
         try:
-            yield hash_file(p)
+            yield hash_file(os.path.join(root, p) if root is not None else p)
         except (OSError, NotSettled) as exc:
             yield exc
 
@@ -159,7 +164,8 @@ class _Pool:
     answers and would stall the worker unless yet another thread kept reading it.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, root: str | None) -> None:
+        self.root = root
         # The workers import this package from where this process did.
         here = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
@@ -177,6 +183,7 @@ class _Pool:
                         stdout=out,
                         stderr=subprocess.DEVNULL,
                         env=env,
+                        cwd=root,
                     )
                 )
         except OSError:
@@ -196,7 +203,7 @@ class _Pool:
 
     def _send(self) -> None:
         to = self.inputs[len(self.chunks) % len(self.inputs)]
-        to.put(b"".join(os.fsencode(p) + b"\0" for p in self.chunk))
+        to.put(os.fsencode("\0".join(map(os.fspath, self.chunk)) + "\0"))
         self.chunks.append(self.chunk)
         self.chunk = []
 
@@ -222,7 +229,7 @@ class _Pool:
                 item = _parse(next(lines[i % n], b""), path)
                 if item is None:  # the worker died: hash the rest of its share here
                     lines[i % n] = iter(())
-                    item = next(_serial([path]))
+                    item = next(_serial([path], self.root))
                 yield item
 
     def close(self) -> None:

@@ -261,10 +261,9 @@ class Engine:
         docs/benchmarks.md, benchmark 2), and the rows loaded while the workers
         finish. `plan.seen` keeps what was found for each file that is not
         plainly unchanged: indexed, with this content, enrichment and stat."""
-        prefix = os.path.join(self.lib.root, "")
-        with HashStream() as hashes:
+        with HashStream(root=os.fspath(self.lib.root)) as hashes:
             add = hashes.add
-            result = scan(self.lib.root, self.lib.eligibility, lambda e: add(prefix + e.on_disk))
+            result = scan(self.lib.root, self.lib.eligibility, lambda e: add(e.on_disk))
             with self.db.session() as s:
                 rows = _plan_rows(s, version=self.lib.enrichment_version)
             snapshots = hashes.results()
@@ -404,6 +403,11 @@ class Engine:
         fatal: list[BaseException] = []
         counts: Counter[str] = Counter()
         lock = threading.Lock()
+        with self.db.session() as s:
+            # One applier, one drain at a time: a row in flight now was claimed by
+            # a drain that could not write its outcome (the state dir's disk
+            # full). It is due again, or no later change to it would be applied.
+            queue.reset_inflight(s)
         self._resolve_intents_quietly()
 
         def worker() -> None:
