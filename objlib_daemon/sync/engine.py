@@ -78,7 +78,7 @@ class Plan:
     vanished: list[str] = field(default_factory=list)
     unchanged: int = 0
     problems: list[str] = field(default_factory=list)
-    tracked: int = 0
+    tracked: int = 0  # counted only when some vanished (for the mass-missing guard)
     # A forced reconcile hashes every present file during the walk: how many,
     # and what it found for the candidates (the unchanged ones are left out).
     hashed: int = 0
@@ -216,14 +216,13 @@ class Engine:
                 if f is None or f[1] == PRUNED:
                     new[path] = entry[1]
         plan.unchanged = unchanged
-        tracked = 0
-        vanished = plan.vanished
-        for path, f in rows.items():
-            if f[1] in TRACKED:
-                tracked += 1
-                if path not in entries:
-                    vanished.append(path)
-        plan.tracked = tracked
+        # A set difference (in C) finds the rows not on disk; the tracked count
+        # matters only when some are gone (the mass-missing guard).
+        gone = rows.keys() - entries.keys()
+        plan.vanished = sorted(p for p in gone if rows[p][1] in TRACKED)
+        if not plan.vanished:
+            return plan
+        plan.tracked = sum(1 for f in rows.values() if f[1] in TRACKED)
         limit = max(
             self.config.sync.max_missing_count,
             int(self.config.sync.max_missing_fraction * plan.tracked),
