@@ -25,6 +25,8 @@ for _p in (str(REPO), str(TESTS)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from daemon_helpers import Dirs, wait_until  # noqa: E402, F401 - tests/ is on the path now
+
 PYTHON = sys.executable
 CLI = [PYTHON, "-c", "from objlib_daemon.cli import main; main()"]
 CHILD = [PYTHON, str(Path(__file__).resolve().parent / "child.py")]
@@ -112,19 +114,6 @@ def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def wait_until(
-    condition: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = ""
-) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}: {last!r}")
-
-
 # --- trees -----------------------------------------------------------------------------------
 
 _LINE = b"%06d the virtue of reason and the nature of concepts; identity, causality.\n"
@@ -165,35 +154,14 @@ def make_tree(root: Path, files: int, dirs: int, *, prefix: str = "") -> float:
 
 
 @dataclass
-class Lib:
+class Lib(Dirs):
     """A library folder, config file, state and runtime dirs under `base`."""
 
-    base: Path
     backend: str = "local"
     store: str = ""  # gemini: store resource name
     base_url: str = ""
     extra: str = ""  # more TOML appended to the config
     store_extra: str = ""  # more keys for the [store] table
-
-    def __post_init__(self) -> None:
-        self.root = self.base / "library"
-        self.state_dir = self.base / "state"
-        self.runtime_dir = self.base / "run"
-        self.config_path = self.base / "config.toml"
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            OBJLIBD_CONFIG=str(self.config_path),
-            OBJLIBD_STATE_DIR=str(self.state_dir),
-            OBJLIBD_RUNTIME_DIR=str(self.runtime_dir),
-            GEMINI_API_KEY="test-key",
-        )
-        for key in ("GOOGLE_API_KEY", "NOTIFY_SOCKET", "WATCHDOG_USEC"):
-            env.pop(key, None)
-        return env
 
     def write_config(self) -> None:
         store = '[store]\nbackend = "local"\n'

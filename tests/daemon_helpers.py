@@ -132,17 +132,11 @@ def library_files(root: Path) -> dict[str, str]:
 
 
 @dataclass
-class Env:
-    """One library with its config, state and runtime dirs, and a daemon to start."""
+class Dirs:
+    """A library folder, config file, state and runtime dirs under `base`, and the
+    environment that points objlibd at them (shared with bench/common.py)."""
 
     base: Path
-    backend: str = "local"
-    emulator: Any = None
-    extra_config: str = ""
-    proc: subprocess.Popen | None = None
-    logs: list[Path] = field(default_factory=list)
-    store_resource: str = ""
-    _config: Any = None
 
     def __post_init__(self) -> None:
         self.root = self.base / "library"
@@ -150,8 +144,6 @@ class Env:
         self.runtime_dir = self.base / "run"
         self.config_path = self.base / "config.toml"
         self.root.mkdir(parents=True, exist_ok=True)
-
-    # --- environment ---------------------------------------------------------------------
 
     @property
     def env(self) -> dict[str, str]:
@@ -162,10 +154,24 @@ class Env:
             OBJLIBD_RUNTIME_DIR=str(self.runtime_dir),
             GEMINI_API_KEY="test-key",
         )
-        env.pop("GOOGLE_API_KEY", None)
-        env.pop("NOTIFY_SOCKET", None)
-        env.pop("WATCHDOG_USEC", None)
+        for key in ("GOOGLE_API_KEY", "NOTIFY_SOCKET", "WATCHDOG_USEC"):
+            env.pop(key, None)
         return env
+
+
+@dataclass
+class Env(Dirs):
+    """One library with its config, state and runtime dirs, and a daemon to start."""
+
+    backend: str = "local"
+    emulator: Any = None
+    extra_config: str = ""
+    proc: subprocess.Popen | None = None
+    logs: list[Path] = field(default_factory=list)
+    store_resource: str = ""
+    _config: Any = None
+
+    # --- environment ---------------------------------------------------------------------
 
     def apply_env(self, monkeypatch: Any) -> None:
         """The test process resolves the same socket and state paths as the daemon."""

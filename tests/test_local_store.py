@@ -404,4 +404,3 @@ def test_upload_of_64_kib_is_cheap(store: LocalStore) -> None:
         durations.append(time.perf_counter() - start)
     durations.sort()
     assert durations[len(durations) // 2] < 0.010, durations  # median; measured ~1 ms
-

@@ -209,13 +209,7 @@ def test_enriched_upload_has_header_and_metadata(h):
 
 
 def test_orphans_cleaned_at_sync_start_and_by_flag(h, monkeypatch):
-    rel = "o/Doc.txt"
-    h.write(rel)
-    h.sync()
-    old = h.row(rel)["document"]
-    h.write(rel, filler(rel, 3000, "v2"))
-    fail_deletes(h, monkeypatch)
-    h.sync()
+    old = replace_with_deletes_failing(h, monkeypatch, "o/Doc.txt")
     with h.db() as conn:
         assert [r[0] for r in conn.execute("SELECT document FROM orphans")] == [old]
     assert old in {d.name for d in h.docs()}
@@ -228,12 +222,7 @@ def test_orphans_cleaned_at_sync_start_and_by_flag(h, monkeypatch):
 
 
 def test_orphans_retried_automatically_when_due(h, monkeypatch):
-    rel = "o/Auto.txt"
-    h.write(rel)
-    h.sync()
-    h.write(rel, filler(rel, 3000, "v2"))
-    fail_deletes(h, monkeypatch)
-    h.sync()
+    replace_with_deletes_failing(h, monkeypatch, "o/Auto.txt")
     unfail_deletes(h, monkeypatch)
     import sqlite3
 
@@ -241,6 +230,18 @@ def test_orphans_retried_automatically_when_due(h, monkeypatch):
         conn.execute("UPDATE orphans SET next_attempt_at = 0")
     assert h.sync()["orphans_cleaned"] == 1
     h.converged()
+
+
+def replace_with_deletes_failing(h, monkeypatch, rel: str) -> str:
+    """Sync `rel`, change it, and sync again while deletes fail: the first
+    document is left an orphan. Returns it; deletes keep failing."""
+    h.write(rel)
+    h.sync()
+    old = h.row(rel)["document"]
+    h.write(rel, filler(rel, 3000, "v2"))
+    fail_deletes(h, monkeypatch)
+    h.sync()
+    return old
 
 
 def fail_deletes(h, monkeypatch) -> None:

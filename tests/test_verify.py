@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import pytest
 from harness import filler
-from test_sync import fail_deletes, unfail_deletes
+from test_sync import replace_with_deletes_failing, unfail_deletes
 
 from objlib_daemon.stores.local import LocalStore
 
@@ -328,12 +328,7 @@ def test_different_content_is_not_adopted(h):
 
 def test_pending_deletion_is_reported_and_retried_by_repair(h, monkeypatch):
     rel = "o/Replaced.txt"
-    h.write(rel)
-    h.sync()
-    old = h.row(rel)["document"]
-    h.write(rel, filler(rel, 3000, "v2"))
-    fail_deletes(h, monkeypatch)
-    h.sync()
+    old = replace_with_deletes_failing(h, monkeypatch, rel)
     report = verify(h)  # recorded and retried by the sweep: reported, not drift
     assert kinds(report) == {("pending_deletion", rel)}
     report = verify(h, "--repair", code=6)  # the delete still fails: kept recorded
