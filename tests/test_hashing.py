@@ -60,6 +60,20 @@ def test_workers_answer_in_order_with_failures_in_place(tmp_path: Path, relative
     assert all(proc.poll() is not None for proc in stream.pool.procs)
 
 
+def test_a_stream_closed_without_results_leaves_no_worker_or_thread(tmp_path: Path) -> None:
+    """A forced walk that fails half way (the drive pulled) closes its stream without
+    asking for results: workers, feeder threads and answer files all go."""
+    paths = _tree(tmp_path, 1500)
+    with HashStream(parallel_min=1) as stream:
+        for p in paths:
+            stream.add(p)
+        pool = stream.pool
+        assert pool is not None
+    assert all(proc.poll() is not None for proc in pool.procs)
+    assert not any(feeder.is_alive() for feeder in pool.feeders)
+    assert all(out.closed for out in pool.answers)
+
+
 @pytest.mark.parametrize(
     "worker",
     [

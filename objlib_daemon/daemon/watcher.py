@@ -167,7 +167,7 @@ class Watcher:
     def _deliver_pending(observer: Observer) -> None:
         # Whatever was held is released after the pairing delay, then queued
         # for the dispatcher; wait for the dispatcher to have handled it all.
-        threading.Event().wait(MOVE_PAIRING_DELAY + DELIVERY_MARGIN)
+        time.sleep(MOVE_PAIRING_DELAY + DELIVERY_MARGIN)
         events = observer.event_queue
         with events.all_tasks_done:
             events.all_tasks_done.wait_for(lambda: events.unfinished_tasks == 0, timeout=2.0)

@@ -190,9 +190,18 @@ class _Pool:
             self.close()
             raise
         self.inputs: list[queue.SimpleQueue[bytes | None]] = []
+        self.feeders: list[threading.Thread] = []
         for proc in self.procs:
             self.inputs.append(queue.SimpleQueue())
-            threading.Thread(target=_feed, args=(proc.stdin, self.inputs[-1]), daemon=True).start()
+            self.feeders.append(
+                threading.Thread(
+                    target=_feed,
+                    args=(proc.stdin, self.inputs[-1]),
+                    name="hash-feeder",
+                    daemon=True,
+                )
+            )
+            self.feeders[-1].start()
         self.chunks: list[list[Path | str]] = []
         self.chunk: list[Path | str] = []
 
@@ -212,8 +221,7 @@ class _Pool:
         answers in order; the workers are gone when this returns."""
         if self.chunk:
             self._send()
-        for to in self.inputs:
-            to.put(None)  # the end: the feeder closes the worker's input
+        self._end_input()
         lines = []
         for proc, out in zip(self.procs, self.answers, strict=True):
             proc.wait()
@@ -232,14 +240,20 @@ class _Pool:
                     item = next(_serial([path], self.root))
                 yield item
 
+    def _end_input(self) -> None:
+        for to in getattr(self, "inputs", []):  # absent when a worker failed to start
+            to.put(None)  # the end: the feeder closes the worker's input and exits
+
     def close(self) -> None:
+        """Workers killed if still running, feeder threads ended, answer files closed
+        (also for a walk that failed half way and never asked for results)."""
+        self._end_input()
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-            if proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    proc.stdin.close()
+        for feeder in getattr(self, "feeders", []):
+            feeder.join()  # its worker is gone: a blocked write fails at once
         for out in self.answers:
             out.close()
 

@@ -344,8 +344,7 @@ class LocalStore:
                     os.unlink(entry.path)
             except OSError:
                 pass  # gone already, or not ours to remove: harmless either way
-        stamp.touch(mode=0o600)
-        os.utime(stamp, (now, now))
+        stamp.touch(mode=0o600)  # its mtime: now
 
 
 _COLUMNS = "id, doc_id, display_name, metadata, mime_type, size, create_time"
