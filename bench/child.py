@@ -131,7 +131,7 @@ def main() -> dict[str, Any]:
         BackgroundQuery(ws.db.path, engine_mod._PLAN_ROWS).rows()
         out["helper_rows_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ws.engine.scan_plan()
+        ws.engine.reconciler.scan_plan()
         out["scan_plan_s"] = time.perf_counter() - t0
         ws.close()
     else:

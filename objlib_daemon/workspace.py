@@ -19,7 +19,7 @@ from objlib_daemon.state.db import Database
 from objlib_daemon.stores import LOCAL_DEFAULT_NAME, open_store
 from objlib_daemon.stores.base import Store
 from objlib_daemon.sync.applier import Library
-from objlib_daemon.sync.engine import Engine
+from objlib_daemon.sync.passes import Engine
 
 
 @dataclass

@@ -201,7 +201,7 @@ def test_absence_seen_during_a_brief_unmount_is_not_a_missing_mark(ws, monkeypat
     monkeypatch.setattr(applier_module, "observe", stale_absence)
     ws.engine.require_volume()
     with pytest.raises(Retry, match="there again"):
-        ws.engine.applier.apply("r/Kept.txt")
+        ws.engine.applier.start("r/Kept.txt")
     with ws.db.session() as s:
         from objlib_daemon.state.models import File, JournalEntry
 
@@ -224,12 +224,12 @@ def test_a_read_error_on_a_pulled_drive_is_the_volume_not_the_file(ws, monkeypat
     marker = (h.root / MARKER).read_bytes()
     (h.root / MARKER).unlink()  # the stick is gone: no marker at the mount point
     with pytest.raises(VolumeUnavailable, match="cannot read r/Kept.txt"):
-        ws.engine.applier.apply("r/Kept.txt")
+        ws.engine.applier.start("r/Kept.txt")
     assert h.row("r/Kept.txt")["state"] == "indexed" and h.row("r/Kept.txt")["last_error"] is None
 
     (h.root / MARKER).write_bytes(marker)
     with pytest.raises(Retry) as raised:
-        ws.engine.applier.apply("r/Kept.txt")
+        ws.engine.applier.start("r/Kept.txt")
     assert "Input/output error" in str(raised.value) and "permissions" not in str(raised.value)
     assert h.row("r/Kept.txt")["state"] == "failed"
 
@@ -245,9 +245,9 @@ def test_an_upload_landing_after_the_first_look_is_not_left_behind(ws, monkeypat
     sha = h.row("r/Kept.txt")["upload_sha256"]
     with ws.db.session() as s:
         s.add(Intent(path="r/Kept.txt", sha256=sha, started_at=time.time() - 5))
-    ws.engine.started_at = time.time()  # this run began after the crash
-    assert ws.engine.resolve_intents() == 0  # nothing listed: too early to tell
-    assert ws.engine.intent_recheck_at is not None
+    ws.engine.recovery.started_at = time.time()  # this run began after the crash
+    assert ws.engine.recovery.resolve_intents() == 0  # nothing listed: too early to tell
+    assert ws.engine.recovery.intent_recheck_at is not None
     # The copy lands now.
     from objlib_daemon.library.metadata import enrich
 
@@ -259,10 +259,10 @@ def test_an_upload_landing_after_the_first_look_is_not_left_behind(ws, monkeypat
         mime_type="text/plain",
     )
     late_doc = ws.store.wait(late).name
-    assert ws.engine.resolve_intents() == 0  # not due for another look yet
+    assert ws.engine.recovery.resolve_intents() == 0  # not due for another look yet
     monkeypatch.setattr(engine_module, "INTENT_GRACE", 0.0)
-    ws.engine.intent_recheck_at = 0.0
-    assert ws.engine.resolve_intents() == 1
+    ws.engine.recovery.intent_recheck_at = 0.0
+    assert ws.engine.recovery.resolve_intents() == 1
     names = {d.name for d in ws.store.list()}
     assert late_doc not in names and names == {h.row("r/Kept.txt")["document"]}
 

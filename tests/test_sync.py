@@ -304,9 +304,12 @@ def test_mass_missing_guard_exits_5(h):
         (h.root / f"g/File {i:02}.txt").unlink()
     result = h.run("sync")
     assert result.exit_code == 5, result.output
-    assert "--force" in result.stderr
+    assert "--allow-mass-missing" in result.stderr
     assert {r["state"] for r in h.rows().values()} == {"indexed"}
-    assert h.sync("--force")["missing"] == 55
+    # --force is about hashing, not about the guard (it used to override it).
+    assert h.run("sync", "--force").exit_code == 5
+    assert {r["state"] for r in h.rows().values()} == {"indexed"}
+    assert h.sync("--allow-mass-missing")["missing"] == 55
 
 
 def test_no_change_sync_hashes_nothing(h):

@@ -353,7 +353,7 @@ def test_repair_rechecks_the_database_before_deleting(h, monkeypatch):
             monkeypatch.setenv(key, value)
     rel = "race/Late.txt"
     content = filler(rel)
-    h.write(rel, content)
+    h.write(rel, content + b" edited since")  # not this content: a stray, not ours to adopt
     landed = inject(h, "Late.txt", identity(h, rel, content), content)
     ws = open_workspace(load(h.config_path))
     try:

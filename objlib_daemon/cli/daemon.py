@@ -56,20 +56,36 @@ def _reconcile_text(answer: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.option("--force", is_flag=True, help="Hash everything (no mtime shortcut).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Hash everything (no mtime shortcut); re-upload where content or enrichment differ.",
+)
+@click.option(
+    "--allow-mass-missing",
+    is_flag=True,
+    help="Let this pass mark more files missing than the guard allows "
+    "(max_missing_count / max_missing_fraction): they were really deleted.",
+)
 @click.option("--wait", is_flag=True, help="Return after the pass and its changes are applied.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def reconcile(state: State, force: bool, wait: bool, as_json: bool) -> None:
+def reconcile(
+    state: State, force: bool, allow_mass_missing: bool, wait: bool, as_json: bool
+) -> None:
     """Rescan the library now (asks the running daemon; runs inline when none runs)."""
     config = state.config()
-    answer = request(
-        config, {"cmd": "reconcile", "force": force, "wait": wait}, timeout=None if wait else 30
-    )
+    message = {
+        "cmd": "reconcile",
+        "force": force,
+        "allow_mass_missing": allow_mass_missing,
+        "wait": wait,
+    }
+    answer = request(config, message, timeout=None if wait else 30)
     if answer is None:
         from objlib_daemon.daemon.oneshot import reconcile_inline
 
-        answer = reconcile_inline(config, force=force)
+        answer = reconcile_inline(config, force=force, allow_mass_missing=allow_mass_missing)
     emit(answer, as_json, _reconcile_text(answer))
     if not answer.get("ok"):
         outcome = (answer.get("reconcile") or {}).get("outcome")

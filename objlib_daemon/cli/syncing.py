@@ -1,9 +1,8 @@
-"""`objlibd sync`: the one-shot pass (reconcile, drain, orphan sweep, prune)."""
+"""`objlibd sync`: the one pass (sync/passes.py), rendered: a progress bar and a summary."""
 
 from __future__ import annotations
 
 import sys
-from collections import Counter
 from typing import Any
 
 import click
@@ -36,8 +35,13 @@ SUMMARY_KEYS = [
 @click.option(
     "--force",
     is_flag=True,
-    help="No mtime shortcut: hash everything, re-upload where hash or enrichment "
-    "differ; also overrides the mass-missing guard.",
+    help="No mtime shortcut: hash everything, re-upload where hash or enrichment differ.",
+)
+@click.option(
+    "--allow-mass-missing",
+    is_flag=True,
+    help="Let this pass mark more files missing than the guard allows "
+    "(max_missing_count / max_missing_fraction): they were really deleted.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing, call nothing.")
 @click.option("--prune-missing", is_flag=True, help="Delete documents of long-missing files.")
@@ -61,6 +65,7 @@ SUMMARY_KEYS = [
 def sync(
     state: State,
     force: bool,
+    allow_mass_missing: bool,
     dry_run: bool,
     prune_missing: bool,
     older_than: float,
@@ -73,7 +78,7 @@ def sync(
     state.verbose += verbose
     config = state.config()
     if dry_run:
-        _dry_run(state, force, as_json, skip_enrichment)
+        _dry_run(state, force, allow_mass_missing, as_json, skip_enrichment)
         return
     with library_lock(config.state_dir, "sync"):
         ws = open_workspace(config, skip_enrichment=skip_enrichment or None)
@@ -82,6 +87,7 @@ def sync(
                 ws,
                 state,
                 force=force,
+                allow_mass_missing=allow_mass_missing,
                 prune_older=older_than if prune_missing else None,
                 cleanup_all=cleanup_orphans,
                 as_json=as_json,
@@ -98,57 +104,66 @@ def _run(
     state: State,
     *,
     force: bool,
+    allow_mass_missing: bool,
     prune_older: float | None,
     cleanup_all: bool,
     as_json: bool,
 ) -> dict[str, Any]:
-    engine = ws.engine
-    engine.require_volume()
-    cleaned = engine.cleanup_orphans(everything=True) if cleanup_all else 0
-    if not cleanup_all:
-        cleaned = engine.cleanup_orphans()
-    # Present paths first, vanished ones after: a rename is then one move, not a
-    # missing mark followed by a move.
-    plan = engine.reconcile(force=force, vanished=False, keep_backoff=False)
-    with ws.db.session() as s:
-        total = queue.depth(s) + len(plan.vanished)
-    show_bar = sys.stderr.isatty() and not as_json and total > 0
+    show_bar = sys.stderr.isatty() and not as_json
     results: list[Any] = []
     with click.progressbar(
-        length=total, label="syncing", file=sys.stderr, hidden=not show_bar
+        length=0, label="syncing", file=sys.stderr, hidden=not show_bar
     ) as bar:
+
+        def planned(plan: Any) -> None:
+            with ws.db.session() as s:
+                bar.length = queue.depth(s) + len(plan.vanished)
 
         def progress(result: Any) -> None:
             bar.update(1)
             if state.verbose and result.action not in ("unchanged", "gone"):
                 results.append(result)
 
-        counts: Counter[str] = engine.drain(on_result=progress)
-        engine.enqueue_vanished(plan)
-        counts += engine.drain(on_result=progress)
+        done = ws.engine.run_pass(
+            force=force,
+            allow_mass_missing=allow_mass_missing,
+            cleanup_all=cleanup_all,
+            prune_older=prune_older,
+            on_plan=planned,
+            on_result=progress,
+        )
+    plan, counts = done.plan, done.counts
     counts["unchanged"] += plan.unchanged
     if force:  # the scan hashed every present file; the applier re-read only the changed
         counts["hashed"] = plan.hashed
-    counts["orphans_cleaned"] += cleaned
+    counts["orphans_cleaned"] += done.cleaned
     counts["failed"] += counts.pop("still_failed", 0)
-    # Paused by an open breaker: still queued, like a file waiting for a retry.
-    counts["retrying"] += counts.pop("paused", 0)
+    # Paused by an open breaker, or still indexing at the deadline: still
+    # queued, like a file waiting for a retry.
+    counts["retrying"] += counts.pop("paused", 0) + counts.pop("indexing", 0)
     if prune_older is not None:
-        counts["pruned"] = engine.prune(prune_older)
+        counts["pruned"] = len(done.pruned)
     summary: dict[str, Any] = {k: counts.get(k, 0) for k in SUMMARY_KEYS}
     summary["problems"] = plan.problems
     summary["outcome"] = "ok" if not (summary["failed"] or summary["retrying"]) else "incomplete"
     summary["files"] = [{"path": r.path, "action": r.action, "error": r.error} for r in results]
+    summary["files"] += [{"path": p, "action": "pruned", "error": None} for p in done.pruned]
     ws.db.record_sync_result({k: v for k, v in summary.items() if k != "files"})
     return summary
 
 
-def _dry_run(state: State, force: bool, as_json: bool, skip_enrichment: bool | None) -> None:
+def _dry_run(
+    state: State,
+    force: bool,
+    allow_mass_missing: bool,
+    as_json: bool,
+    skip_enrichment: bool | None,
+) -> None:
     ws = open_workspace(
         state.config(), readonly=True, with_store=False, skip_enrichment=skip_enrichment or None
     )
     try:
-        counts, items = ws.engine.dry_run(force=force)
+        counts, items = ws.engine.dry_run(force=force, allow_mass_missing=allow_mass_missing)
     finally:
         ws.close()
     data: dict[str, Any] = {k: counts.get(k, 0) for k in SUMMARY_KEYS}

@@ -33,13 +33,20 @@ def handle(d: Daemon, message: dict[str, Any]) -> dict[str, Any]:
         d.resume()
         return {"ok": True, "state": d.state}
     if cmd == "reconcile":
-        return reconcile_request(d, bool(message.get("force")), bool(message.get("wait")))
+        return reconcile_request(
+            d,
+            bool(message.get("force")),
+            bool(message.get("wait")),
+            allow_mass_missing=bool(message.get("allow_mass_missing")),
+        )
     if cmd == "ping":
         return {"ok": True, "pid": os.getpid()}
     return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 
-def reconcile_request(d: Daemon, force: bool, wait: bool) -> dict[str, Any]:
+def reconcile_request(
+    d: Daemon, force: bool, wait: bool, *, allow_mass_missing: bool = False
+) -> dict[str, Any]:
     assert d.reconcile_job is not None and d.drain_job is not None
     if d.paused:
         return {
@@ -47,7 +54,7 @@ def reconcile_request(d: Daemon, force: bool, wait: bool) -> dict[str, Any]:
             "state": d.state,
             "error": f"the daemon is paused ({d.paused}): `objlibd resume` first",
         }
-    ticket = d.kick_reconcile("requested", force=force)
+    ticket = d.kick_reconcile("requested", force=force, allow_mass_missing=allow_mass_missing)
     if not wait:
         return {"ok": True, "queued": True, "force": force}
     d.reconcile_job.wait(ticket)

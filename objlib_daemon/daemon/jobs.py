@@ -88,9 +88,9 @@ class Jobs:
         assert d.ro_db is not None
         with d.ro_db.session() as s:
             due = queue.next_due(s)
-        # Unfinished uploads kept for a later look at the store (engine.py,
+        # Unfinished uploads kept for a later look at the store (recovery.py,
         # INTENT_GRACE) need a drain then, even with nothing queued.
-        times = [t for t in (due, engine.intent_recheck_at) if t is not None]
+        times = [t for t in (due, engine.recovery.intent_recheck_at) if t is not None]
         return min(times) if times else None
 
     def on_result(self, result: Result) -> None:
@@ -109,6 +109,7 @@ class Jobs:
     def reconcile(self, options: dict[str, Any]) -> None:
         d = self.d
         force = bool(options.get("force"))
+        allow_mass_missing = bool(options.get("allow_mass_missing"))
         why = sorted(options.get("why") or {"schedule"})
         if d.stopping.is_set():
             d.pass_record = {"outcome": "stopped", "skipped": True, "error": "stopping"}
@@ -138,7 +139,7 @@ class Jobs:
         log.info("reconcile started", force=force, why=why)
         record: dict[str, Any] = {"started_at": started, "force": force, "why": why}
         try:
-            plan = d.engine.reconcile(force=force)
+            plan = d.engine.reconcile(force=force, allow_mass_missing=allow_mass_missing)
         except VolumeUnavailable as exc:
             record["outcome"] = "volume unavailable"
             record["error"] = str(exc)
@@ -204,7 +205,7 @@ class Jobs:
             return
         with d.writer:
             try:
-                pruned = d.engine.prune(d.config.sync.prune_after)
+                pruned = len(d.engine.prune(d.config.sync.prune_after))
             except StoreError as exc:
                 d.record_error("prune", str(exc))
                 return

@@ -1,15 +1,13 @@
-"""What `objlibd reconcile` does when no daemon answers: the same pass, inline, under the lock.
+"""What `objlibd reconcile` does when no daemon answers: the one pass, inline, under the lock.
 
 The daemon's reconcile only enqueues and lets its drain apply; with no daemon
-nothing would drain, so here it is reconcile + drain, present paths first and
-vanished ones after (a rename is then one move, not a missing mark followed by
-a move), like `objlibd sync` without its sweeps.
+nothing would drain, so here it is the same pass `objlibd sync` runs
+(sync/passes.py), reported in the daemon's reconcile shape.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Any
 
 from objlib_daemon.config import Config
@@ -18,22 +16,20 @@ from objlib_daemon.state.lock import library_lock
 from objlib_daemon.workspace import open_workspace
 
 
-def reconcile_inline(config: Config, *, force: bool = False) -> dict[str, Any]:
-    """Reconcile and drain once; raises what the engine raises (volume, safety, lock)."""
+def reconcile_inline(
+    config: Config, *, force: bool = False, allow_mass_missing: bool = False
+) -> dict[str, Any]:
+    """Run the pass once; raises what the engine raises (volume, safety, lock)."""
     with library_lock(config.state_dir, "reconcile"):
         ws = open_workspace(config)
         try:
-            engine = ws.engine
-            engine.require_volume()
             started = time.time()
-            plan = engine.reconcile(force=force, vanished=False)
-            counts: Counter[str] = engine.drain()
-            engine.enqueue_vanished(plan)
-            counts += engine.drain()
+            result = ws.engine.run_pass(force=force, allow_mass_missing=allow_mass_missing)
             with ws.db.session() as s:
                 pending = queue.depth(s)
         finally:
             ws.close()
+    plan = result.plan
     return {
         "ok": True,
         "inline": True,
@@ -48,6 +44,6 @@ def reconcile_inline(config: Config, *, force: bool = False) -> dict[str, Any]:
             "hashed": plan.hashed,
             "problems": plan.problems[:20],
         },
-        "drain": {"counts": {k: v for k, v in counts.items() if v}},
+        "drain": {"counts": {k: v for k, v in result.counts.items() if v}},
         "queue": {"pending": pending},
     }

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from objlib_daemon.config import Config, ConfigError
 from objlib_daemon.daemon.scheduler import LIMITED_RECONCILE_INTERVAL, PRUNE_INTERVAL, periodic
 from objlib_daemon.logging import get_logger
-from objlib_daemon.sync.engine import Engine
+from objlib_daemon.sync.passes import Engine
 from objlib_daemon.workspace import check_matches, library_from
 
 if TYPE_CHECKING:

@@ -44,10 +44,9 @@ from objlib_daemon.daemon.volume import VolumeMonitor
 from objlib_daemon.daemon.watcher import OverflowHook, Watcher
 from objlib_daemon.library.volume import VolumeState
 from objlib_daemon.logging import get_logger
-from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
 from objlib_daemon.stores.base import StoreError
-from objlib_daemon.sync.engine import Engine
+from objlib_daemon.sync.passes import Engine
 from objlib_daemon.workspace import Workspace, open_workspace
 
 log = get_logger("objlibd.daemon")
@@ -109,12 +108,12 @@ class Daemon:
         config = self.config
         self.ws = open_workspace(config)
         self.ro_db = Database(config.database_path, readonly=True)
-        with self.ws.db.session() as s:
-            requeued = queue.reset_inflight(s)
-        if requeued:
-            log.info("requeued changes left in flight by the last run", count=requeued)
+        # Rows left claimed or indexing by the last run are the first drain's:
+        # it resumes the imports the store accepted and re-queues the rest.
         try:
-            resolved = self.engine.resolve_intents()
+            resolved = self.engine.recovery.resolve_intents(
+                busy={ix.intent for ix in self.engine.applier.resumable()}
+            )
             if resolved:
                 log.info("resolved uploads interrupted by the last run", count=resolved)
         except StoreError as exc:  # the store is down: the first drain tries again
@@ -294,10 +293,14 @@ class Daemon:
     def kick_drain(self, at: float | None = None) -> int:
         return self.drain_job.kick(at) if self.drain_job is not None else 0
 
-    def kick_reconcile(self, why: str, *, force: bool = False) -> int:
+    def kick_reconcile(
+        self, why: str, *, force: bool = False, allow_mass_missing: bool = False
+    ) -> int:
         if self.reconcile_job is None:
             return 0
-        return self.reconcile_job.kick(force=force, why={why})
+        return self.reconcile_job.kick(
+            force=force, allow_mass_missing=allow_mass_missing, why={why}
+        )
 
     def new_pass_stop(self) -> threading.Event:
         with self.state_lock:

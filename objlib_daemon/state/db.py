@@ -25,7 +25,7 @@ from objlib_daemon.errors import CONFIG, ObjlibError
 from objlib_daemon.state.lock import private_dir
 from objlib_daemon.state.models import Base, Meta
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class StateError(ObjlibError):
@@ -52,8 +52,33 @@ def _migrate_2(conn: Connection) -> None:
     )
 
 
+def _migrate_3(conn: Connection) -> None:
+    """Queue lanes (fresh before bulk) and the intents' indexing stage."""
+    have = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(pending_changes)")}
+    if "lane" not in have:
+        conn.exec_driver_sql("ALTER TABLE pending_changes ADD COLUMN lane INTEGER DEFAULT 1")
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_pending_ready")
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_pending_lane ON pending_changes "
+        "(state, lane, next_attempt_at, first_seen)"
+    )
+    have = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(intents)")}
+    for column, kind in (
+        ("operation", "VARCHAR"),
+        ("document", "VARCHAR"),
+        ("display_name", "VARCHAR"),
+        ("size", "INTEGER"),
+        ("mtime_ns", "INTEGER"),
+        ("version", "VARCHAR"),
+        ("gen", "INTEGER"),
+        ("retried", "INTEGER DEFAULT 0"),
+    ):
+        if column not in have:
+            conn.exec_driver_sql(f"ALTER TABLE intents ADD COLUMN {column} {kind}")
+
+
 # Index i migrates from version i to i+1. Append, never edit, once released.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1, _migrate_2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1, _migrate_2, _migrate_3]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

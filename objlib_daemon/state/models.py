@@ -15,9 +15,18 @@ PRUNED = "pruned"
 FAILED = "failed"
 FILE_STATES = (INDEXED, PENDING, MISSING, PRUNED, FAILED)
 
-# Queue row states.
+# Queue row states: waiting (due at next_attempt_at), claimed by an applier
+# worker, or uploaded and waiting for the store to finish indexing (its intent
+# holds the operation; the row completes when the document is recorded).
 QUEUED = "pending"
 INFLIGHT = "inflight"
+INDEXING = "indexing"
+
+# Queue lanes: a fresh change (an edit the watcher saw, a user's repair) goes
+# ahead of bulk rows (a first sync, a forced or periodic reconcile), so a save
+# is never stuck behind a thousand-file pass.
+FRESH = 0
+BULK = 1
 
 
 class Base(DeclarativeBase):
@@ -73,11 +82,14 @@ class PendingChange(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    lane: Mapped[int] = mapped_column(Integer, default=BULK, server_default=str(BULK))
 
-    # `claim` orders by (next_attempt_at, first_seen): with first_seen in the
-    # index SQLite reads the first ready row instead of sorting every ready row
-    # on each claim (O(n) per claim, O(n^2) for a burst of n changes).
-    __table_args__ = (Index("ix_pending_ready", "state", "next_attempt_at", "first_seen"),)
+    # `claim` reads each lane in (next_attempt_at, first_seen) order: with the
+    # whole key in the index SQLite reads the first ready rows instead of
+    # sorting every ready row on each claim (O(n^2) for a burst of n changes).
+    __table_args__ = (
+        Index("ix_pending_lane", "state", "lane", "next_attempt_at", "first_seen"),
+    )
 
 
 class Orphan(Base):
@@ -111,6 +123,17 @@ class Intent(Base):
     sha256: Mapped[str] = mapped_column(String)
     started_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float | None] = mapped_column(Float)
+    # The indexing stage: once the store accepted the bytes, the operation to
+    # poll (and the document, when the answer named it), with what the upload
+    # was made of, so a restart resumes waiting and records it unaided.
+    operation: Mapped[str | None] = mapped_column(String)
+    document: Mapped[str | None] = mapped_column(String)
+    display_name: Mapped[str | None] = mapped_column(String)
+    size: Mapped[int | None] = mapped_column(Integer)
+    mtime_ns: Mapped[int | None] = mapped_column(Integer)
+    version: Mapped[str | None] = mapped_column(String)
+    gen: Mapped[int | None] = mapped_column(Integer)  # the queue row's gen it answers
+    retried: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class JournalEntry(Base):

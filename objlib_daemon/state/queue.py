@@ -15,15 +15,22 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session
 
-from objlib_daemon.state.models import INFLIGHT, QUEUED, PendingChange
+from objlib_daemon.state.models import BULK, FRESH, INDEXING, INFLIGHT, QUEUED, PendingChange
 
-# Reasons a producer gives; informational only (the applier decides).
+# Reasons a producer gives; informational only (the applier decides), except
+# for the lane: what a person just did goes ahead of what a pass found.
 SCAN = "scan"
 EVENT = "event"
 MOVED_FROM = "moved_from"
 FORCE = "force"
 RETRY = "retry"
 REPAIR = "repair"
+USER = "user"
+BULK_REASONS = frozenset({SCAN, FORCE})
+
+
+def lane_of(reason: str) -> int:
+    return BULK if reason in BULK_REASONS else FRESH
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ def enqueue(
             "state": QUEUED,
             "attempts": 0,
             "next_attempt_at": due.get(path, not_before) if due else not_before,
+            "lane": lane_of(reason),
         }
         for path, reason in dict(items).items()
     ]
@@ -73,6 +81,8 @@ def enqueue(
             "reason": stmt.excluded.reason,
             "gen": PendingChange.gen + 1,
             "last_seen": stmt.excluded.last_seen,
+            # A row stays in the faster lane it was ever put in.
+            "lane": func.min(PendingChange.lane, stmt.excluded.lane),
             "next_attempt_at": (
                 func.max(PendingChange.next_attempt_at, stmt.excluded.next_attempt_at)
                 if keep_backoff
@@ -85,14 +95,25 @@ def enqueue(
 
 
 def claim(session: Session, *, limit: int, now: float | None = None) -> list[Claim]:
-    """Mark up to `limit` due rows in-flight and return them (oldest first)."""
+    """Mark up to `limit` due rows in-flight and return them: the fresh lane
+    first, each lane oldest first."""
     now = time.time() if now is None else now
-    rows = session.execute(
-        select(PendingChange.path, PendingChange.gen, PendingChange.attempts, PendingChange.reason)
-        .where(PendingChange.state == QUEUED, PendingChange.next_attempt_at <= now)
-        .order_by(PendingChange.next_attempt_at, PendingChange.first_seen)
-        .limit(limit)
-    ).all()
+    rows: list = []
+    for lane in (FRESH, BULK):
+        if len(rows) >= limit:
+            break
+        rows += session.execute(
+            select(
+                PendingChange.path, PendingChange.gen, PendingChange.attempts, PendingChange.reason
+            )
+            .where(
+                PendingChange.state == QUEUED,
+                PendingChange.lane == lane,
+                PendingChange.next_attempt_at <= now,
+            )
+            .order_by(PendingChange.next_attempt_at, PendingChange.first_seen)
+            .limit(limit - len(rows))
+        ).all()
     if rows:
         session.execute(
             update(PendingChange)
@@ -134,6 +155,13 @@ def retry_later(session: Session, claim_: Claim, *, error: str, delay: float) ->
     )
 
 
+def indexing(session: Session, claim_: Claim) -> None:
+    """The claimed row's upload was accepted: it waits for indexing, unclaimable."""
+    session.execute(
+        update(PendingChange).where(PendingChange.path == claim_.path).values(state=INDEXING)
+    )
+
+
 def release(session: Session, claims: Iterable[Claim]) -> None:
     """Return claimed rows untouched (shutdown, pause, volume gone)."""
     paths = [c.path for c in claims]
@@ -143,11 +171,19 @@ def release(session: Session, claims: Iterable[Claim]) -> None:
         )
 
 
-def reset_inflight(session: Session) -> int:
-    """At start: rows a crashed run left in flight are pending again."""
+def reset_inflight(session: Session, *, keep: Iterable[str] = ()) -> int:
+    """At a drain's start: rows left claimed or indexing (a crash, a full disk)
+    are pending again, except `keep`: paths whose indexing is being resumed."""
+    kept = list(keep)
     result = session.execute(
-        update(PendingChange).where(PendingChange.state == INFLIGHT).values(state=QUEUED)
+        update(PendingChange)
+        .where(PendingChange.state.in_((INFLIGHT, INDEXING)), PendingChange.path.not_in(kept))
+        .values(state=QUEUED)
     )
+    if kept:
+        session.execute(
+            update(PendingChange).where(PendingChange.path.in_(kept)).values(state=INDEXING)
+        )
     return result.rowcount or 0
 
 

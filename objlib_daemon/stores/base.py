@@ -56,6 +56,11 @@ class StoreNotFound(PermanentError):
     """The configured store does not exist."""
 
 
+class OperationLost(TransientError):
+    """The store no longer knows an import's operation and no document of it was
+    found: the caller's crash recovery (a listing) settles what it left."""
+
+
 class CircuitOpen(TransientError):
     """Remote work is paused after repeated transient failures."""
 
@@ -85,6 +90,8 @@ class Upload:
     operation: str
     document: str | None = None
     retried: bool = False
+    display_name: str = ""
+    identity: dict[str, MetadataValue] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,11 @@ class Store(Protocol):
         mime_type: str,
     ) -> Upload:
         """Start importing `data` as a new document."""
+        ...
+
+    def poll(self, upload: Upload) -> RemoteDocument | None:
+        """One look, never sleeping: None while indexing, the ACTIVE document once
+        done; raise StoreError if the import failed."""
         ...
 
     def wait(self, upload: Upload) -> RemoteDocument:

@@ -1,9 +1,16 @@
-"""The applier: the only code that writes to the store and to the `files` table.
+"""The applier: the only code that writes the `files` table or mutates the store.
 
-`apply(path)` re-examines disk and database *now* (events are hints, state is
-truth), asks the planner what to do, and does it with every remote mutation
-bracketed by durable writes: an intent before an upload, the result after it,
-the superseded document recorded as an orphan before it is deleted.
+Every verb here re-examines disk and database *now* (events are hints, state
+is truth) and brackets each remote mutation with durable writes: an intent
+before an upload, the operation once the store accepted the bytes, the result
+after the import is done, the superseded document recorded as an orphan before
+it is deleted. A test (tests/test_layout.py) fails if another module writes
+`files` or calls a store mutation.
+
+An upload has two halves so that a worker's slot is held only while bytes go
+up (sync/drain.py): `start` uploads and returns an `Indexing` for the store to
+finish, `finish` records the document and only then retires the old one
+(design.md invariant 1: upload first).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import delete, select, update
@@ -24,15 +31,17 @@ from objlib_daemon.config import MetadataRule
 from objlib_daemon.errors import VolumeUnavailable
 from objlib_daemon.library import paths
 from objlib_daemon.library.eligibility import Eligibility
-from objlib_daemon.library.files import NotSettled, Snapshot, read_file
+from objlib_daemon.library.files import NotSettled, Snapshot, hash_file, read_file
 from objlib_daemon.library.metadata import enrich, enrichment_version
 from objlib_daemon.library.mime import is_text, mime_type
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.logging import get_logger
+from objlib_daemon.state import queue
 from objlib_daemon.state.models import (
     FAILED,
     INDEXED,
     MISSING,
+    PENDING,
     PRUNED,
     File,
     Intent,
@@ -43,8 +52,10 @@ from objlib_daemon.stores.base import (
     MAX_DOCUMENT_BYTES,
     AuthError,
     PermanentError,
+    RemoteDocument,
     Store,
     StoreError,
+    Upload,
 )
 from objlib_daemon.sync.planner import Action, Disk, Row, decide, needs_hash
 
@@ -61,7 +72,7 @@ class Retry(Exception):
 
 @dataclass(frozen=True)
 class Library:
-    """Everything the engine needs to know about the local side of one library."""
+    """Everything the sync core needs to know about the local side of one library."""
 
     root: Path
     library_id: str
@@ -82,6 +93,39 @@ class Result:
     uploaded: int = 0
     deleted: int = 0
     error: str | None = None
+
+
+@dataclass
+class Indexing:
+    """An upload the store accepted and is still indexing: all `finish` needs.
+
+    Rebuilt from its intent row after a restart (`Applier.resumable`).
+    """
+
+    intent: int
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    version: str
+    gen: int
+    upload: Upload
+    new: bool  # no live document before: "new", else "modified"
+    # When waiting began (in this run: the deadline restarts after a restart).
+    started: float = field(default_factory=time.time)
+    polls: int = 0
+
+
+@dataclass(frozen=True)
+class Look:
+    """What `look` found for one path: the row, the disk, and the planner's action."""
+
+    row: Row | None
+    disk: Disk
+    disk_path: Path
+    action: Action
+    problem: str | None = None  # present but not eligible (why)
+    snap: Snapshot | None = None  # hashed (with its bytes when read for an upload)
 
 
 def journal(
@@ -125,43 +169,68 @@ def observe(root: Path, path: str, eligibility: Eligibility) -> tuple[Disk, Path
 
 
 class Applier:
-    """Applies one path at a time; safe to call from several threads for distinct paths."""
+    """Applies paths; safe to call from several threads for distinct paths."""
 
     def __init__(
         self,
         db: object,
-        store: Store,
+        store: Store | None,
         library: Library,
         guard: VolumeGuard,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
-        self.store = store
+        self.store = store  # None: a read-only look (the dry run)
         self.lib = library
         self.guard = guard
         self.clock = clock
         self.version = library.enrichment_version
 
-    # --- the one entry point -------------------------------------------------------
+    # --- looking (read-only: the dry run runs exactly this) ----------------------------
 
-    def apply(self, path: str, *, force: bool = False) -> Result:
+    def look(
+        self,
+        path: str,
+        *,
+        force: bool = False,
+        keep_bytes: bool = False,
+        disk: Disk | None = None,
+    ) -> Look:
+        """Observe, hash when the planner needs it, decide. Writes nothing.
+
+        `keep_bytes` reads the content into memory (for an upload); else a
+        candidate is only hashed. `disk`: what a forced scan already hashed.
+        """
         with self.db.session() as s:
-            f = s.get(File, path)
-            row = row_of(f)
+            row = row_of(s.get(File, path))
+        if disk is not None:
+            action = decide(row, disk, force=force, enrichment_version=self.version)
+            return Look(row, disk, paths.resolve(self.lib.root, path), action)
         try:
             disk, disk_path, problem = observe(self.lib.root, path, self.lib.eligibility)
         except Retry:
             self._require_volume(f"cannot look at {path}")
             raise
         if disk.present and problem:
-            return self._ineligible(path, row, disk, problem)
-        snap: Snapshot | None = None
+            return Look(row, disk, disk_path, Action.UNCHANGED, problem)
+        snap = None
         if needs_hash(row, disk, force=force):
-            snap = self._read(path, disk_path, row)
+            snap = self._read(path, disk_path, keep_bytes=keep_bytes)
             disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
         action = decide(row, disk, force=force, enrichment_version=self.version)
+        return Look(row, disk, disk_path, action, snap=snap)
+
+    # --- applying ------------------------------------------------------------------------
+
+    def start(self, path: str, *, force: bool = False, gen: int = 0) -> Result | Indexing:
+        """Apply what the planner decides for `path`; an upload returns its `Indexing`
+        (or, when the store finished it at once, its final Result)."""
+        look = self.look(path, force=force, keep_bytes=True)
+        row, disk, action, snap = look.row, look.disk, look.action, look.snap
         hashed = snap is not None
+        if look.problem:
+            return self._ineligible(path, row, disk, look.problem)
         if row is None and not disk.present:
             return Result(path, "gone")  # e.g. the old end of a move already resolved
         if action is Action.UNCHANGED:
@@ -178,13 +247,20 @@ class Applier:
             self._restore(path, disk)
             return Result(path, "restored", hashed)
         assert snap is not None and snap.data is not None
-        return self._upload_and_record(path, snap, action)
+        resumed = self._resume(path, snap.sha256, gen)
+        if resumed is not None:
+            return resumed
+        ix = self._upload(path, snap, new=action is Action.NEW, gen=gen)
+        if isinstance(ix, Result) or not ix.upload.document:
+            return ix
+        # Finished in the upload's own answer (the embedded store, or an instant
+        # import): record it now, no poll.
+        doc = RemoteDocument(name=ix.upload.document, display_name=ix.upload.display_name)
+        return self.finish(ix, doc)
 
-    # --- reading ---------------------------------------------------------------------
-
-    def _read(self, path: str, disk_path: Path, row: Row | None) -> Snapshot:
+    def _read(self, path: str, disk_path: Path, *, keep_bytes: bool) -> Snapshot:
         try:
-            return read_file(disk_path)
+            return read_file(disk_path) if keep_bytes else hash_file(disk_path)
         except NotSettled as exc:
             raise Retry(str(exc), soon=True) from None
         except FileNotFoundError:
@@ -196,7 +272,8 @@ class Applier:
             message = f"cannot read: {exc.strerror}"
             if exc.errno in (errno.EACCES, errno.EPERM):
                 message += "; fix its permissions"
-            self._record_failure(path, None, message, unreadable=True)
+            if keep_bytes:  # a look that only plans records nothing
+                self._record_failure(path, None, message, unreadable=True)
             raise Retry(message) from None
 
     def _still_there(self, path: str) -> bool:
@@ -214,7 +291,7 @@ class Applier:
                 f"{what}: {state.reason}. Reconnect the drive; nothing was changed"
             )
 
-    # --- actions ----------------------------------------------------------------------
+    # --- row-only actions ------------------------------------------------------------
 
     def _refresh(self, path: str, disk: Disk, *, state: str) -> None:
         with self.db.session() as s:
@@ -237,7 +314,7 @@ class Applier:
         with self.db.session() as s:
             f = s.get(File, path)  # first: holds the write lock from here to the commit
             if f is None:
-                return Result(path, "gone")  # another applier resolved it as a move
+                return Result(path, "gone")  # another worker resolved it as a move
             # The absence seen by `observe` may date from an unmount that has
             # since been undone (a bind mount keeps its device number, so the
             # guard cannot tell): look again, and only then verify the volume.
@@ -282,7 +359,18 @@ class Applier:
                 f.sha256 = disk.sha256
             journal(s, "failed", path, f.document, message)
 
-    def _upload_and_record(self, path: str, snap: Snapshot, action: Action) -> Result:
+    def note_error(self, path: str, error: str) -> None:
+        """Say on the row why its last attempt did not complete (it will be retried)."""
+        with self.db.session() as s:
+            f = s.get(File, path)
+            if f is not None:
+                f.last_error = error[:2000]
+
+    # --- uploading: start ------------------------------------------------------------
+
+    def _upload(self, path: str, snap: Snapshot, *, new: bool, gen: int) -> Indexing | Result:
+        """Intent, upload, and the operation recorded: the file is now indexing."""
+        assert self.store is not None and snap.data is not None
         enr = enrich(
             path,
             library_id=self.lib.library_id,
@@ -298,7 +386,15 @@ class Applier:
             if len(header) + len(snap.data) <= MAX_DOCUMENT_BYTES:
                 body = header + snap.data
         with self.db.session() as s:
-            intent = Intent(path=path, sha256=snap.sha256, started_at=self.clock())
+            intent = Intent(
+                path=path,
+                sha256=snap.sha256,
+                started_at=self.clock(),
+                size=snap.size,
+                mtime_ns=snap.mtime_ns,
+                version=self.version,
+                gen=gen,
+            )
             s.add(intent)
         try:
             upload = self.store.upload(
@@ -307,10 +403,9 @@ class Applier:
                 metadata=enr.metadata,
                 mime_type=mime_type(path),
             )
-            doc = self.store.wait(upload)
         except PermanentError as exc:
             if isinstance(exc, AuthError):
-                self._attempt_ended(intent.id)
+                self.attempt_ended(intent.id)
                 raise  # not this file's fault: the drain stops and says so
             with self.db.session() as s:
                 s.execute(delete(Intent).where(Intent.id == intent.id))
@@ -318,56 +413,173 @@ class Applier:
             self._record_failure(path, disk, f"the store refused it: {exc}")
             return Result(path, "failed", True, error=str(exc))
         except BaseException:
-            self._attempt_ended(intent.id)
+            # The intent stays: the import may have happened, and recovery
+            # adopts or removes whatever it left.
+            self.attempt_ended(intent.id)
             raise
-        # The intent stays on transient errors: the import may have happened, and
-        # `resolve_intents` adopts or removes whatever it left. It also stays when
-        # the store had to repeat the upload: the failed attempt may have landed
-        # too, and a later `resolve_intents` removes that copy.
-        retried = getattr(upload, "retried", False)
-        old = self._record_upload(path, snap, doc.name, intent.id, keep_intent=bool(retried))
-        result = Result(path, "new" if action is Action.NEW else "modified", True, uploaded=1)
+        with self.db.session() as s:
+            s.execute(
+                update(Intent)
+                .where(Intent.id == intent.id)
+                .values(
+                    operation=upload.operation,
+                    document=upload.document,
+                    display_name=upload.display_name or enr.display_name,
+                    retried=int(upload.retried),
+                )
+            )
+            queue.indexing(s, queue.Claim(path, gen, 0, ""))
+        return Indexing(
+            intent=intent.id,
+            path=path,
+            sha256=snap.sha256,
+            size=snap.size,
+            mtime_ns=snap.mtime_ns,
+            version=self.version,
+            gen=gen,
+            upload=upload,
+            new=new,
+            started=self.clock(),
+        )
+
+    def _resume(self, path: str, sha256: str, gen: int) -> Indexing | None:
+        """An earlier upload of this very content still indexing: wait for it instead."""
+        with self.db.session() as s:
+            intent = s.scalars(
+                select(Intent)
+                .where(
+                    Intent.path == path, Intent.sha256 == sha256, Intent.operation.is_not(None)
+                )
+                .order_by(Intent.id.desc())
+                .limit(1)
+            ).first()
+            if intent is None or intent.version != self.version:
+                return None
+            intent.gen, intent.ended_at = gen, None
+            f = s.get(File, path)
+            queue.indexing(s, queue.Claim(path, gen, 0, ""))
+        return self._indexing_of(intent, new=f is None or f.document is None)
+
+    def resumable(self) -> list[Indexing]:
+        """Every upload accepted by the store and not yet recorded (after a restart)."""
+        with self.db.session() as s:
+            intents = s.scalars(
+                select(Intent).where(Intent.operation.is_not(None)).order_by(Intent.id)
+            ).all()
+            docs = {
+                f.path: f.document
+                for f in s.scalars(select(File).where(File.path.in_({i.path for i in intents})))
+            }
+        latest: dict[str, Intent] = {}
+        for intent in intents:  # an older attempt of a path is recovery's to settle
+            latest[intent.path] = intent
+        return [self._indexing_of(i, new=docs.get(i.path) is None) for i in latest.values()]
+
+    @staticmethod
+    def _indexing_of(intent: Intent, *, new: bool) -> Indexing:
+        upload = Upload(
+            operation=intent.operation or "",
+            document=intent.document,
+            retried=bool(intent.retried),
+            display_name=intent.display_name or "",
+            identity={"sha256": intent.sha256, "path": intent.path},
+        )
+        return Indexing(
+            intent=intent.id,
+            path=intent.path,
+            sha256=intent.sha256,
+            size=intent.size or 0,
+            mtime_ns=intent.mtime_ns or 0,
+            version=intent.version or "",
+            gen=intent.gen or 0,
+            upload=upload,
+            new=new,
+        )
+
+    def attempt_ended(self, intent: int, *, lost: bool = False) -> None:
+        """Note when an attempt that leaves its intent behind ended (best effort);
+        `lost`: its operation is gone too, so only a listing can settle it."""
+        values: dict = {"ended_at": self.clock()}
+        if lost:
+            values |= {"operation": None, "document": None}
+        try:
+            with self.db.session() as s:
+                s.execute(update(Intent).where(Intent.id == intent).values(**values))
+        except Exception as exc:  # unknown end: the intent waits as a crash's would
+            log.warning("could not note the end of an upload attempt", error=repr(exc))
+
+    # --- uploading: finish -----------------------------------------------------------
+
+    def poll(self, ix: Indexing) -> RemoteDocument | None:
+        """One look at an import in progress (no sleep): its document once done."""
+        assert self.store is not None
+        ix.polls += 1
+        return self.store.poll(ix.upload)
+
+    def refused(self, ix: Indexing, error: StoreError) -> Result:
+        """The store finished the import with a permanent failure: record it."""
+        with self.db.session() as s:
+            s.execute(delete(Intent).where(Intent.id == ix.intent))
+        disk = Disk(True, ix.size, ix.mtime_ns, ix.sha256)
+        self._record_failure(ix.path, disk, f"the store refused it: {error}")
+        return Result(ix.path, "failed", True, error=str(error))
+
+    def finish(self, ix: Indexing, doc: RemoteDocument) -> Result:
+        """Record the finished upload, then retire what it supersedes (upload first)."""
+        old = self._record_upload(ix, doc.name)
+        result = Result(ix.path, "new" if ix.new else "modified", True, uploaded=1)
         if old:
             result.deleted += self.retire(old)
-        moved_from = self._moved_from(path, snap.sha256)
+        moved_from = self._moved_from(ix.path, ix.sha256)
         if moved_from:
             result.action = "moved"
             for doc_name in moved_from:
                 result.deleted += self.retire(doc_name)
+        self._recheck(ix)
         return result
 
-    def _attempt_ended(self, intent: int) -> None:
-        """Note when an attempt that leaves its intent behind ended (best effort)."""
-        try:
-            with self.db.session() as s:
-                s.execute(update(Intent).where(Intent.id == intent).values(ended_at=self.clock()))
-        except Exception as exc:  # unknown end: the intent waits as a crash's would
-            log.warning("could not note the end of an upload attempt", error=repr(exc))
+    def _record_upload(self, ix: Indexing, document: str) -> str | None:
+        """Point the row at the new document; the old one becomes an orphan. One commit.
 
-    def _record_upload(
-        self, path: str, snap: Snapshot, document: str, intent: int, *, keep_intent: bool
-    ) -> str | None:
-        """Point the row at the new document; the old one becomes an orphan. One commit."""
+        The intent stays when the store had to repeat the upload: the failed
+        attempt may have landed too, and recovery removes that copy.
+        """
         now = self.clock()
         with self.db.session() as s:
-            f = s.get(File, path)
+            f = s.get(File, ix.path)
             if f is None:
-                f = File(path=path, created_at=now)
+                f = File(path=ix.path, created_at=now)
                 s.add(f)
             old = f.document if f.document != document else None
             was_new = f.document is None
-            f.size, f.mtime_ns, f.sha256 = snap.size, snap.mtime_ns, snap.sha256
-            f.upload_sha256, f.document, f.enrichment_version = snap.sha256, document, self.version
+            f.size, f.mtime_ns, f.sha256 = ix.size, ix.mtime_ns, ix.sha256
+            f.upload_sha256, f.document, f.enrichment_version = ix.sha256, document, ix.version
             f.state, f.missing_since, f.last_error, f.attempts = INDEXED, None, None, 0
             f.updated_at = now
             if old:
-                s.merge(Orphan(document=old, path=path, reason="superseded", created_at=now))
-            if keep_intent:
-                s.execute(update(Intent).where(Intent.id == intent).values(ended_at=now))
+                s.merge(Orphan(document=old, path=ix.path, reason="superseded", created_at=now))
+            if ix.upload.retried:
+                s.execute(
+                    update(Intent)
+                    .where(Intent.id == ix.intent)
+                    .values(ended_at=now, operation=None, document=None)
+                )
             else:
-                s.execute(delete(Intent).where(Intent.id == intent))
-            journal(s, "uploaded" if was_new else "replaced", path, document, snap.sha256)
+                s.execute(delete(Intent).where(Intent.id == ix.intent))
+            journal(s, "uploaded" if was_new else "replaced", ix.path, document, ix.sha256)
         return old
+
+    def _recheck(self, ix: Indexing) -> None:
+        """A file changed while it was uploaded or indexed is queued again at once,
+        so a one-shot sync does not end on a stale document (the daemon's watcher
+        would also see it; this costs one stat)."""
+        try:
+            disk = observe(self.lib.root, ix.path, self.lib.eligibility)[0]
+        except Retry:
+            return
+        if disk.present and (disk.size, disk.mtime_ns) != (ix.size, ix.mtime_ns):
+            with self.db.session() as s:
+                queue.enqueue(s, [(ix.path, queue.EVENT)])
 
     def _moved_from(self, path: str, sha256: str) -> list[str]:
         """Rows holding the same content at a path that is gone: the file moved here.
@@ -394,10 +606,90 @@ class Applier:
                 s.delete(f)
             return [f.document for f in gone]
 
+    # --- recovery and repair verbs ---------------------------------------------------
+
+    def adopt(
+        self, s: Session, path: str, document: str, sha256: str, *, why: str, now: float
+    ) -> str | None:
+        """Record an unrecorded finished upload as the file's document, in the caller's
+        transaction; returns the superseded document (now an orphan), if any.
+
+        The row forgets its stat so the next look re-examines the file on disk
+        (it may have changed since), and the path is queued for that look.
+        """
+        row = s.get(File, path)
+        superseded = None
+        if row is None:
+            row = File(path=path, created_at=now, attempts=0)
+            s.add(row)
+        elif row.document and row.document != document:
+            superseded = row.document
+            s.merge(Orphan(document=superseded, path=path, reason="superseded", created_at=now))
+        row.document, row.upload_sha256, row.sha256 = document, sha256, sha256
+        row.size = row.mtime_ns = None
+        row.state, row.missing_since, row.last_error, row.updated_at = INDEXED, None, None, now
+        row.enrichment_version = self.version
+        journal(s, "adopted", path, document, why)
+        queue.enqueue(s, [(path, queue.REPAIR)])
+        return superseded
+
+    def requeue(self, s: Session, path: str, document: str | None, why: str, now: float) -> list:
+        """Mark a row for a fresh upload (its document is absent or FAILED in the
+        store), in the caller's transaction; returns documents to retire."""
+        row = s.get(File, path)
+        retire: list[str] = []
+        if row is None or row.document != document:
+            return retire
+        if why == "absent":
+            row.document = None
+        elif row.state == MISSING and row.document:
+            # A failed document for a file that is not on disk: nothing to replace
+            # it with now; the file is uploaded afresh if it comes back.
+            s.merge(Orphan(document=row.document, path=path, reason="failed", created_at=now))
+            retire.append(row.document)
+            row.document = None
+        # No recorded content: the planner sees a new (no document) or modified
+        # (failed document still recorded, replaced upload-first) file.
+        row.upload_sha256 = None
+        if row.state != MISSING:
+            row.state = PENDING
+        row.updated_at = now
+        journal(s, "requeued", path, document, f"verify: {why}")
+        queue.enqueue(s, [(path, queue.REPAIR)])
+        return retire
+
+    def prune(self, older_than: float) -> list[str]:
+        """Delete the documents of files missing for longer than `older_than` seconds;
+        returns the pruned paths."""
+        now = self.clock()
+        cutoff = now - older_than
+        with self.db.session() as s:
+            victims = s.scalars(
+                select(File).where(File.state == MISSING, File.missing_since < cutoff)
+            ).all()
+            for f in victims:
+                if f.document:
+                    s.merge(
+                        Orphan(document=f.document, path=f.path, reason="pruned", created_at=now)
+                    )
+                journal(s, "pruned", f.path, f.document)
+                f.state, f.document, f.upload_sha256, f.updated_at = PRUNED, None, None, now
+            pruned = [f.path for f in victims]
+        with self.db.session() as s:
+            docs = s.scalars(select(Orphan.document).where(Orphan.reason == "pruned")).all()
+        for d in docs:
+            self.retire(d)
+        return pruned
+
     # --- orphans ----------------------------------------------------------------------
+
+    def orphan(self, s: Session, document: str, path: str | None, reason: str, now: float) -> None:
+        """Record a document of ours to delete (in the caller's transaction)."""
+        s.merge(Orphan(document=document, path=path, reason=reason, created_at=now))
 
     def retire(self, document: str) -> int:
         """Delete a recorded orphan; on failure it stays recorded for a later retry."""
+        assert self.store is not None
         try:
             self.store.delete(document)
         except StoreError as exc:
@@ -416,3 +708,12 @@ class Applier:
                 s.delete(o)
             journal(s, "deleted", o.path if o else None, document, o.reason if o else None)
         return 1
+
+    def cleanup_orphans(self, *, everything: bool = False) -> int:
+        """Retry deleting recorded orphans (those due, or all with `everything`)."""
+        with self.db.session() as s:
+            q = select(Orphan.document)
+            if not everything:
+                q = q.where(Orphan.next_attempt_at <= self.clock())
+            docs = s.scalars(q).all()
+        return sum(self.retire(d) for d in docs)

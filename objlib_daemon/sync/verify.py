@@ -32,17 +32,18 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from objlib_daemon.library import paths
+from objlib_daemon.library.files import NotSettled, hash_file
 from objlib_daemon.library.volume import VolumeGuard
-from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import MISSING, PENDING, PRUNED, File, Intent, Orphan
+from objlib_daemon.state.models import File, Intent, Orphan
 from objlib_daemon.stores.base import FAILED as DOC_FAILED
 from objlib_daemon.stores.base import RemoteDocument, Store
-from objlib_daemon.sync.adoption import adopt
 from objlib_daemon.sync.applier import Applier, Library, journal
+from objlib_daemon.sync.recovery import adoptable
 
 if TYPE_CHECKING:
-    from objlib_daemon.sync.engine import Engine
+    from objlib_daemon.sync.passes import Engine
 
 # Finding kinds. The first four are drift (`Report.clean` is False while any
 # is present); the last two are reported only: a pending deletion is already
@@ -129,20 +130,22 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _adoptable(doc: RemoteDocument, row: File | None, intent_shas: set[str]) -> bool:
-    """Is `doc` the finished upload of this path whose commit never happened?
+def _disk_sha256(library: Library, path: str) -> str | None:
+    """The content of an eligible file at `path` now (None: none there, or unreadable).
 
-    With an unresolved intent of the same content: adopt unless the row already
-    holds that content (then it is a duplicate), as `Engine.resolve_intents`
-    does. Without one: only when the row has no document and the content the
-    row last saw is exactly the document's.
+    What lets a rebuilt database adopt the documents its files already have:
+    they carry this library's id, the path and the sha256 (design.md).
     """
-    sha = _text(doc.metadata.get("sha256"))
-    if sha is None or doc.state == DOC_FAILED:
-        return False
-    if sha in intent_shas:
-        return row is None or (row.document != doc.name and row.upload_sha256 != sha)
-    return row is not None and row.document is None and row.state != PRUNED and row.sha256 == sha
+    disk_path = paths.resolve(library.root, path)
+    try:
+        st = disk_path.stat()
+        if not disk_path.is_file() or not library.eligibility.path_ok(path):
+            return None
+        if library.eligibility.size_problem(st.st_size):
+            return None
+        return hash_file(disk_path).sha256
+    except (OSError, NotSettled):
+        return None
 
 
 def audit(db: Database, store: Store, library: Library) -> Report:
@@ -156,12 +159,13 @@ def audit(db: Database, store: Store, library: Library) -> Report:
     with db.session() as s:
         rows = s.scalars(select(File)).all()
         orphans = {o.document: o.reason for o in s.scalars(select(Orphan)).all()}
-        intents = s.execute(select(Intent.path, Intent.sha256)).all()
+        intents = s.execute(select(Intent.path, Intent.sha256, Intent.started_at)).all()
     by_document = {f.document: f for f in rows if f.document}
     by_path = {f.path: f for f in rows}
-    intent_shas: dict[str, set[str]] = {}
-    for path, sha in intents:
-        intent_shas.setdefault(path, set()).add(sha)
+    intent_shas: dict[str, dict[str, float]] = {}
+    for path, sha, began in intents:
+        shas = intent_shas.setdefault(path, {})
+        shas[sha] = min(shas.get(sha, began), began)
 
     report = Report(documents=len(documents), recorded=len(by_document))
     live: dict[str, list[str]] = {}  # path -> our documents that are not orphans
@@ -203,10 +207,18 @@ def audit(db: Database, store: Store, library: Library) -> Report:
 
     for path, docs in strays.items():
         row = by_path.get(path) if path else None
-        shas = intent_shas.get(path, set()) if path else set()
+        shas = intent_shas.get(path, {}) if path else {}
         # The newest finished attempt is the one to keep; older copies are extras.
         newest_first = sorted(docs, key=lambda d: d.create_time or "", reverse=True)
-        adopted = next((d for d in newest_first if path and _adoptable(d, row, shas)), None)
+        disk = _disk_sha256(library, path) if path and row is None else None
+        adopted = next(
+            (
+                d
+                for d in newest_first
+                if path and adoptable(d, row, attempts=shas, disk_sha256=disk)
+            ),
+            None,
+        )
         for doc in docs:
             sha = _text(doc.metadata.get("sha256"))
             if doc is adopted:
@@ -290,11 +302,11 @@ def repair(
     with db.session() as s:
         for finding in report.findings:
             if finding.action == ADOPT:
-                _adopt(s, finding, library, now, result, to_delete)
+                _adopt(s, finding, applier, now, result, to_delete)
             elif finding.action == DELETE:
-                _orphan(s, finding, now, result, to_delete)
+                _orphan(s, finding, applier, now, result, to_delete)
             elif finding.action == REQUEUE:
-                _requeue(s, finding, now, result, to_delete)
+                _requeue(s, finding, applier, now, result, to_delete)
     for document in dict.fromkeys(to_delete):
         if applier.retire(document):
             result.deleted.append(document)
@@ -309,7 +321,7 @@ _repair = repair  # for audit_engine, whose `repair` flag shadows the function
 def _adopt(
     s: Session,
     finding: Finding,
-    library: Library,
+    applier: Applier,
     now: float,
     result: RepairResult,
     to_delete: list[str],
@@ -319,29 +331,33 @@ def _adopt(
     row = s.get(File, path)
     if row is not None and row.document == document:
         return  # recorded meanwhile: nothing to do
-    shas = set(s.scalars(select(Intent.sha256).where(Intent.path == path)).all())
-    still = RemoteDocument(name=document, display_name="", metadata={"sha256": sha})
-    if not _adoptable(still, row, shas) or s.scalar(
+    shas: dict[str, float] = {}
+    for intent_sha, began in s.execute(
+        select(Intent.sha256, Intent.started_at).where(Intent.path == path)
+    ).all():
+        shas[intent_sha] = min(shas.get(intent_sha, began), began)
+    still = RemoteDocument(name=document, display_name="", metadata={"sha256": sha, "path": path})
+    disk = _disk_sha256(applier.lib, path) if row is None else None
+    if not adoptable(still, row, attempts=shas, disk_sha256=disk) or s.scalar(
         select(File.path).where(File.document == document)
     ):
         result.skipped.append(document)
         return
-    superseded = adopt(
-        s,
-        path,
-        document,
-        sha,
-        version=library.enrichment_version,
-        now=now,
-        why="found by verify: upload finished, never recorded",
-    )
+    why = "found by verify: upload finished, never recorded"
+    superseded = applier.adopt(s, path, document, sha, why=why, now=now)
+    s.execute(delete(Intent).where(Intent.path == path, Intent.sha256 == sha))
     if superseded:
         to_delete.append(superseded)
     result.adopted.append(path)
 
 
 def _orphan(
-    s: Session, finding: Finding, now: float, result: RepairResult, to_delete: list[str]
+    s: Session,
+    finding: Finding,
+    applier: Applier,
+    now: float,
+    result: RepairResult,
+    to_delete: list[str],
 ) -> None:
     document = finding.document
     assert document
@@ -352,7 +368,7 @@ def _orphan(
     if s.scalar(select(File.path).where(File.document == document)) is not None:
         result.skipped.append(document)  # recorded since the audit: not a stray
         return
-    s.merge(Orphan(document=document, path=finding.path, reason="stray", created_at=now))
+    applier.orphan(s, document, finding.path, "stray", now)
     if finding.path and finding.sha256:
         # Whatever upload attempt left this document is resolved now.
         s.execute(
@@ -363,7 +379,12 @@ def _orphan(
 
 
 def _requeue(
-    s: Session, finding: Finding, now: float, result: RepairResult, to_delete: list[str]
+    s: Session,
+    finding: Finding,
+    applier: Applier,
+    now: float,
+    result: RepairResult,
+    to_delete: list[str],
 ) -> None:
     path = finding.path
     assert path
@@ -371,23 +392,7 @@ def _requeue(
     if row is None or row.document != finding.document:
         result.skipped.append(finding.document or path)
         return
-    if finding.kind == ABSENT:
-        row.document = None
-    elif row.state == MISSING:
-        # A failed document for a file that is not on disk: nothing to replace
-        # it with now; the file is uploaded afresh if it comes back.
-        assert row.document
-        s.merge(Orphan(document=row.document, path=path, reason="failed", created_at=now))
-        to_delete.append(row.document)
-        row.document = None
-    # No recorded content: the planner sees a new (no document) or modified
-    # (failed document still recorded, replaced upload-first) file.
-    row.upload_sha256 = None
-    if row.state != MISSING:
-        row.state = PENDING
-    row.updated_at = now
-    journal(s, "requeued", path, finding.document, f"verify: {finding.kind}")
-    queue.enqueue(s, [(path, queue.REPAIR)])
+    to_delete += applier.requeue(s, path, finding.document, finding.kind, now)
     result.requeued.append(path)
 
 

@@ -1,0 +1,324 @@
+"""The drain: queue → applier, pipelined so the store keeps pace with the API,
+not with its indexing.
+
+Two stages, one coordinator (the caller's thread):
+
+- upload workers (`[store] concurrency` threads) claim due rows (the fresh
+  lane first: a save never waits behind a bulk pass) and let the applier look
+  and act. An upload holds its worker only while the bytes go up; then the
+  row is *indexing*, durably (its intent holds the operation).
+- the indexing tracker polls every outstanding import once it is likely done
+  (after the indexing time observed so far, `IndexingClock`), from a small
+  pool, and lets the applier finish it: record the document, then retire
+  the one it supersedes (upload first).
+
+A row stays in the queue until its outcome is written, so a crash at any
+instant leaves it to the next drain; imports the store accepted before a
+crash are resumed from their intents, not uploaded again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
+
+from sqlalchemy import select
+
+from objlib_daemon.config import Config
+from objlib_daemon.errors import VolumeUnavailable
+from objlib_daemon.logging import get_logger
+from objlib_daemon.state import queue
+from objlib_daemon.state.db import Database
+from objlib_daemon.state.models import Intent, PendingChange
+from objlib_daemon.stores.base import (
+    AuthError,
+    CircuitOpen,
+    OperationLost,
+    PermanentError,
+    StoreError,
+    TransientError,
+)
+from objlib_daemon.sync.applier import Applier, Indexing, Result, Retry
+from objlib_daemon.sync.recovery import Recovery
+
+log = get_logger("objlibd.drain")
+
+# While work is in flight, look for newly due rows this often (a kick from the
+# watcher lands in the queue, not here).
+RECLAIM = 0.5
+
+
+class IndexingClock:
+    """When to poll an import: around the indexing time the store showed so far.
+
+    The service publishes no indexing time (seconds for real, 0 on the
+    embedded store), so it is learned: a poll that finds the import done at
+    once suggests polling a little earlier next time, one that had to wait
+    moves the estimate toward the time it took. Polls after a miss back off
+    geometrically, so an import costs about 1-3 polls whatever its time.
+    """
+
+    def __init__(self, initial: float = 2.0, floor: float = 0.1, ceiling: float = 10.0) -> None:
+        self.estimate = initial
+        self.floor = floor
+        self.ceiling = ceiling
+        self._lock = threading.Lock()
+
+    def first(self) -> float:
+        return self.estimate
+
+    def again(self, elapsed: float) -> float:
+        """Delay before the next poll of an import not done after `elapsed` seconds."""
+        return min(self.ceiling, max(self.floor, 0.5 * elapsed, 0.25 * self.estimate))
+
+    def done(self, elapsed: float, polls: int) -> None:
+        with self._lock:
+            if polls <= 1:
+                self.estimate *= 0.9
+            else:
+                self.estimate = 0.7 * self.estimate + 0.3 * elapsed
+            self.estimate = min(self.ceiling, max(self.floor, self.estimate))
+
+
+@dataclass(order=True)
+class _Due:
+    at: float
+    seq: int
+    ix: Indexing = field(compare=False)
+
+
+class Drain:
+    """Applies every due queue row of one library through the pipeline."""
+
+    def __init__(self, db: Database, applier: Applier, recovery: Recovery, config: Config):
+        self.db = db
+        self.applier = applier
+        self.recovery = recovery
+        self.config = config
+        self.clock = IndexingClock()
+        self._seq = itertools.count()
+
+    def backoff(self, attempts: int, hint: float | None = None) -> float:
+        base = self.config.sync.retry_base * 2 ** min(attempts, 20)
+        delay = min(self.config.sync.retry_max, base) * random.uniform(0.8, 1.2)
+        return max(delay, hint or 0.0)
+
+    def run(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        on_result: Callable[[Result], None] | None = None,
+        concurrency: int | None = None,
+    ) -> Counter[str]:
+        """Apply every due row and finish every import started; returns counts.
+
+        Returns early (imports left indexing, resumed by the next run) when
+        `stop` is set or the volume, the credentials or the breaker halt it;
+        a halt by volume or credentials is raised after the workers stopped.
+        """
+        stop = stop or threading.Event()
+        halt = threading.Event()
+        fatal: list[BaseException] = []
+        counts: Counter[str] = Counter()
+        events: SimpleQueue[tuple[str, Result | Indexing]] = SimpleQueue()
+        resumed = self.applier.resumable()
+        with self.db.session() as s:
+            # One applier, one drain at a time: a row claimed or indexing now was
+            # left by a run that died or could not write its outcome (a full disk).
+            queue.reset_inflight(s, keep=[ix.path for ix in resumed])
+        self.recovery.resolve_quietly(busy={ix.intent for ix in resumed})
+        heap: list[_Due] = []
+        now = time.time()
+        for ix in resumed:
+            ix.started = now
+            heapq.heappush(heap, _Due(now, next(self._seq), ix))
+        tracked = {ix.intent for ix in resumed}
+        workers = concurrency or self.config.store.concurrency
+        pollers = max(2, min(8, workers))
+        running = polling = 0
+        drained = False
+        last_claim = 0.0
+
+        def upload(claim: queue.Claim) -> None:
+            try:
+                out = self._start(claim, halt, fatal)
+            except BaseException as exc:  # the coordinator must hear of every job
+                out = Result(claim.path, "retrying", error=f"internal error: {exc!r}")
+                log.exception("upload stage failed", path=claim.path)
+            events.put(("w", out))
+
+        def poll(ix: Indexing) -> None:
+            try:
+                out = self._poll(ix, halt, fatal)
+            except BaseException as exc:
+                out = Result(ix.path, "retrying", error=f"internal error: {exc!r}")
+                log.exception("indexing stage failed", path=ix.path)
+            events.put(("p", out))
+
+        with (
+            ThreadPoolExecutor(workers, thread_name_prefix="upload") as upload_pool,
+            ThreadPoolExecutor(pollers, thread_name_prefix="indexing") as poll_pool,
+        ):
+            while True:
+                active = not stop.is_set() and not halt.is_set()
+                now = time.time()
+                if active and running < workers and (not drained or now - last_claim > RECLAIM):
+                    with self.db.session() as s:
+                        claims = queue.claim(s, limit=workers - running)
+                    last_claim = now
+                    drained = len(claims) < workers - running
+                    for claim in claims:
+                        running += 1
+                        upload_pool.submit(upload, claim)
+                while heap and heap[0].at <= now and polling < pollers and not halt.is_set():
+                    polling += 1
+                    poll_pool.submit(poll, heapq.heappop(heap).ix)
+                waiting = bool(heap) and active
+                if not running and not polling and not waiting and (drained or not active):
+                    break
+                timeout = RECLAIM if active else None
+                if heap and polling < pollers:
+                    timeout = max(0.0, min(timeout or RECLAIM, heap[0].at - now))
+                try:
+                    stage, out = events.get(timeout=timeout)
+                except Empty:
+                    continue
+                if stage == "w":
+                    running -= 1
+                    drained = False
+                else:
+                    polling -= 1
+                if isinstance(out, Indexing):
+                    tracked.add(out.intent)
+                    delay = self.clock.first() if out.polls == 0 else self._again(out)
+                    heapq.heappush(heap, _Due(time.time() + delay, next(self._seq), out))
+                    continue
+                counts[out.action] += 1
+                counts["hashed"] += out.hashed
+                counts["uploaded"] += out.uploaded
+                counts["deleted"] += out.deleted
+                if on_result is not None:
+                    on_result(out)
+        busy = {d.ix.intent for d in heap}
+        if not halt.is_set() and self._has_leftovers(busy):
+            self.recovery.resolve_quietly(busy=busy)
+        if fatal:
+            raise fatal[0]
+        return counts
+
+    def _again(self, ix: Indexing) -> float:
+        return self.clock.again(time.time() - ix.started)
+
+    def _has_leftovers(self, busy: set[int]) -> bool:
+        with self.db.session() as s:
+            ids = set(s.scalars(select(Intent.id)).all())
+        return bool(ids - busy)
+
+    # --- stage 1: look, act, upload --------------------------------------------------
+
+    def _start(
+        self, claim: queue.Claim, halt: threading.Event, fatal: list
+    ) -> Result | Indexing:
+        try:
+            out = self.applier.start(
+                claim.path, force=claim.reason == queue.FORCE, gen=claim.gen
+            )
+        except Retry as exc:
+            if exc.soon:  # still being written: look again once it has settled
+                settle = self.config.daemon.settle_seconds
+                return self._later(claim.path, claim.gen, str(exc), settle)
+            return self._later(claim.path, claim.gen, str(exc))
+        except CircuitOpen as exc:
+            halt.set()
+            with self.db.session() as s:
+                queue.release(s, [claim])
+            return Result(claim.path, "paused", error=str(exc))
+        except TransientError as exc:
+            return self._later(claim.path, claim.gen, str(exc), hint=exc.retry_after)
+        except (VolumeUnavailable, AuthError) as exc:
+            halt.set()
+            fatal.append(exc)
+            with self.db.session() as s:
+                queue.release(s, [claim])
+            return Result(claim.path, "paused", error=str(exc))
+        except StoreError as exc:
+            return self._later(claim.path, claim.gen, str(exc))
+        except Exception as exc:  # a bug must not stop the other files
+            log.exception("applier error", path=claim.path)
+            return self._later(claim.path, claim.gen, f"internal error: {exc!r}")
+        if isinstance(out, Result):
+            self._complete(claim.path, claim.gen)
+        return out
+
+    # --- stage 2: wait for the import, finish --------------------------------------
+
+    def _poll(self, ix: Indexing, halt: threading.Event, fatal: list) -> Result | Indexing:
+        elapsed = time.time() - ix.started
+        try:
+            doc = self.applier.poll(ix)
+        except OperationLost as exc:
+            self.applier.attempt_ended(ix.intent, lost=True)
+            return self._later(ix.path, ix.gen, str(exc))
+        except AuthError as exc:
+            halt.set()
+            fatal.append(exc)
+            return Result(ix.path, "paused", error=str(exc))
+        except PermanentError as exc:
+            result = self.applier.refused(ix, exc)
+            self._complete(ix.path, ix.gen)
+            return result
+        except TransientError as exc:  # the look failed, not the import: look again later
+            if elapsed < self.config.store.operation_timeout:
+                log.info("indexing poll failed", path=ix.path, error=str(exc))
+                return ix
+            doc = None
+        if doc is None:
+            if elapsed < self.config.store.operation_timeout:
+                return ix
+            # Still indexing at the deadline: never counted indexed. The intent
+            # keeps its operation, so the retry waits on it instead of uploading.
+            self.applier.attempt_ended(ix.intent)
+            return self._later(
+                ix.path, ix.gen, f"still indexing after {elapsed:.0f} s", action="indexing"
+            )
+        self.clock.done(elapsed, ix.polls)
+        try:
+            result = self.applier.finish(ix, doc)
+        except Exception as exc:  # the database (a full disk): the intent resolves it later
+            log.exception("could not record a finished upload", path=ix.path)
+            return self._later(ix.path, ix.gen, f"could not record: {exc!r}")
+        self._complete(ix.path, ix.gen)
+        return result
+
+    # --- queue outcomes ----------------------------------------------------------------
+
+    def _complete(self, path: str, gen: int) -> None:
+        with self.db.session() as s:
+            queue.complete(s, queue.Claim(path, gen, 0, ""))
+
+    def _later(
+        self,
+        path: str,
+        gen: int,
+        error: str,
+        delay: float | None = None,
+        *,
+        hint: float | None = None,
+        action: str = "retrying",
+    ) -> Result:
+        with self.db.session() as s:
+            row = s.get(PendingChange, path)
+            attempts = row.attempts if row is not None else 0
+            wait = delay if delay is not None else self.backoff(attempts, hint)
+            queue.retry_later(s, queue.Claim(path, gen, attempts, ""), error=error, delay=wait)
+        self.applier.note_error(path, error)
+        log.info("retry later", path=path, error=error, delay=round(wait, 1))
+        return Result(path, action, error=error)
