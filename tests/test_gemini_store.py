@@ -15,18 +15,21 @@ import httpx2
 import pytest
 from emulator import UNREGISTERED_CALLER_MESSAGE, Fault, GeminiEmulator
 from google.genai import errors as genai_errors
+from google.genai import types
 
 from objlib_daemon.config import StoreConfig
 from objlib_daemon.stores import base
 from objlib_daemon.stores.base import (
     AuthError,
     CircuitOpen,
+    OperationLost,
     PermanentError,
     StoreError,
     StoreNotFound,
     TransientError,
 )
 from objlib_daemon.stores.gemini import (
+    DOCUMENT_CHECK_POLL,
     GeminiStore,
     OperationTimeout,
     create_store,
@@ -160,10 +163,9 @@ def test_metadata_is_sent_as_string_number_and_list(emu, cfg):
     sent = {m["key"]: m for m in start.json["customMetadata"]}
     assert set(sent) == set(meta)
     assert emu.metadata(emu.documents()[0]) == meta
-    expected = {**meta, "year": 1987.0}
-    assert doc.metadata == expected  # what wait() reports...
+    assert doc.metadata == {"path": "Ö/ä.md", "sha256": "abc"}  # wait() reports the identity
     got = store.get(doc.name)
-    assert got is not None and got.metadata == expected  # ...equals what the server reports
+    assert got is not None and got.metadata == {**meta, "year": 1987.0}  # the server: all
     assert isinstance(got.metadata["year"], float)
 
 
@@ -201,57 +203,161 @@ def test_wait_returns_at_once_when_the_upload_finished_in_its_answer(emu, cfg):
     assert emu.requests == [] and sleeps == []
 
 
-def test_never_done_operation_is_resolved_by_looking_the_document_up(emu, cfg):
-    emu.add_fault(Fault(kind="never_done", times=None))
-    store, sleeps = make_store(emu, replace(cfg, operation_timeout=20.0))
+def test_poll_is_one_look_and_never_sleeps(emu, cfg):
+    emu.indexing_delay = 30.0
+    store, sleeps = make_store(emu, cfg)
     up = upload(store)
-    doc = store.wait(up)
+    assert (up.display_name, up.identity) == ("notes.md", {"path": "a/notes.md", "sha256": "h1"})
+    emu.clear_log()
+    assert store.poll(up) is None
+    assert [(r.method, "/operations/" in r.path) for r in emu.requests] == [("GET", True)]
+    emu.advance(30.0)
+    doc = store.poll(up)
+    assert doc is not None and doc.state == base.ACTIVE
     assert doc.name == emu.documents()[0]["name"]
-    assert doc.state == base.ACTIVE
-    assert 20.0 <= sum(sleeps) <= 21.0
+    assert sleeps == []
 
 
-def test_never_done_found_by_metadata_listing_when_the_name_guess_misses(emu, cfg):
+def polls_until_done(store: GeminiStore, up: base.Upload, emu: GeminiEmulator, step: float):
+    """Poll every `step` seconds of emulator time; (document, emulator time it came back)."""
+    for _ in range(100):
+        doc = store.poll(up)
+        if doc is not None:
+            return doc, emu.now()
+        emu.advance(step)
+    raise AssertionError("poll never returned the document")
+
+
+def test_never_done_operation_returns_the_document_soon_after_it_is_active(emu, cfg):
+    """F4: `done` never set. The document is checked from the DOCUMENT_CHECK_POLL-th poll
+    on, so the import completes within a poll or two of its document turning ACTIVE."""
     emu.add_fault(Fault(kind="never_done", times=None))
-    store, _ = make_store(emu, replace(cfg, operation_timeout=5.0))
+    emu.indexing_delay = 5.0
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    active_at = emu.now() + 5.0
+    doc, returned_at = polls_until_done(store, up, emu, step=1.0)
+    assert doc.state == base.ACTIVE and doc.name == emu.documents()[0]["name"]
+    assert active_at <= returned_at <= active_at + 1.0
+    gets = emu.find_requests("GET", r"/documents/")
+    assert len(gets) == len(emu.find_requests("GET", r"/operations/")) - (DOCUMENT_CHECK_POLL - 1)
+
+
+def test_never_done_wait_costs_seconds_not_the_timeout(emu, cfg):
+    emu.add_fault(Fault(kind="never_done", times=None))
+    store, sleeps = make_store(emu, replace(cfg, operation_timeout=300.0))
+    doc = store.wait(upload(store))
+    assert doc.name == emu.documents()[0]["name"]
+    assert sum(sleeps) == 0.5 + 1.0  # found on the third poll
+
+
+def test_a_document_stuck_pending_is_never_returned(emu, cfg):
+    """F5: an import whose document stays PENDING (the leading-space hang) is not done."""
+    emu.add_fault(Fault(kind="never_done", times=None))
+    store, _ = make_store(emu, replace(cfg, operation_timeout=60.0))
+    up = upload(store)
+    emu.set_state(emu.documents()[0]["name"], "STATE_PENDING")
+    for _ in range(10):
+        assert store.poll(up) is None
+        emu.advance(5.0)
+    with pytest.raises(OperationTimeout):
+        store.wait(up)
+
+
+def test_the_emulators_leading_space_hang_never_completes(emu, cfg):
+    """The emulator's own hang (a display name with leading whitespace, which our
+    upload strips, sent here through the SDK directly) is pending for good to poll."""
+    store, _ = make_store(emu, cfg)
+    identity = {"path": "a/notes.md", "sha256": "h1"}
+    op = store.client.file_search_stores.upload_to_file_search_store(
+        file_search_store_name=store.name,
+        file=io.BytesIO(b"some text " * 200),
+        config=types.UploadToFileSearchStoreConfig(
+            display_name=" notes.md",
+            mime_type="text/markdown",
+            custom_metadata=[
+                types.CustomMetadata(key=k, string_value=v) for k, v in identity.items()
+            ],
+        ),
+    )
+    hung = base.Upload(operation=op.name, display_name=" notes.md", identity=identity)
+    assert [store.poll(hung) for _ in range(5)] == [None] * 5
+    assert emu.documents()[0]["state"] == "STATE_PENDING"
+
+
+def test_a_failed_document_behind_a_silent_operation_is_permanent(emu, cfg):
+    emu.add_fault(Fault(kind="never_done", times=None))
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    emu.set_state(emu.documents()[0]["name"], "STATE_FAILED")
+    with pytest.raises(PermanentError, match="FAILED"):
+        store.wait(up)
+
+
+def test_a_document_with_another_identity_is_not_taken_for_the_upload(emu, cfg):
+    emu.add_fault(Fault(kind="never_done", times=None))
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    other = base.Upload(operation=up.operation, display_name="x", identity={"sha256": "zzz"})
+    assert [store.poll(other) for _ in range(4)] == [None] * 4
+    assert store.poll(up) is not None
+
+
+def test_poll_after_a_restart_needs_no_memory(emu, cfg):
+    """An Upload rebuilt from stored fields is polled by a new store object."""
+    emu.add_fault(Fault(kind="never_done", times=None))
+    first, _ = make_store(emu, cfg)
+    up = upload(first)
+    assert first.poll(up) is None
+    second, _ = make_store(emu, cfg, store_name=first.name)
+    rebuilt = base.Upload(
+        operation=up.operation,
+        document=up.document,
+        display_name=up.display_name,
+        identity=dict(up.identity),
+    )
+    found = [second.poll(rebuilt) for _ in range(DOCUMENT_CHECK_POLL)]
+    assert found[:-1] == [None] * (DOCUMENT_CHECK_POLL - 1)
+    assert found[-1] is not None and found[-1].name == emu.documents()[0]["name"]
+
+
+def expire_operations(emu: GeminiEmulator) -> None:
+    emu.add_fault(Fault(method="GET", path="/operations/", kind="not_found", times=None))
+
+
+def test_an_expired_operation_is_resolved_by_the_guessed_document(emu, cfg):
+    emu.indexing_delay = 10.0
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    expire_operations(emu)
+    assert store.poll(up) is None  # found, still PENDING
+    emu.advance(10.0)
+    doc = store.poll(up)
+    assert doc is not None and doc.name == emu.documents()[0]["name"]
+
+
+def test_an_expired_operation_is_resolved_by_an_identity_listing(emu, cfg):
+    store, _ = make_store(emu, cfg)
     up = upload(store, metadata={"path": "a/notes.md", "sha256": "h1", "lang": "en"})
     # The server indexed it under another id (simulated by swapping the document).
     emu.remove_document(emu.documents()[0]["name"])
     emu.add_document(store.name, "other.md", {"path": "a/notes.md", "sha256": "zzz"}, b"x")
     twin = emu.add_document(store.name, "notes.md", {"path": "a/notes.md", "sha256": "h1"}, b"y")
-    assert store.wait(up).name == twin
+    expire_operations(emu)
+    lost = base.Upload(operation=up.operation, display_name="notes.md", identity=up.identity)
+    doc = store.poll(lost)
+    assert doc is not None and doc.name == twin
 
 
-def test_never_done_and_truly_absent_is_transient(emu, cfg):
-    emu.add_fault(Fault(kind="never_done", times=None))
-    store, _ = make_store(emu, replace(cfg, operation_timeout=5.0))
+def test_an_expired_operation_without_a_document_is_lost(emu, cfg):
+    emu.indexing_delay = 10.0
+    store, _ = make_store(emu, cfg)
     up = upload(store)
     emu.remove_document(emu.documents()[0]["name"])
-    with pytest.raises(OperationTimeout) as info:
-        store.wait(up)
-    assert isinstance(info.value, TransientError) and info.value.document is None
-
-
-def test_never_done_and_still_pending_reports_the_document(emu, cfg):
-    emu.add_fault(Fault(kind="never_done", times=None))
-    store, _ = make_store(emu, replace(cfg, operation_timeout=5.0))
-    up = upload(store)
-    name = emu.documents()[0]["name"]
-    emu.set_state(name, "STATE_PENDING")
-    with pytest.raises(OperationTimeout) as info:
-        store.wait(up)
-    assert info.value.document == name
-
-
-def test_wait_with_explicit_match_after_a_restart(emu, cfg):
-    """A new process waits on an upload it did not start: `match` drives the lookup."""
-    emu.add_fault(Fault(kind="never_done", times=None))
-    first, _ = make_store(emu, replace(cfg, operation_timeout=5.0))
-    up = upload(first)
-    emu.remove_document(emu.documents()[0]["name"])
-    twin = emu.add_document(first.name, "notes.md", {"path": "a/notes.md", "sha256": "h1"}, b"y")
-    second, _ = make_store(emu, replace(cfg, operation_timeout=5.0), store_name=first.name)
-    assert second.wait(up, match={"sha256": "h1", "path": "a/notes.md"}).name == twin
+    expire_operations(emu)
+    with pytest.raises(OperationLost) as info:
+        store.poll(up)
+    assert isinstance(info.value, TransientError)
 
 
 def test_bare_document_ids_are_normalised(emu, cfg):
@@ -755,9 +861,9 @@ def test_search_without_metadata_uses_the_path_resolver(emu, cfg):
 
 def test_finalize_then_503_leaves_a_recognisable_duplicate(emu, cfg):
     """The retry after a lost finalize answer uploads again; both copies carry our
-    identity metadata, so `find` (the audit / orphan sweep) can remove the extra."""
+    identity metadata, so the audit / orphan sweep can recognise and remove the extra."""
     store, _ = make_store(emu, cfg)
     emu.add_fault(Fault(kind="finalize_then_503"))
     doc = store.wait(upload(store))
-    copies = store.find({"sha256": "h1", "path": "a/notes.md"})
+    copies = [d for d in store.list() if d.metadata.get("sha256") == "h1"]
     assert len(copies) == 2 and copies[-1].name == doc.name
