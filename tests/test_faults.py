@@ -23,7 +23,7 @@ from emulator import Fault, GeminiEmulator
 from harness import Harness, filler
 from test_sync import make_due
 
-from objlib_daemon.config import load
+from objlib_daemon.config import StoreConfig, load
 from objlib_daemon.workspace import open_workspace
 
 
@@ -481,7 +481,8 @@ def test_wrong_api_key_exits_78_and_stops(h):
     assert result.exit_code == 78, result.output
     assert "rejected the API key" in result.stderr and "objlibd auth set" in result.stderr
     assert wrong not in result.output and wrong not in result.stderr
-    assert 1 <= len(starts(h)) <= 2  # one per worker at most: no retries, no other files
+    # One per worker at most: no retries, no other files.
+    assert 1 <= len(starts(h)) <= StoreConfig().concurrency
     assert {r.status for r in h.emulator.requests} == {400}
     assert not rows_sql(h, "SELECT path FROM files WHERE state = 'failed'")
     assert rows_sql(h, "SELECT count(*) FROM pending_changes") == [(3,)]

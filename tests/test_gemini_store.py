@@ -7,7 +7,7 @@ recorded, so backoff and `retryDelay` handling are asserted exactly.
 from __future__ import annotations
 
 import io
-import threading
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -24,6 +24,7 @@ from objlib_daemon.stores.base import (
     CircuitOpen,
     OperationLost,
     PermanentError,
+    QuotaExhausted,
     StoreError,
     StoreNotFound,
     TransientError,
@@ -39,9 +40,10 @@ from objlib_daemon.stores.gemini import (
     resolve_store,
 )
 from objlib_daemon.stores.pacing import (
+    STORAGE_RETRY_AFTER,
+    AdaptiveLimiter,
     CircuitBreaker,
     Pacer,
-    RateLimiter,
     classify,
     scrub,
 )
@@ -373,12 +375,94 @@ def test_bare_document_ids_are_normalised(emu, cfg):
     assert store.document_name("abc-123") == f"{store.name}/documents/abc-123"
 
 
-def test_failed_operation_is_permanent(emu, cfg):
+def test_an_operation_failing_with_invalid_argument_is_permanent(emu, cfg):
     emu.indexing_delay = 3.0
-    emu.add_fault(Fault(kind="operation_error", message="Failed to count tokens."))
+    emu.add_fault(Fault(kind="operation_error", message="Unsupported file.", rpc_code=3))
     store, _ = make_store(emu, cfg)
-    with pytest.raises(PermanentError, match="Failed to count tokens"):
+    with pytest.raises(PermanentError, match="Unsupported file"):
         store.wait(upload(store))
+
+
+@pytest.mark.parametrize("code", [13, 14])
+def test_an_operation_failing_with_a_retryable_code_is_transient(emu, cfg, code):
+    """F3: INTERNAL and UNAVAILABLE are documented as retryable; the caller backs off."""
+    emu.indexing_delay = 3.0
+    emu.add_fault(Fault(kind="operation_error", message="Failed to count tokens.", rpc_code=code))
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    emu.advance(3.0)
+    with pytest.raises(TransientError, match="Failed to count tokens") as info:
+        store.poll(up)
+    assert info.value.code == code
+
+
+# --- answers a proxy made up (F2) and a store that vanished (F6) ------------------------
+
+
+def test_an_html_200_on_finalize_after_the_upload_landed_is_transient(emu, cfg):
+    """The page replaced the real answer: the upload is retried, marked `retried` so
+    the caller looks for the first copy, and nothing is a permanent failure."""
+    emu.add_fault(Fault(phase="finalize", kind="html_200"))
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    assert up.retried
+    assert len(emu.documents()) == 2  # the landed copy and the retry
+    doc = store.wait(up)
+    assert doc.name == emu.documents()[-1]["name"]
+    emu.add_fault(Fault(phase="finalize", kind="html_200"))
+    with pytest.raises(TransientError, match="not the API's JSON"):
+        make_store(emu, cfg, attempts=1, store_name=store.name)[0].upload(
+            io.BytesIO(b"x" * 2000), display_name="b.md", metadata={}, mime_type="text/plain"
+        )
+
+
+def test_an_html_200_on_operations_get_is_transient_and_polling_recovers(emu, cfg):
+    emu.indexing_delay = 5.0
+    store, _ = make_store(emu, cfg, attempts=1)
+    up = upload(store)
+    emu.add_fault(Fault(method="GET", path="/operations/", kind="html_200", times=2))
+    for _ in range(2):
+        with pytest.raises(TransientError, match="proxy"):
+            store.poll(up)
+    emu.advance(5.0)
+    assert store.poll(up) is not None
+
+
+def test_an_html_200_anywhere_is_retried_by_the_pacer(emu, cfg):
+    store, _ = make_store(emu, cfg)
+    doc = store.wait(upload(store))
+    emu.add_fault(Fault(method="GET", kind="html_200", times=2))
+    assert store.get(doc.name) is not None
+    emu.add_fault(Fault(phase="start", kind="html_200"))
+    assert store.wait(upload(store, display_name="two.md")).state == base.ACTIVE
+
+
+def test_a_store_deleted_on_the_server_is_a_store_error_everywhere(emu, cfg):
+    """F6: not a per-file failure: upload, list and a lost operation's poll all say
+    StoreNotFound, with the fix in the message."""
+    emu.indexing_delay = 5.0
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    emu.clear_log()
+    client = make_client(cfg, KEY)
+    client.file_search_stores.delete(name=store.name, config={"force": True})
+    with pytest.raises(StoreNotFound, match="objlibd store create"):
+        upload(store)
+    with pytest.raises(StoreNotFound):
+        list(store.list())
+    with pytest.raises(StoreNotFound):
+        store.poll(up)
+    assert store.get(up.operation.replace("/upload/operations/", "/documents/")) is None
+
+
+def test_a_404_on_an_upload_session_is_not_taken_for_a_missing_store(emu, cfg):
+    """The store check decides: the store is there, so the 404 stays the file's error."""
+    emu.add_fault(Fault(phase="finalize", kind="not_found", times=None))
+    store, _ = make_store(emu, cfg, attempts=1)
+    with pytest.raises(PermanentError) as info:
+        upload(store)
+    assert type(info.value) is PermanentError and info.value.code == 404
+    assert emu.find_requests("GET", r"^/v1beta/fileSearchStores/[^/]+$")
 
 
 # --- delete, get, list, ensure --------------------------------------------------------
@@ -620,12 +704,19 @@ def test_store_requires_a_resource_name(cfg):
         GeminiStore(cfg, KEY, "My Library")
 
 
-def test_storage_quota_is_permanent(emu, cfg):
-    emu.storage_limit = 100
+@pytest.mark.parametrize("how", ["limit", "fault"])
+def test_storage_quota_is_transient_with_a_long_delay_and_not_retried_now(emu, cfg, how):
+    """F3: a full quota clears when documents are deleted or the tier is raised."""
+    if how == "limit":
+        emu.storage_limit = 100
+    else:
+        emu.add_fault(Fault(method="POST", kind="storage_quota", times=None))
     store, sleeps = make_store(emu, cfg)
-    with pytest.raises(PermanentError, match="storage quota"):
+    with pytest.raises(QuotaExhausted, match="Corpus has reached the storage limit") as info:
         upload(store, data=b"x" * 1000)
-    assert sleeps == []
+    assert isinstance(info.value, TransientError) and info.value.retry_after >= 600
+    assert sleeps == []  # not worth waiting for in this thread
+    assert store.pacer.limiter is None or store.pacer.limiter.throttled_count == 0
 
 
 def test_the_key_never_appears_in_errors(emu, cfg):
@@ -685,8 +776,8 @@ def test_classify_api_errors():
     too_big = _classified(400, "File too large", "INVALID_ARGUMENT")
     assert type(too_big) is PermanentError
     assert type(_classified(404, "not found", "NOT_FOUND")) is PermanentError
-    storage = _classified(429, "exceeded the storage limit", "RESOURCE_EXHAUSTED")
-    assert type(storage) is PermanentError
+    storage = _classified(429, "Corpus has reached the storage limit of 9 bytes.", "")
+    assert type(storage) is QuotaExhausted and storage.retry_after == STORAGE_RETRY_AFTER
 
 
 def test_classify_transport_errors():
@@ -704,6 +795,18 @@ def test_classify_transport_errors():
         assert KEY not in str(err)
     assert type(classify(UnicodeEncodeError("ascii", "é", 0, 1, "x"))) is PermanentError
     assert type(classify(ValueError("weird"))) is PermanentError
+
+
+def test_classify_unparseable_answers_as_transient():
+    """F2: what the SDK raises for a 200 that is not JSON says nothing about the effect."""
+    page = f"<html>Sign in {KEY}</html>"
+    for exc in (
+        genai_errors.UnknownApiResponseError(f"Failed to parse response as JSON. Raw: {page}"),
+        json.JSONDecodeError("Expecting value", page, 0),
+    ):
+        err = classify(exc, [KEY])
+        assert type(err) is TransientError and "proxy" in str(err)
+        assert "Sign in" not in str(err) and KEY not in str(err)
 
 
 def test_scrub_catches_key_shapes_without_being_told():
@@ -770,43 +873,6 @@ def test_half_open_allows_a_single_trial():
     assert breaker.before_call() is False
 
 
-def test_rate_limiter_spacing():
-    clock = FakeClock()
-    waits: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        clock.advance(seconds)
-
-    limiter = RateLimiter(60, burst=1, clock=clock, sleep=sleep)
-    for _ in range(4):
-        limiter.acquire()
-    assert waits == [1.0, 1.0, 1.0]
-    clock.advance(10.0)  # idle time refills only up to the burst
-    limiter.acquire()
-    limiter.acquire()
-    assert waits[3:] == [1.0]
-
-
-def test_rate_limiter_is_thread_safe():
-    clock = FakeClock()
-    limiter = RateLimiter(120, burst=2, clock=clock)
-    delays: list[float] = []
-    lock = threading.Lock()
-
-    def take() -> None:
-        delay = limiter.reserve()
-        with lock:
-            delays.append(delay)
-
-    threads = [threading.Thread(target=take) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(delays) == [0.0, 0.0] + [0.5 * i for i in range(1, 19)]
-
-
 def test_store_paces_its_own_calls(emu, cfg):
     clock = FakeClock()
     waits: list[float] = []
@@ -815,12 +881,19 @@ def test_store_paces_its_own_calls(emu, cfg):
         waits.append(seconds)
         clock.advance(seconds)
 
-    limiter = RateLimiter(30, burst=1, clock=clock, sleep=sleep)
+    limiter = AdaptiveLimiter(ceiling_per_minute=30, clock=clock, sleep=sleep)
     name = emu.create_store("paced")
     store = GeminiStore(cfg, KEY, name, pacer=Pacer(limiter=limiter, sleep=sleep))
     for _ in range(3):
         store.get("nope")
-    assert waits == [2.0, 2.0]
+    assert waits == [2.0, 2.0]  # at the ceiling from the start, and never above it
+
+
+def test_the_default_store_paces_adaptively_under_its_ceiling(emu, cfg):
+    store = GeminiStore(replace(cfg, max_requests_per_minute=90), KEY, emu.create_store("x"))
+    assert isinstance(store.pacer.limiter, AdaptiveLimiter)
+    assert store.pacer.limiter.ceiling == 1.5
+    assert store.health()["pacing"]["ceiling_per_minute"] == 90
 
 
 # --- search ---------------------------------------------------------------------------

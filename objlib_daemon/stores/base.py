@@ -73,6 +73,14 @@ class CircuitOpen(TransientError):
     """Remote work is paused after repeated transient failures."""
 
 
+class QuotaExhausted(TransientError):
+    """The project's storage quota is full: no upload can succeed until space is freed.
+
+    Transient (deleting documents or a higher tier clears it), with a long
+    `retry_after`; not a rate signal, so the limiter does not slow down for it.
+    """
+
+
 class OperationLost(TransientError):
     """The server no longer knows the import's operation, and no document of it was found.
 

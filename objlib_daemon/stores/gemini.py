@@ -38,9 +38,9 @@ from objlib_daemon.stores.base import (
 )
 from objlib_daemon.stores.pacing import (
     TRANSIENT_RPC,
+    AdaptiveLimiter,
     CircuitBreaker,
     Pacer,
-    RateLimiter,
     scrub,
 )
 
@@ -351,7 +351,9 @@ class GeminiStore:
         self.client = client if client is not None else make_client(config, self._key)
         if pacer is None:
             pacer = Pacer(
-                limiter=RateLimiter(config.requests_per_minute, sleep=sleep),
+                limiter=AdaptiveLimiter(
+                    ceiling_per_minute=config.max_requests_per_minute, sleep=sleep
+                ),
                 breaker=CircuitBreaker(config.breaker_threshold, config.breaker_cooldown),
                 attempts=config.retry_attempts,
                 base_delay=config.retry_initial,
@@ -777,10 +779,15 @@ class GeminiStore:
         return hits
 
     def health(self) -> dict[str, Any]:
-        """Breaker state for `objlibd status` (no secrets, no network)."""
+        """Breaker and pacing state for `objlibd status` (no secrets, no network)."""
         breaker = self.pacer.breaker
-        snapshot = breaker.snapshot() if breaker is not None else {"state": "closed"}
-        return {"backend": self.backend, "store": self.name, "breaker": snapshot}
+        limiter = self.pacer.limiter
+        return {
+            "backend": self.backend,
+            "store": self.name,
+            "breaker": breaker.snapshot() if breaker is not None else {"state": "closed"},
+            "pacing": limiter.snapshot() if limiter is not None else None,
+        }
 
     def close(self) -> None:
         # Closing twice or a half-built client: nothing left to release.
