@@ -88,8 +88,10 @@ class StoreConfig:
     name: str = ""
     base_url: str = ""
     model: str = "gemini-2.5-flash"
-    requests_per_minute: int = 120
-    concurrency: int = 2
+    # 0: no ceiling; the limiter finds the rate from the service's 429s.
+    max_requests_per_minute: int = 0
+    # See docs/configuration.md ("How fast objlibd talks to the store").
+    concurrency: int = 4
     operation_timeout: float = 300.0
     breaker_threshold: int = 5
     breaker_cooldown: float = 60.0
@@ -190,7 +192,7 @@ SCHEMA: dict[str, dict[str, _Kind]] = {
         "name": "str",
         "base_url": "str",
         "model": "str",
-        "requests_per_minute": "int",
+        "max_requests_per_minute": "int",
         "concurrency": "int",
         "operation_timeout": "duration",
         "breaker_threshold": "int",
@@ -219,6 +221,11 @@ SCHEMA: dict[str, dict[str, _Kind]] = {
     "paths": {"state_dir": "path", "runtime_dir": "path"},
     "logging": {"level": "choice:debug|info|warning|error", "format": "choice:auto|json|console"},
 }
+# Old key names still accepted, each read as its new name, so a config written
+# for an older objlibd keeps working; they are not in SCHEMA (not documented
+# as keys, only as renamed). `requests_per_minute` was a fixed rate; pacing is
+# adaptive now, and the number is the ceiling it never exceeds.
+DEPRECATED_KEYS = {("store", "requests_per_minute"): "max_requests_per_minute"}
 # `[[metadata.rules]]` is a list of tables, validated separately.
 LIST_SECTIONS = {"metadata": {"rules": ("pattern", "fields", "stop")}}
 
@@ -234,7 +241,6 @@ _SECTION_TYPES = {
 _POSITIVE = {
     "min_size",
     "max_size",
-    "requests_per_minute",
     "concurrency",
     "breaker_threshold",
     "retry_attempts",
@@ -341,6 +347,7 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
         raw = data.get(name, {})
         if not isinstance(raw, dict):
             raise ConfigError(f"[{name}] must be a table")
+        raw = _renamed(name, raw)
         bad_keys = set(raw) - set(keys)
         if bad_keys:
             raise ConfigError(
@@ -360,6 +367,17 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
     return cfg
 
 
+def _renamed(section: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with deprecated key names replaced by their new names."""
+    for (where, old), new in DEPRECATED_KEYS.items():
+        if where != section or old not in raw:
+            continue
+        if new in raw:
+            raise ConfigError(f"{section}.{old} is the old name of {section}.{new}; set only one")
+        raw = {(new if key == old else key): value for key, value in raw.items()}
+    return raw
+
+
 def _check_values(cfg: Config) -> None:
     """Values of the right type that still cannot work, each named with its key."""
     if not cfg.library.include:
@@ -371,6 +389,11 @@ def _check_values(cfg: Config) -> None:
         )
     if cfg.library.min_size > cfg.library.max_size:
         raise ConfigError("library.min_size must not exceed library.max_size")
+    if cfg.store.max_requests_per_minute < 0:
+        raise ConfigError(
+            "store.max_requests_per_minute: must not be negative (0: no ceiling), "
+            f"got {cfg.store.max_requests_per_minute}"
+        )
     if cfg.store.concurrency > MAX_CONCURRENCY:
         raise ConfigError(
             f"store.concurrency: at most {MAX_CONCURRENCY}, got {cfg.store.concurrency}"

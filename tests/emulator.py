@@ -59,6 +59,12 @@ QUOTA_FAILURE_TYPE = "type.googleapis.com/google.rpc.QuotaFailure"
 ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
 LOCALIZED_MESSAGE_TYPE = "type.googleapis.com/google.rpc.LocalizedMessage"
 
+RATE_LIMIT_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
+CAPTIVE_PORTAL_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Sign in to the network</title></head>"
+    b"<body><h1>Welcome</h1><p>Accept the terms to continue.</p></body></html>"
+)
+
 UNREGISTERED_CALLER_MESSAGE = (
     "Method doesn't allow unregistered callers (callers without established identity). "
     "Please use API Key or other form of API consumer identity to call this API."
@@ -111,12 +117,20 @@ FAULT_KINDS = frozenset(
         # A document DELETE that happens, but whose answer is a 404: what a
         # client sees when an earlier attempt's 200 was lost and it asks again.
         "delete_then_404",
+        # A 200 whose body is an HTML page (a proxy or captive portal). On an
+        # upload's finalize the upload happens first (the page replaced the
+        # real answer); anywhere else the request never reaches the service.
+        "html_200",
+        # 429 "Corpus has reached the storage limit", whatever is stored.
+        "storage_quota",
     }
 )
 # Kinds that end the request with a fault answer; the first matching one wins.
 _TERMINAL_KINDS = frozenset(
     {
         "error",
+        "html_200",
+        "storage_quota",
         "retry_info",
         "reset",
         "not_found",
@@ -154,6 +168,9 @@ class Fault:
     # (phase chunk/finalize). The SDK re-sends a chunk up to 3 times, sleeping
     # 1 s, 2 s, 4 s, when this header is missing; None exercises that loop.
     upload_status: str | None = "final"
+    # google.rpc code of an `operation_error` (13 INTERNAL, as the real
+    # "Failed to count tokens"; 14 UNAVAILABLE, 3 INVALID_ARGUMENT, ...).
+    rpc_code: int = 13
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -270,6 +287,7 @@ class _Session:
     op_name: str | None = None
     never_done: bool = False
     operation_error: str | None = None
+    operation_error_code: int = 13
     bare_ids: bool = False
 
 
@@ -290,6 +308,7 @@ class _Reply:
     body: Any = None  # dict → JSON; bytes → raw; None → empty
     headers: dict[str, str] = field(default_factory=dict)
     reset: bool = False
+    content_type: str | None = None  # None: by the body's type
 
 
 # --------------------------------------------------------------------------- helpers
@@ -405,6 +424,31 @@ def _metadata_dict(entries: Iterable[dict[str, Any]]) -> dict[str, Any]:
         elif "string_list_value" in entry:
             out[key] = list((entry["string_list_value"] or {}).get("values", []))
     return out
+
+
+def _quota_details(retry_delay: float) -> list[dict[str, Any]]:
+    """The details of a rate-limit 429: which quota, and when to retry."""
+    return [
+        {
+            "@type": QUOTA_FAILURE_TYPE,
+            "violations": [
+                {
+                    "quotaMetric": "generativelanguage.googleapis.com/requests",
+                    "quotaId": "RequestsPerMinutePerProject",
+                }
+            ],
+        },
+        {"@type": RETRY_INFO_TYPE, "retryDelay": _duration(retry_delay)},
+    ]
+
+
+def _storage_message(limit: int) -> str:
+    # The real service's words (gemini-file-search.md, "More facts").
+    return f"Corpus has reached the storage limit of {limit} bytes."
+
+
+def _html_page(headers: dict[str, str]) -> _Reply:
+    return _Reply(200, CAPTIVE_PORTAL_PAGE, dict(headers), content_type="text/html; charset=utf-8")
 
 
 def _grpc_code(http_status: int) -> int:
@@ -624,6 +668,8 @@ class GeminiEmulator:
         grounding_extras: bool = True,
         hang_on_leading_space: bool = True,
         seed: int | None = None,
+        request_latency: float = 0.0,
+        rate_limit: float | None = None,
     ) -> None:
         """
         api_key: the one key accepted on JSON calls.
@@ -642,6 +688,16 @@ class GeminiEmulator:
             customMetadata).
         hang_on_leading_space: a display name starting with whitespace leaves its
             operation pending forever (observed on the real service).
+        request_latency: real seconds every request waits before it is
+            handled (the network and the service; 0 = none). Unlike a latency
+            fault it needs no rule and shows in no log entry.
+        rate_limit: API requests per second (on the emulator clock) above
+            which requests are answered 429 RESOURCE_EXHAUSTED with a RetryInfo
+            saying when the next one would be accepted, like the real API's
+            per-project quotas. A token bucket holding one second's worth, so
+            a short burst passes. Upload byte requests (to an upload session
+            URL, with no key) are not API calls and are not counted. None = no
+            limit.
         """
         self.api_key = api_key
         self._clock = clock
@@ -654,6 +710,10 @@ class GeminiEmulator:
         self.search_delay = search_delay
         self.grounding_extras = grounding_extras
         self.hang_on_leading_space = hang_on_leading_space
+        self.request_latency = request_latency
+        self.rate_limit = rate_limit
+        self._tokens: float | None = None  # rate-limit bucket; None: full
+        self._tokens_at = 0.0
         self._rng = random.Random(seed)
 
         self._lock = threading.RLock()
@@ -1082,6 +1142,9 @@ class GeminiEmulator:
             else:
                 self._describe(ctx, rest)
         record.phase = ctx.phase
+        self._sleep(self.request_latency)
+        if not (is_upload and "upload_id" in query):
+            self._take_rate_token(record)
 
         terminal, latencies, flags = self._match_faults(ctx)
         for f in latencies:
@@ -1101,6 +1164,24 @@ class GeminiEmulator:
         if is_upload:
             return self._upload_start(version, rest, headers, payload, flags)
         return self._route(method, rest, query, payload, flags)
+
+    def _take_rate_token(self, record: RequestRecord) -> None:
+        """Spend one request of `rate_limit`, or raise the real API's 429."""
+        if self.rate_limit is None:
+            return
+        with self._lock:
+            now = self.now()
+            capacity = max(1.0, self.rate_limit)
+            if self._tokens is None:
+                self._tokens = capacity
+            self._tokens = min(capacity, self._tokens + (now - self._tokens_at) * self.rate_limit)
+            self._tokens_at = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return
+            wait = (1.0 - self._tokens) / self.rate_limit
+        record.fault = "rate_limit"
+        raise _ApiError(429, RATE_LIMIT_MESSAGE, "RESOURCE_EXHAUSTED", _quota_details(wait))
 
     def _describe(self, ctx: _Ctx, rest: str) -> None:
         """Classify a JSON request and find the display name it concerns."""
@@ -1159,14 +1240,22 @@ class GeminiEmulator:
         )
         if f.kind == "reset":
             return _Reply(0, reset=True)
-        if f.kind == "finalize_then_503":
+        if f.kind in ("finalize_then_503", "html_200") and ctx.phase == "finalize":
             if session is None:
                 return None  # unknown session: answer as the real server would
             reply = self._upload_bytes(session.upload_id, session, headers, body, ctx, flags)
             if reply.status != 200:
                 return reply
+            if f.kind == "html_200":
+                return _html_page(upload_headers)
             err = _ApiError(f.status, f.message or None, f.grpc_status)
             return _Reply(err.code, err.body(), upload_headers)
+        if f.kind == "html_200":
+            return _html_page(upload_headers)
+        if f.kind == "storage_quota":
+            limit = self.storage_limit or 1_073_741_824  # the free tier's 1 GB
+            err = _ApiError(429, _storage_message(limit), "RESOURCE_EXHAUSTED")
+            return _Reply(429, err.body(), upload_headers)
         if byte_phase and session is not None and f.upload_status == "final":
             with self._lock:
                 session.terminated = True
@@ -1178,24 +1267,11 @@ class GeminiEmulator:
             return _Reply(404, err.body(), upload_headers)
         if f.kind == "retry_info":
             status = f.status if f.status != 503 else 429
-            details = [
-                {
-                    "@type": QUOTA_FAILURE_TYPE,
-                    "violations": [
-                        {
-                            "quotaMetric": "generativelanguage.googleapis.com/requests",
-                            "quotaId": "RequestsPerMinutePerProject",
-                        }
-                    ],
-                },
-                {"@type": RETRY_INFO_TYPE, "retryDelay": _duration(f.retry_delay)},
-            ]
             err = _ApiError(
                 status,
-                f.message
-                or "You exceeded your current quota, please check your plan and billing details.",
+                f.message or RATE_LIMIT_MESSAGE,
                 f.grpc_status,
-                details,
+                _quota_details(f.retry_delay),
             )
             return _Reply(status, err.body(), upload_headers)
         err = _ApiError(f.status, f.message or None, f.grpc_status)
@@ -1289,18 +1365,14 @@ class GeminiEmulator:
                 session.bare_ids = True
             elif f.kind == "operation_error":
                 session.operation_error = f.message or "Failed to count tokens."
+                session.operation_error_code = f.rpc_code
 
     def _check_quota(self, incoming: int) -> None:
         if self.storage_limit is None:
             return
         needed = self._storage_used() + int(incoming * self.storage_factor)
         if needed > self.storage_limit:
-            raise _ApiError(
-                429,
-                f"You have exceeded the storage limit for File Search stores in this project "
-                f"({needed} of {self.storage_limit} bytes).",
-                "RESOURCE_EXHAUSTED",
-            )
+            raise _ApiError(429, _storage_message(self.storage_limit), "RESOURCE_EXHAUSTED")
 
     def _upload_bytes(
         self,
@@ -1386,7 +1458,7 @@ class GeminiEmulator:
         error = None
         if session.operation_error is not None:
             doc.failed = True
-            error = {"code": 13, "message": session.operation_error}
+            error = {"code": session.operation_error_code, "message": session.operation_error}
         op_name = f"{session.store}/upload/operations/{doc.name.rsplit('/', 1)[-1]}"
         op = _Op(
             name=op_name,
@@ -1555,7 +1627,7 @@ class GeminiEmulator:
     def _get_operation(self, name: str, flags: list[Fault]) -> _Reply:
         with self._lock:
             op = self._ops.get(name)
-            if op is None:
+            if op is None or op.store not in self._stores:  # gone with its store
                 raise _ApiError(404, f"Operation {name} not found.")
             if any(f.kind == "never_done" for f in flags):
                 return _Reply(200, {"name": op.name})
@@ -1743,7 +1815,7 @@ class _Handler(BaseHTTPRequestHandler):
     def send(self, reply: _Reply) -> None:
         if isinstance(reply.body, bytes):
             data = reply.body
-            ctype = "application/octet-stream"
+            ctype = reply.content_type or "application/octet-stream"
         elif reply.body is None:
             data = b""
             ctype = "text/plain; charset=utf-8"

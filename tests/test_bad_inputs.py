@@ -449,7 +449,7 @@ WRONG_VALUE: dict[str, list[Any]] = {
     "library.min_size": [0, -1],
     "library.max_size": [0, 100_000_001],
     "store.base_url": ["localhost:8080", "ftp://example.com"],
-    "store.requests_per_minute": [0],
+    "store.max_requests_per_minute": [-1],
     "store.concurrency": [0, 1000],
     "store.operation_timeout": [0, "-5s"],
     "store.breaker_threshold": [0],

@@ -875,3 +875,83 @@ def test_generate_content_bad_filter_is_400(client: genai.Client, store: str) ->
     with pytest.raises(errors.ClientError) as ei:
         _search(client, [store], "x", metadata_filter="year >")
     assert ei.value.code == 400
+
+
+# --------------------------------------------------------------------------- throughput model
+
+
+def test_rate_limit_answers_429_with_retry_info_above_the_rate() -> None:
+    with GeminiEmulator(rate_limit=2.0) as emu:  # the fake clock: moves on advance() only
+        c = make_client(emu)
+        store = emu.create_store("s")
+        upload(c, store, b"x" * 2000)  # start + finalize: one API call, the bytes are free
+        c.file_search_stores.get(name=store)
+        with pytest.raises(errors.ClientError) as ei:
+            c.file_search_stores.get(name=store)
+        assert ei.value.code == 429 and ei.value.status == "RESOURCE_EXHAUSTED"
+        retry = [d for d in ei.value.details["error"]["details"] if "RetryInfo" in d["@type"]]
+        assert retry == [{"@type": retry[0]["@type"], "retryDelay": "0.5s"}]
+        assert emu.requests[-1].fault == "rate_limit"
+        emu.advance(0.5)
+        c.file_search_stores.get(name=store)
+
+
+def test_request_latency_delays_every_request() -> None:
+    with GeminiEmulator(request_latency=0.2) as emu:
+        c = make_client(emu)
+        store = emu.create_store("s")
+        started = time.perf_counter()
+        c.file_search_stores.get(name=store)
+        assert time.perf_counter() - started >= 0.2
+        assert emu.requests[-1].fault is None
+
+
+def test_fault_html_200_on_finalize_lands_the_upload_first(
+    emulator: GeminiEmulator, client: genai.Client, store: str
+) -> None:
+    emulator.add_fault(Fault(phase="finalize", kind="html_200"))
+    with pytest.raises(errors.UnknownApiResponseError):
+        upload(client, store, b"x" * 2000)
+    [doc] = emulator.documents(store)
+    assert doc["state"] == "STATE_ACTIVE"
+
+
+def test_fault_html_200_on_operations_get(
+    emulator: GeminiEmulator, client: genai.Client, store: str
+) -> None:
+    emulator.indexing_delay = 5.0
+    op = upload(client, store, b"x" * 2000)
+    emulator.add_fault(Fault(method="GET", path="/operations/", kind="html_200"))
+    with pytest.raises(ValueError):  # json.JSONDecodeError, a ValueError
+        client.operations.get(op)
+    record = emulator.requests[-1]
+    assert (record.status, record.fault) == (200, "html_200")
+
+
+def test_fault_storage_quota_has_the_real_message(
+    emulator: GeminiEmulator, client: genai.Client, store: str
+) -> None:
+    emulator.add_fault(Fault(phase="start", kind="storage_quota"))
+    with pytest.raises(errors.ClientError) as ei:
+        upload(client, store, b"x" * 2000)
+    assert ei.value.code == 429
+    assert ei.value.message == "Corpus has reached the storage limit of 1073741824 bytes."
+
+
+def test_fault_operation_error_with_another_rpc_code(
+    emulator: GeminiEmulator, client: genai.Client, store: str
+) -> None:
+    emulator.add_fault(Fault(kind="operation_error", message="Try later.", rpc_code=14))
+    op = upload(client, store, b"x")
+    assert op.error == {"code": 14, "message": "Try later."}
+
+
+def test_operations_of_a_deleted_store_are_gone_with_it(
+    emulator: GeminiEmulator, client: genai.Client, store: str
+) -> None:
+    emulator.indexing_delay = 5.0
+    op = upload(client, store, b"x" * 2000)
+    client.file_search_stores.delete(name=store, config={"force": True})
+    with pytest.raises(errors.ClientError) as ei:
+        client.operations.get(op)
+    assert ei.value.code == 404

@@ -7,7 +7,7 @@ recorded, so backoff and `retryDelay` handling are asserted exactly.
 from __future__ import annotations
 
 import io
-import threading
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -15,18 +15,22 @@ import httpx2
 import pytest
 from emulator import UNREGISTERED_CALLER_MESSAGE, Fault, GeminiEmulator
 from google.genai import errors as genai_errors
+from google.genai import types
 
 from objlib_daemon.config import StoreConfig
 from objlib_daemon.stores import base
 from objlib_daemon.stores.base import (
     AuthError,
     CircuitOpen,
+    OperationLost,
     PermanentError,
+    QuotaExhausted,
     StoreError,
     StoreNotFound,
     TransientError,
 )
 from objlib_daemon.stores.gemini import (
+    DOCUMENT_CHECK_POLL,
     GeminiStore,
     OperationTimeout,
     create_store,
@@ -36,9 +40,10 @@ from objlib_daemon.stores.gemini import (
     resolve_store,
 )
 from objlib_daemon.stores.pacing import (
+    STORAGE_RETRY_AFTER,
+    AdaptiveLimiter,
     CircuitBreaker,
     Pacer,
-    RateLimiter,
     classify,
     scrub,
 )
@@ -160,10 +165,9 @@ def test_metadata_is_sent_as_string_number_and_list(emu, cfg):
     sent = {m["key"]: m for m in start.json["customMetadata"]}
     assert set(sent) == set(meta)
     assert emu.metadata(emu.documents()[0]) == meta
-    expected = {**meta, "year": 1987.0}
-    assert doc.metadata == expected  # what wait() reports...
+    assert doc.metadata == {"path": "Ö/ä.md", "sha256": "abc"}  # wait() reports the identity
     got = store.get(doc.name)
-    assert got is not None and got.metadata == expected  # ...equals what the server reports
+    assert got is not None and got.metadata == {**meta, "year": 1987.0}  # the server: all
     assert isinstance(got.metadata["year"], float)
 
 
@@ -201,57 +205,161 @@ def test_wait_returns_at_once_when_the_upload_finished_in_its_answer(emu, cfg):
     assert emu.requests == [] and sleeps == []
 
 
-def test_never_done_operation_is_resolved_by_looking_the_document_up(emu, cfg):
-    emu.add_fault(Fault(kind="never_done", times=None))
-    store, sleeps = make_store(emu, replace(cfg, operation_timeout=20.0))
+def test_poll_is_one_look_and_never_sleeps(emu, cfg):
+    emu.indexing_delay = 30.0
+    store, sleeps = make_store(emu, cfg)
     up = upload(store)
-    doc = store.wait(up)
+    assert (up.display_name, up.identity) == ("notes.md", {"path": "a/notes.md", "sha256": "h1"})
+    emu.clear_log()
+    assert store.poll(up) is None
+    assert [(r.method, "/operations/" in r.path) for r in emu.requests] == [("GET", True)]
+    emu.advance(30.0)
+    doc = store.poll(up)
+    assert doc is not None and doc.state == base.ACTIVE
     assert doc.name == emu.documents()[0]["name"]
-    assert doc.state == base.ACTIVE
-    assert 20.0 <= sum(sleeps) <= 21.0
+    assert sleeps == []
 
 
-def test_never_done_found_by_metadata_listing_when_the_name_guess_misses(emu, cfg):
+def polls_until_done(store: GeminiStore, up: base.Upload, emu: GeminiEmulator, step: float):
+    """Poll every `step` seconds of emulator time; (document, emulator time it came back)."""
+    for _ in range(100):
+        doc = store.poll(up)
+        if doc is not None:
+            return doc, emu.now()
+        emu.advance(step)
+    raise AssertionError("poll never returned the document")
+
+
+def test_never_done_operation_returns_the_document_soon_after_it_is_active(emu, cfg):
+    """F4: `done` never set. The document is checked from the DOCUMENT_CHECK_POLL-th poll
+    on, so the import completes within a poll or two of its document turning ACTIVE."""
     emu.add_fault(Fault(kind="never_done", times=None))
-    store, _ = make_store(emu, replace(cfg, operation_timeout=5.0))
+    emu.indexing_delay = 5.0
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    active_at = emu.now() + 5.0
+    doc, returned_at = polls_until_done(store, up, emu, step=1.0)
+    assert doc.state == base.ACTIVE and doc.name == emu.documents()[0]["name"]
+    assert active_at <= returned_at <= active_at + 1.0
+    gets = emu.find_requests("GET", r"/documents/")
+    assert len(gets) == len(emu.find_requests("GET", r"/operations/")) - (DOCUMENT_CHECK_POLL - 1)
+
+
+def test_never_done_wait_costs_seconds_not_the_timeout(emu, cfg):
+    emu.add_fault(Fault(kind="never_done", times=None))
+    store, sleeps = make_store(emu, replace(cfg, operation_timeout=300.0))
+    doc = store.wait(upload(store))
+    assert doc.name == emu.documents()[0]["name"]
+    assert sum(sleeps) == 0.5 + 1.0  # found on the third poll
+
+
+def test_a_document_stuck_pending_is_never_returned(emu, cfg):
+    """F5: an import whose document stays PENDING (the leading-space hang) is not done."""
+    emu.add_fault(Fault(kind="never_done", times=None))
+    store, _ = make_store(emu, replace(cfg, operation_timeout=60.0))
+    up = upload(store)
+    emu.set_state(emu.documents()[0]["name"], "STATE_PENDING")
+    for _ in range(10):
+        assert store.poll(up) is None
+        emu.advance(5.0)
+    with pytest.raises(OperationTimeout):
+        store.wait(up)
+
+
+def test_the_emulators_leading_space_hang_never_completes(emu, cfg):
+    """The emulator's own hang (a display name with leading whitespace, which our
+    upload strips, sent here through the SDK directly) is pending for good to poll."""
+    store, _ = make_store(emu, cfg)
+    identity = {"path": "a/notes.md", "sha256": "h1"}
+    op = store.client.file_search_stores.upload_to_file_search_store(
+        file_search_store_name=store.name,
+        file=io.BytesIO(b"some text " * 200),
+        config=types.UploadToFileSearchStoreConfig(
+            display_name=" notes.md",
+            mime_type="text/markdown",
+            custom_metadata=[
+                types.CustomMetadata(key=k, string_value=v) for k, v in identity.items()
+            ],
+        ),
+    )
+    hung = base.Upload(operation=op.name, display_name=" notes.md", identity=identity)
+    assert [store.poll(hung) for _ in range(5)] == [None] * 5
+    assert emu.documents()[0]["state"] == "STATE_PENDING"
+
+
+def test_a_failed_document_behind_a_silent_operation_is_permanent(emu, cfg):
+    emu.add_fault(Fault(kind="never_done", times=None))
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    emu.set_state(emu.documents()[0]["name"], "STATE_FAILED")
+    with pytest.raises(PermanentError, match="FAILED"):
+        store.wait(up)
+
+
+def test_a_document_with_another_identity_is_not_taken_for_the_upload(emu, cfg):
+    emu.add_fault(Fault(kind="never_done", times=None))
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    other = base.Upload(operation=up.operation, display_name="x", identity={"sha256": "zzz"})
+    assert [store.poll(other) for _ in range(4)] == [None] * 4
+    assert store.poll(up) is not None
+
+
+def test_poll_after_a_restart_needs_no_memory(emu, cfg):
+    """An Upload rebuilt from stored fields is polled by a new store object."""
+    emu.add_fault(Fault(kind="never_done", times=None))
+    first, _ = make_store(emu, cfg)
+    up = upload(first)
+    assert first.poll(up) is None
+    second, _ = make_store(emu, cfg, store_name=first.name)
+    rebuilt = base.Upload(
+        operation=up.operation,
+        document=up.document,
+        display_name=up.display_name,
+        identity=dict(up.identity),
+    )
+    found = [second.poll(rebuilt) for _ in range(DOCUMENT_CHECK_POLL)]
+    assert found[:-1] == [None] * (DOCUMENT_CHECK_POLL - 1)
+    assert found[-1] is not None and found[-1].name == emu.documents()[0]["name"]
+
+
+def expire_operations(emu: GeminiEmulator) -> None:
+    emu.add_fault(Fault(method="GET", path="/operations/", kind="not_found", times=None))
+
+
+def test_an_expired_operation_is_resolved_by_the_guessed_document(emu, cfg):
+    emu.indexing_delay = 10.0
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    expire_operations(emu)
+    assert store.poll(up) is None  # found, still PENDING
+    emu.advance(10.0)
+    doc = store.poll(up)
+    assert doc is not None and doc.name == emu.documents()[0]["name"]
+
+
+def test_an_expired_operation_is_resolved_by_an_identity_listing(emu, cfg):
+    store, _ = make_store(emu, cfg)
     up = upload(store, metadata={"path": "a/notes.md", "sha256": "h1", "lang": "en"})
     # The server indexed it under another id (simulated by swapping the document).
     emu.remove_document(emu.documents()[0]["name"])
     emu.add_document(store.name, "other.md", {"path": "a/notes.md", "sha256": "zzz"}, b"x")
     twin = emu.add_document(store.name, "notes.md", {"path": "a/notes.md", "sha256": "h1"}, b"y")
-    assert store.wait(up).name == twin
+    expire_operations(emu)
+    lost = base.Upload(operation=up.operation, display_name="notes.md", identity=up.identity)
+    doc = store.poll(lost)
+    assert doc is not None and doc.name == twin
 
 
-def test_never_done_and_truly_absent_is_transient(emu, cfg):
-    emu.add_fault(Fault(kind="never_done", times=None))
-    store, _ = make_store(emu, replace(cfg, operation_timeout=5.0))
+def test_an_expired_operation_without_a_document_is_lost(emu, cfg):
+    emu.indexing_delay = 10.0
+    store, _ = make_store(emu, cfg)
     up = upload(store)
     emu.remove_document(emu.documents()[0]["name"])
-    with pytest.raises(OperationTimeout) as info:
-        store.wait(up)
-    assert isinstance(info.value, TransientError) and info.value.document is None
-
-
-def test_never_done_and_still_pending_reports_the_document(emu, cfg):
-    emu.add_fault(Fault(kind="never_done", times=None))
-    store, _ = make_store(emu, replace(cfg, operation_timeout=5.0))
-    up = upload(store)
-    name = emu.documents()[0]["name"]
-    emu.set_state(name, "STATE_PENDING")
-    with pytest.raises(OperationTimeout) as info:
-        store.wait(up)
-    assert info.value.document == name
-
-
-def test_wait_with_explicit_match_after_a_restart(emu, cfg):
-    """A new process waits on an upload it did not start: `match` drives the lookup."""
-    emu.add_fault(Fault(kind="never_done", times=None))
-    first, _ = make_store(emu, replace(cfg, operation_timeout=5.0))
-    up = upload(first)
-    emu.remove_document(emu.documents()[0]["name"])
-    twin = emu.add_document(first.name, "notes.md", {"path": "a/notes.md", "sha256": "h1"}, b"y")
-    second, _ = make_store(emu, replace(cfg, operation_timeout=5.0), store_name=first.name)
-    assert second.wait(up, match={"sha256": "h1", "path": "a/notes.md"}).name == twin
+    expire_operations(emu)
+    with pytest.raises(OperationLost) as info:
+        store.poll(up)
+    assert isinstance(info.value, TransientError)
 
 
 def test_bare_document_ids_are_normalised(emu, cfg):
@@ -267,12 +375,94 @@ def test_bare_document_ids_are_normalised(emu, cfg):
     assert store.document_name("abc-123") == f"{store.name}/documents/abc-123"
 
 
-def test_failed_operation_is_permanent(emu, cfg):
+def test_an_operation_failing_with_invalid_argument_is_permanent(emu, cfg):
     emu.indexing_delay = 3.0
-    emu.add_fault(Fault(kind="operation_error", message="Failed to count tokens."))
+    emu.add_fault(Fault(kind="operation_error", message="Unsupported file.", rpc_code=3))
     store, _ = make_store(emu, cfg)
-    with pytest.raises(PermanentError, match="Failed to count tokens"):
+    with pytest.raises(PermanentError, match="Unsupported file"):
         store.wait(upload(store))
+
+
+@pytest.mark.parametrize("code", [13, 14])
+def test_an_operation_failing_with_a_retryable_code_is_transient(emu, cfg, code):
+    """F3: INTERNAL and UNAVAILABLE are documented as retryable; the caller backs off."""
+    emu.indexing_delay = 3.0
+    emu.add_fault(Fault(kind="operation_error", message="Failed to count tokens.", rpc_code=code))
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    emu.advance(3.0)
+    with pytest.raises(TransientError, match="Failed to count tokens") as info:
+        store.poll(up)
+    assert info.value.code == code
+
+
+# --- answers a proxy made up (F2) and a store that vanished (F6) ------------------------
+
+
+def test_an_html_200_on_finalize_after_the_upload_landed_is_transient(emu, cfg):
+    """The page replaced the real answer: the upload is retried, marked `retried` so
+    the caller looks for the first copy, and nothing is a permanent failure."""
+    emu.add_fault(Fault(phase="finalize", kind="html_200"))
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    assert up.retried
+    assert len(emu.documents()) == 2  # the landed copy and the retry
+    doc = store.wait(up)
+    assert doc.name == emu.documents()[-1]["name"]
+    emu.add_fault(Fault(phase="finalize", kind="html_200"))
+    with pytest.raises(TransientError, match="not the API's JSON"):
+        make_store(emu, cfg, attempts=1, store_name=store.name)[0].upload(
+            io.BytesIO(b"x" * 2000), display_name="b.md", metadata={}, mime_type="text/plain"
+        )
+
+
+def test_an_html_200_on_operations_get_is_transient_and_polling_recovers(emu, cfg):
+    emu.indexing_delay = 5.0
+    store, _ = make_store(emu, cfg, attempts=1)
+    up = upload(store)
+    emu.add_fault(Fault(method="GET", path="/operations/", kind="html_200", times=2))
+    for _ in range(2):
+        with pytest.raises(TransientError, match="proxy"):
+            store.poll(up)
+    emu.advance(5.0)
+    assert store.poll(up) is not None
+
+
+def test_an_html_200_anywhere_is_retried_by_the_pacer(emu, cfg):
+    store, _ = make_store(emu, cfg)
+    doc = store.wait(upload(store))
+    emu.add_fault(Fault(method="GET", kind="html_200", times=2))
+    assert store.get(doc.name) is not None
+    emu.add_fault(Fault(phase="start", kind="html_200"))
+    assert store.wait(upload(store, display_name="two.md")).state == base.ACTIVE
+
+
+def test_a_store_deleted_on_the_server_is_a_store_error_everywhere(emu, cfg):
+    """F6: not a per-file failure: upload, list and a lost operation's poll all say
+    StoreNotFound, with the fix in the message."""
+    emu.indexing_delay = 5.0
+    store, _ = make_store(emu, cfg)
+    up = upload(store)
+    emu.clear_log()
+    client = make_client(cfg, KEY)
+    client.file_search_stores.delete(name=store.name, config={"force": True})
+    with pytest.raises(StoreNotFound, match="objlibd store create"):
+        upload(store)
+    with pytest.raises(StoreNotFound):
+        list(store.list())
+    with pytest.raises(StoreNotFound):
+        store.poll(up)
+    assert store.get(up.operation.replace("/upload/operations/", "/documents/")) is None
+
+
+def test_a_404_on_an_upload_session_is_not_taken_for_a_missing_store(emu, cfg):
+    """The store check decides: the store is there, so the 404 stays the file's error."""
+    emu.add_fault(Fault(phase="finalize", kind="not_found", times=None))
+    store, _ = make_store(emu, cfg, attempts=1)
+    with pytest.raises(PermanentError) as info:
+        upload(store)
+    assert type(info.value) is PermanentError and info.value.code == 404
+    assert emu.find_requests("GET", r"^/v1beta/fileSearchStores/[^/]+$")
 
 
 # --- delete, get, list, ensure --------------------------------------------------------
@@ -514,12 +704,19 @@ def test_store_requires_a_resource_name(cfg):
         GeminiStore(cfg, KEY, "My Library")
 
 
-def test_storage_quota_is_permanent(emu, cfg):
-    emu.storage_limit = 100
+@pytest.mark.parametrize("how", ["limit", "fault"])
+def test_storage_quota_is_transient_with_a_long_delay_and_not_retried_now(emu, cfg, how):
+    """F3: a full quota clears when documents are deleted or the tier is raised."""
+    if how == "limit":
+        emu.storage_limit = 100
+    else:
+        emu.add_fault(Fault(method="POST", kind="storage_quota", times=None))
     store, sleeps = make_store(emu, cfg)
-    with pytest.raises(PermanentError, match="storage quota"):
+    with pytest.raises(QuotaExhausted, match="Corpus has reached the storage limit") as info:
         upload(store, data=b"x" * 1000)
-    assert sleeps == []
+    assert isinstance(info.value, TransientError) and info.value.retry_after >= 600
+    assert sleeps == []  # not worth waiting for in this thread
+    assert store.pacer.limiter is None or store.pacer.limiter.throttled_count == 0
 
 
 def test_the_key_never_appears_in_errors(emu, cfg):
@@ -579,8 +776,8 @@ def test_classify_api_errors():
     too_big = _classified(400, "File too large", "INVALID_ARGUMENT")
     assert type(too_big) is PermanentError
     assert type(_classified(404, "not found", "NOT_FOUND")) is PermanentError
-    storage = _classified(429, "exceeded the storage limit", "RESOURCE_EXHAUSTED")
-    assert type(storage) is PermanentError
+    storage = _classified(429, "Corpus has reached the storage limit of 9 bytes.", "")
+    assert type(storage) is QuotaExhausted and storage.retry_after == STORAGE_RETRY_AFTER
 
 
 def test_classify_transport_errors():
@@ -598,6 +795,18 @@ def test_classify_transport_errors():
         assert KEY not in str(err)
     assert type(classify(UnicodeEncodeError("ascii", "é", 0, 1, "x"))) is PermanentError
     assert type(classify(ValueError("weird"))) is PermanentError
+
+
+def test_classify_unparseable_answers_as_transient():
+    """F2: what the SDK raises for a 200 that is not JSON says nothing about the effect."""
+    page = f"<html>Sign in {KEY}</html>"
+    for exc in (
+        genai_errors.UnknownApiResponseError(f"Failed to parse response as JSON. Raw: {page}"),
+        json.JSONDecodeError("Expecting value", page, 0),
+    ):
+        err = classify(exc, [KEY])
+        assert type(err) is TransientError and "proxy" in str(err)
+        assert "Sign in" not in str(err) and KEY not in str(err)
 
 
 def test_scrub_catches_key_shapes_without_being_told():
@@ -664,43 +873,6 @@ def test_half_open_allows_a_single_trial():
     assert breaker.before_call() is False
 
 
-def test_rate_limiter_spacing():
-    clock = FakeClock()
-    waits: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        clock.advance(seconds)
-
-    limiter = RateLimiter(60, burst=1, clock=clock, sleep=sleep)
-    for _ in range(4):
-        limiter.acquire()
-    assert waits == [1.0, 1.0, 1.0]
-    clock.advance(10.0)  # idle time refills only up to the burst
-    limiter.acquire()
-    limiter.acquire()
-    assert waits[3:] == [1.0]
-
-
-def test_rate_limiter_is_thread_safe():
-    clock = FakeClock()
-    limiter = RateLimiter(120, burst=2, clock=clock)
-    delays: list[float] = []
-    lock = threading.Lock()
-
-    def take() -> None:
-        delay = limiter.reserve()
-        with lock:
-            delays.append(delay)
-
-    threads = [threading.Thread(target=take) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(delays) == [0.0, 0.0] + [0.5 * i for i in range(1, 19)]
-
-
 def test_store_paces_its_own_calls(emu, cfg):
     clock = FakeClock()
     waits: list[float] = []
@@ -709,12 +881,19 @@ def test_store_paces_its_own_calls(emu, cfg):
         waits.append(seconds)
         clock.advance(seconds)
 
-    limiter = RateLimiter(30, burst=1, clock=clock, sleep=sleep)
+    limiter = AdaptiveLimiter(ceiling_per_minute=30, clock=clock, sleep=sleep)
     name = emu.create_store("paced")
     store = GeminiStore(cfg, KEY, name, pacer=Pacer(limiter=limiter, sleep=sleep))
     for _ in range(3):
         store.get("nope")
-    assert waits == [2.0, 2.0]
+    assert waits == [2.0, 2.0]  # at the ceiling from the start, and never above it
+
+
+def test_the_default_store_paces_adaptively_under_its_ceiling(emu, cfg):
+    store = GeminiStore(replace(cfg, max_requests_per_minute=90), KEY, emu.create_store("x"))
+    assert isinstance(store.pacer.limiter, AdaptiveLimiter)
+    assert store.pacer.limiter.ceiling == 1.5
+    assert store.health()["pacing"]["ceiling_per_minute"] == 90
 
 
 # --- search ---------------------------------------------------------------------------
@@ -755,9 +934,9 @@ def test_search_without_metadata_uses_the_path_resolver(emu, cfg):
 
 def test_finalize_then_503_leaves_a_recognisable_duplicate(emu, cfg):
     """The retry after a lost finalize answer uploads again; both copies carry our
-    identity metadata, so `find` (the audit / orphan sweep) can remove the extra."""
+    identity metadata, so the audit / orphan sweep can recognise and remove the extra."""
     store, _ = make_store(emu, cfg)
     emu.add_fault(Fault(kind="finalize_then_503"))
     doc = store.wait(upload(store))
-    copies = store.find({"sha256": "h1", "path": "a/notes.md"})
+    copies = [d for d in store.list() if d.metadata.get("sha256") == "h1"]
     assert len(copies) == 2 and copies[-1].name == doc.name

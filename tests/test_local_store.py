@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from objlib_daemon.stores import local
-from objlib_daemon.stores.base import ACTIVE, PermanentError, StoreError, Upload
+from objlib_daemon.stores.base import ACTIVE, OperationLost, PermanentError, StoreError, Upload
 from objlib_daemon.stores.local import LocalStore
 
 NAME = re.compile(r"^localStores/local/documents/[a-z0-9]{1,40}-[0-9a-f]{12}$")
@@ -149,6 +149,21 @@ def test_wait_on_an_unknown_operation_fails(store: LocalStore) -> None:
         store.wait(Upload(operation="localStores/local/operations/x", document=None))
     with pytest.raises(StoreError):
         store.wait(Upload(operation="op", document="localStores/local/documents/x-0"))
+
+
+def test_poll_completes_at_once_also_for_a_rebuilt_upload(store: LocalStore) -> None:
+    meta = {"path": "a/n.txt", "sha256": "h1", "year": 2024.0}
+    up = store.upload(
+        io.BytesIO(b"hello"), display_name="n.txt", metadata=meta, mime_type="text/plain"
+    )
+    assert (up.display_name, up.identity) == ("n.txt", {"path": "a/n.txt", "sha256": "h1"})
+    doc = store.poll(up)
+    assert doc is not None and doc.state == ACTIVE and doc == store.wait(up)
+    rebuilt = Upload(operation=up.operation, document=up.document, display_name="n.txt")
+    assert store.poll(rebuilt) == doc
+    store.delete(doc.name)
+    with pytest.raises(OperationLost):
+        store.poll(rebuilt)
 
 
 def test_list_is_ordered_by_creation_across_pages(store: LocalStore, monkeypatch) -> None:

@@ -6,7 +6,7 @@ the same truths are tested on the embedded store and on Gemini.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
@@ -15,6 +15,11 @@ from typing import BinaryIO, Protocol
 from objlib_daemon.config import MAX_DOCUMENT_BYTES  # noqa: F401 (re-exported)
 
 MetadataValue = str | float | list[str]
+
+# Metadata keys that identify a document's content and place. An upload
+# remembers what it sent under these keys (`Upload.identity`), so a document
+# whose operation never answers can still be recognised as this upload's.
+IDENTITY_KEYS = ("sha256", "path")
 
 # Document states, normalised across backends.
 ACTIVE = "active"
@@ -48,21 +53,41 @@ class PermanentError(StoreError):
     """Retrying the same request will not help (bad input, too large, unsupported)."""
 
 
-class AuthError(PermanentError):
+class StoreUnusable(PermanentError):
+    """Not this file's fault: every call fails until the user fixes something.
+
+    A caller stops remote work and shows the message (it names the fix)
+    instead of recording a per-file failure.
+    """
+
+
+class AuthError(StoreUnusable):
     """Credentials missing or rejected: stop and tell the user."""
 
 
-class StoreNotFound(PermanentError):
-    """The configured store does not exist."""
-
-
-class OperationLost(TransientError):
-    """The store no longer knows an import's operation and no document of it was
-    found: the caller's crash recovery (a listing) settles what it left."""
+class StoreNotFound(StoreUnusable):
+    """The configured store does not exist (never created, or deleted on the server)."""
 
 
 class CircuitOpen(TransientError):
     """Remote work is paused after repeated transient failures."""
+
+
+class QuotaExhausted(TransientError):
+    """The project's storage quota is full: no upload can succeed until space is freed.
+
+    Transient (deleting documents or a higher tier clears it), with a long
+    `retry_after`; not a rate signal, so the limiter does not slow down for it.
+    """
+
+
+class OperationLost(TransientError):
+    """The server no longer knows the import's operation, and no document of it was found.
+
+    The upload may still have landed under a name we cannot guess, or not at
+    all: the caller resolves it as after a crash (its intent and a listing),
+    never by uploading again on its own.
+    """
 
 
 @dataclass(frozen=True)
@@ -79,19 +104,32 @@ class RemoteDocument:
 
 @dataclass(frozen=True)
 class Upload:
-    """A started upload: the operation to wait on and, when known, the document.
+    """A started upload: everything needed to poll it, also from another process.
 
-    `retried`: an earlier attempt of this same upload failed, possibly after
-    its bytes arrived, so it may have created a document anyway (a finalize
-    whose answer was lost); the caller should look for such a copy once this
-    one is recorded.
+    Every field is plain data, so a caller can store it and, after a restart,
+    rebuild it (`Upload(operation=..., document=..., display_name=...,
+    identity=...)`) and poll it again with no in-memory state.
+
+    `document`: set only when the import was already done in the upload's
+    own answer (polling then needs no request). `display_name`: the name the
+    store sent (stripped and cut to the limit), for messages. `identity`: the
+    `IDENTITY_KEYS` metadata the upload sent, which recognises its document
+    when the operation cannot say. `retried`: an earlier attempt of this same
+    upload failed, possibly after its bytes arrived, so it may have created a
+    document anyway (a finalize whose answer was lost); the caller should
+    look for such a copy once this one is recorded.
     """
 
     operation: str
     document: str | None = None
-    retried: bool = False
     display_name: str = ""
     identity: dict[str, MetadataValue] = field(default_factory=dict)
+    retried: bool = False
+
+
+def identity_of(metadata: Mapping[str, MetadataValue]) -> dict[str, MetadataValue]:
+    """The identity part of an upload's metadata (see `IDENTITY_KEYS`)."""
+    return {key: metadata[key] for key in IDENTITY_KEYS if key in metadata}
 
 
 @dataclass(frozen=True)
@@ -142,12 +180,17 @@ class Store(Protocol):
         ...
 
     def poll(self, upload: Upload) -> RemoteDocument | None:
-        """One look, never sleeping: None while indexing, the ACTIVE document once
-        done; raise StoreError if the import failed."""
+        """One look at an import, never sleeping: None while it is still going.
+
+        Done and usable → the document, state ACTIVE. Failed → PermanentError
+        or TransientError as classified; the server has forgotten it and no
+        document of it is found → OperationLost. A document that is still
+        PENDING is never returned.
+        """
         ...
 
     def wait(self, upload: Upload) -> RemoteDocument:
-        """Block until the import is done; raise StoreError if it failed."""
+        """`poll` until done (with backoff and the configured deadline), for one-shot callers."""
         ...
 
     def delete(self, document: str) -> None:

@@ -25,6 +25,7 @@ from objlib_daemon.stores import base
 from objlib_daemon.stores.base import (
     AuthError,
     MetadataValue,
+    OperationLost,
     PermanentError,
     RemoteDocument,
     SearchHit,
@@ -37,9 +38,9 @@ from objlib_daemon.stores.base import (
 )
 from objlib_daemon.stores.pacing import (
     TRANSIENT_RPC,
+    AdaptiveLimiter,
     CircuitBreaker,
     Pacer,
-    RateLimiter,
     scrub,
 )
 
@@ -50,9 +51,14 @@ REQUEST_TIMEOUT_MS = 180_000
 PAGE_SIZE = 20  # the server's maximum; the default is 10
 MAX_DISPLAY_NAME = 512
 MAX_METADATA_ENTRIES = 20
-# Metadata keys that identify a document's content and place; used to find a
-# document whose operation never reported done (see `wait`).
-IDENTITY_KEYS = ("sha256", "path")
+# From this poll of an unfinished operation on, `poll` also GETs its document:
+# the service has left `done` unset on imports that succeeded (issue 12, F4).
+# Not from the first: most imports finish within a couple of polls, and a
+# document shows in reads only 0.25-1.5 s after its operation is done, so an
+# early GET would mostly double the requests per upload for nothing. By the
+# third poll (seconds in, at the callers' backoff) a missing `done` costs
+# seconds, not the whole operation timeout.
+DOCUMENT_CHECK_POLL = 3
 PATH_KEY = "path"
 STORE_PREFIX = "fileSearchStores/"
 
@@ -68,15 +74,7 @@ _CLIENT_SECRETS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary
 
 
 class OperationTimeout(TransientError):
-    """The import did not finish within the deadline.
-
-    `document` is set when the document was found (still pending): record it,
-    so a later check can adopt it instead of uploading a duplicate.
-    """
-
-    def __init__(self, message: str, *, document: str | None = None) -> None:
-        super().__init__(message)
-        self.document = document
+    """`wait` gave up: the import did not become usable within the deadline."""
 
 
 class DeleteNotConfirmed(TransientError):
@@ -353,7 +351,9 @@ class GeminiStore:
         self.client = client if client is not None else make_client(config, self._key)
         if pacer is None:
             pacer = Pacer(
-                limiter=RateLimiter(config.requests_per_minute, sleep=sleep),
+                limiter=AdaptiveLimiter(
+                    ceiling_per_minute=config.max_requests_per_minute, sleep=sleep
+                ),
                 breaker=CircuitBreaker(config.breaker_threshold, config.breaker_cooldown),
                 attempts=config.retry_attempts,
                 base_delay=config.retry_initial,
@@ -368,10 +368,10 @@ class GeminiStore:
         self.path_resolver = path_resolver
         # Uploads are the long calls; `concurrency` bounds how many run at once.
         self._upload_slots = threading.BoundedSemaphore(max(1, config.concurrency))
-        # What each started upload sent, so `wait` can find its document by
-        # identity if the operation never reports done.
-        self._sent: dict[str, tuple[str, dict[str, MetadataValue]]] = {}
-        self._sent_lock = threading.Lock()
+        # Polls so far of each unfinished operation (see `poll`); only a
+        # counter, so losing it (a restart) costs a few extra polls, no more.
+        self._polls: dict[str, int] = {}
+        self._polls_lock = threading.Lock()
 
     # -- helpers --
 
@@ -449,29 +449,52 @@ class GeminiStore:
                 config=upload_config,
             )
 
-        with self._upload_slots:
-            op = self._call("upload_to_file_search_store", attempt)
+        try:
+            with self._upload_slots:
+                op = self._call("upload_to_file_search_store", attempt)
+        except PermanentError as exc:
+            raise self._store_gone_or(exc) from None
         if not op.name:
             raise TransientError("the server accepted the upload but returned no operation name")
-        with self._sent_lock:
-            self._sent[op.name] = (name, dict(metadata))
         document = None
         if self._finished(op):
             if op.error:
-                self._forget(op.name)
                 raise self._operation_error(op.error, name)
-            if op.response is not None and op.response.document_name:
-                document = self.document_name(op.response.document_name)
-        return Upload(operation=op.name, document=document, retried=attempts > 1)
+            document = self._response_document(op)
+        return Upload(
+            operation=op.name,
+            document=document,
+            display_name=name,
+            identity=base.identity_of(metadata),
+            retried=attempts > 1,
+        )
+
+    def _store_gone_or(self, exc: PermanentError) -> PermanentError:
+        """StoreNotFound if a 404 on a call addressed to the store means the store is gone.
+
+        A 404 on an upload or a listing can also be about something else (an
+        expired upload session, a proxy's route), and the message's wording is
+        the server's to change; one `file_search_stores.get` decides, and only
+        on a 404, which is rare. A failing check itself propagates.
+        """
+        if exc.code == 404 and not isinstance(exc, base.StoreUnusable):
+            self.ensure()  # raises StoreNotFound when the store itself is gone
+        return exc
 
     @staticmethod
     def _finished(op: types.UploadToFileSearchStoreOperation) -> bool:
         # A pending operation may omit `done` entirely (rule 3).
         return op.done is True or op.response is not None or op.error is not None
 
-    def _forget(self, operation: str) -> tuple[str, dict[str, MetadataValue]] | None:
-        with self._sent_lock:
-            return self._sent.pop(operation, None)
+    def _response_document(self, op: types.UploadToFileSearchStoreOperation) -> str | None:
+        """The full document name from a finished operation's response (bare ids normalised)."""
+        if op.response is None or not op.response.document_name:
+            return None
+        parent = op.response.parent or self.name
+        doc_name = op.response.document_name
+        if "/" not in doc_name.strip("/") and parent.startswith(STORE_PREFIX):
+            doc_name = f"{parent.rstrip('/')}/documents/{doc_name.strip('/')}"
+        return self.document_name(doc_name)
 
     def _operation_error(self, error: Mapping[str, Any], display_name: str) -> StoreError:
         code = error.get("code")
@@ -481,120 +504,135 @@ class GeminiStore:
             return TransientError(text, code=code)
         return PermanentError(text, code=code if isinstance(code, int) else None)
 
-    def wait(
-        self,
-        upload: Upload,
-        *,
-        match: Mapping[str, MetadataValue] | None = None,
-        timeout: float | None = None,
-    ) -> RemoteDocument:
-        """Block until the import is done and return its document.
+    def poll(self, upload: Upload) -> RemoteDocument | None:
+        """One look at an import (see `Store.poll`): `operations.get`, and sometimes the document.
 
-        Polls with exponential backoff until `config.operation_timeout` (or
-        `timeout`). Past the deadline the document is looked up before giving
-        up: by the name the operation's id suggests, then by a listing
-        filtered on `match` (default: the `sha256` and `path` metadata this
-        store sent for the upload — pass `match` when waiting on an upload
-        started by another process, e.g. after a restart). Raises
-        OperationTimeout (transient) when it is not found or not yet active.
+        A finished operation answers for itself. An unfinished one is also
+        checked on its document from the `DOCUMENT_CHECK_POLL`th poll on,
+        because the service has left `done` unset on imports that succeeded:
+        the document, guessed by the operation's id, is returned once ACTIVE
+        with our identity. An operation the server no longer knows (404) is
+        resolved by the document alone: by the guessed name, then a listing.
         """
-        sent = self._sent.get(upload.operation)
-        display_name, sent_meta = sent if sent else ("", {})
-        if match is None:
-            match = {k: sent_meta[k] for k in IDENTITY_KEYS if k in sent_meta}
+        what = upload.display_name or upload.operation
         if upload.document:
+            return self._done_document(upload.document, upload)
+        try:
+            op = self._call(
+                "operations.get",
+                self.client.operations.get,
+                types.UploadToFileSearchStoreOperation(name=upload.operation),
+            )
+        except PermanentError as exc:
+            if exc.code != 404:
+                raise
+            # Operations are not kept forever; the document may still exist.
             self._forget(upload.operation)
-            return self._done_document(upload.document, display_name, sent_meta)
-
-        budget = timeout if timeout is not None else self.config.operation_timeout
-        deadline = self._clock() + budget
-        delay = self.poll_initial
-        op = types.UploadToFileSearchStoreOperation(name=upload.operation)
-        while True:
-            try:
-                op = self._call("operations.get", self.client.operations.get, op)
-            except PermanentError as exc:
-                if exc.code != 404:
-                    raise
-                # Operations are not kept forever; the document may still exist.
-                return self._after_deadline(upload.operation, match, display_name, expired=True)
-            if self._finished(op):
-                break
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                return self._after_deadline(upload.operation, match, display_name)
-            self._sleep(min(delay, remaining))
-            delay = min(delay * 2, self.poll_max)
-
-        self._forget(upload.operation)
-        if op.error:
-            raise self._operation_error(op.error, display_name or upload.operation)
-        if op.response is None or not op.response.document_name:
-            found = self._lookup(upload.operation, match)
+            found = self._lookup(upload)
+            if found is None:
+                raise OperationLost(
+                    f"the server no longer knows the import of {what!r} and no document of "
+                    "it was found"
+                ) from None
+            return self._usable(found, what)
+        if self._finished(op):
+            self._forget(upload.operation)
+            if op.error:
+                raise self._operation_error(op.error, what)
+            name = self._response_document(op)
+            if name is not None:
+                return self._done_document(name, upload)
+            found = self._lookup(upload)
             if found is None:
                 raise PermanentError(
                     f"operation {upload.operation} finished without naming a document"
                 )
-            return found
-        parent = op.response.parent or self.name
-        doc_name = op.response.document_name
-        if "/" not in doc_name.strip("/") and parent.startswith(STORE_PREFIX):
-            doc_name = f"{parent.rstrip('/')}/documents/{doc_name.strip('/')}"
-        return self._done_document(self.document_name(doc_name), display_name, sent_meta)
+            return self._usable(found, what)
+        if self._count_poll(upload.operation) < DOCUMENT_CHECK_POLL:
+            return None
+        return self._check_document(upload)
+
+    def _check_document(self, upload: Upload) -> RemoteDocument | None:
+        """The guessed document of an unfinished operation, if ACTIVE and ours."""
+        found = self.get(self._guessed_document(upload.operation))
+        if found is None or not _matches(found, upload.identity):
+            return None
+        document = self._usable(found, upload.display_name or upload.operation)
+        if document is not None:
+            self._forget(upload.operation)
+        return document
+
+    def _count_poll(self, operation: str) -> int:
+        with self._polls_lock:
+            count = self._polls.get(operation, 0) + 1
+            self._polls[operation] = count
+            return count
+
+    def _forget(self, operation: str) -> None:
+        with self._polls_lock:
+            self._polls.pop(operation, None)
+
+    def _usable(self, found: RemoteDocument, what: str) -> RemoteDocument | None:
+        """An ACTIVE document is done; PENDING is still going (never "indexed"); FAILED fails."""
+        if found.state == base.FAILED:
+            raise PermanentError(f"import of {what!r} failed: document {found.name} is FAILED")
+        return found if found.state == base.ACTIVE else None
 
     @staticmethod
-    def _done_document(
-        name: str, display_name: str, metadata: dict[str, MetadataValue]
-    ) -> RemoteDocument:
+    def _done_document(name: str, upload: Upload) -> RemoteDocument:
         # No documents.get here: a document appears in reads 0.25-1.5 s after
         # its operation is done, and k uploads should cost k polls, not 2k.
         # Numbers as the server will report them (floats), like list() and get().
         normalised = {
             k: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
-            for k, v in metadata.items()
+            for k, v in upload.identity.items()
         }
         return RemoteDocument(
-            name=name, display_name=display_name, metadata=normalised, state=base.ACTIVE
+            name=name, display_name=upload.display_name, metadata=normalised, state=base.ACTIVE
         )
 
-    def _lookup(self, operation: str, match: Mapping[str, MetadataValue]) -> RemoteDocument | None:
-        """Find the document of an operation without its answer."""
+    def _guessed_document(self, operation: str) -> str:
         # The document id has matched the operation id in observed responses.
-        guess = self.document_name(operation.rsplit("/", 1)[-1])
-        found = self.get(guess)
-        if found is not None and (not match or _matches(found, match)):
+        return self.document_name(operation.rsplit("/", 1)[-1])
+
+    def _lookup(self, upload: Upload) -> RemoteDocument | None:
+        """Find the document of an operation that cannot name it: guessed name, then identity."""
+        found = self.get(self._guessed_document(upload.operation))
+        if found is not None and _matches(found, upload.identity):
             return found
-        if not match:
-            return None
+        if not upload.identity:
+            return None  # nothing to recognise it by in a listing
         # Ascending create time: the last match is the newest upload.
-        candidates = [doc for doc in self.list() if _matches(doc, match)]
+        candidates = [doc for doc in self.list() if _matches(doc, upload.identity)]
         return candidates[-1] if candidates else None
 
-    def _after_deadline(
-        self,
-        operation: str,
-        match: Mapping[str, MetadataValue],
-        display_name: str,
-        *,
-        expired: bool = False,
-    ) -> RemoteDocument:
-        found = self._lookup(operation, match)
-        what = display_name or operation
-        why = "is no longer known" if expired else "did not finish in time"
-        if found is None:
-            raise OperationTimeout(
-                f"import of {what!r} {why} and no matching document was found; upload again later"
-            )
-        if found.state == base.ACTIVE:
-            self._forget(operation)
-            return found
-        if found.state == base.FAILED:
-            self._forget(operation)
-            raise PermanentError(f"import of {what!r} failed: document {found.name} is FAILED")
-        raise OperationTimeout(
-            f"import of {what!r} {why}; document {found.name} is still being indexed",
-            document=found.name,
-        )
+    def wait(self, upload: Upload) -> RemoteDocument:
+        """`poll` with exponential backoff until done or `config.operation_timeout` passes.
+
+        For tests and one-shot callers; what counts as done is `poll`'s rule,
+        and the last look at the deadline is poll's own document check.
+        Raises OperationTimeout (transient) when still not done.
+        """
+        deadline = self._clock() + self.config.operation_timeout
+        delay = self.poll_initial
+        while True:
+            document = self.poll(upload)
+            if document is not None:
+                return document
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                # A deadline shorter than DOCUMENT_CHECK_POLL polls still looks
+                # at the document once before giving up (rule 3).
+                document = self._check_document(upload)
+                if document is not None:
+                    return document
+                self._forget(upload.operation)
+                raise OperationTimeout(
+                    f"import of {upload.display_name or upload.operation!r} did not finish "
+                    f"within {self.config.operation_timeout:g}s; its document is not active yet"
+                )
+            self._sleep(min(delay, remaining))
+            delay = min(delay * 2, self.poll_max)
 
     def delete(self, document: str) -> None:
         """Delete a document with force (it has chunks); already gone is success.
@@ -657,21 +695,20 @@ class GeminiStore:
             config: dict[str, Any] = {"page_size": PAGE_SIZE}
             if token:
                 config["page_token"] = token
-            pager = self._call(
-                "documents.list",
-                self.client.file_search_stores.documents.list,
-                parent=self.name,
-                config=config,
-            )
+            try:
+                pager = self._call(
+                    "documents.list",
+                    self.client.file_search_stores.documents.list,
+                    parent=self.name,
+                    config=config,
+                )
+            except PermanentError as exc:
+                raise self._store_gone_or(exc) from None
             for doc in pager.page:
                 yield _document(doc)
             token = pager.config.get("page_token")
             if not token:
                 return
-
-    def find(self, match: Mapping[str, MetadataValue]) -> list[RemoteDocument]:
-        """Documents whose metadata includes `match` (a full listing: audits only)."""
-        return [doc for doc in self.list() if _matches(doc, match)]
 
     def get(self, document: str) -> RemoteDocument | None:
         try:
@@ -742,10 +779,15 @@ class GeminiStore:
         return hits
 
     def health(self) -> dict[str, Any]:
-        """Breaker state for `objlibd status` (no secrets, no network)."""
+        """Breaker and pacing state for `objlibd status` (no secrets, no network)."""
         breaker = self.pacer.breaker
-        snapshot = breaker.snapshot() if breaker is not None else {"state": "closed"}
-        return {"backend": self.backend, "store": self.name, "breaker": snapshot}
+        limiter = self.pacer.limiter
+        return {
+            "backend": self.backend,
+            "store": self.name,
+            "breaker": breaker.snapshot() if breaker is not None else {"state": "closed"},
+            "pacing": limiter.snapshot() if limiter is not None else None,
+        }
 
     def close(self) -> None:
         # Closing twice or a half-built client: nothing left to release.

@@ -38,6 +38,7 @@ from objlib_daemon.stores.base import (
     ACTIVE,
     MAX_DOCUMENT_BYTES,
     MetadataValue,
+    OperationLost,
     PermanentError,
     RemoteDocument,
     SearchHit,
@@ -45,6 +46,7 @@ from objlib_daemon.stores.base import (
     StoreError,
     StoreInfo,
     Upload,
+    identity_of,
 )
 
 # The same limits Gemini enforces (gemini-file-search.md), so a bug that would
@@ -176,13 +178,28 @@ class LocalStore:
         except sqlite3.Error as exc:
             final.unlink(missing_ok=True)
             raise StoreError(f"cannot record document: {exc}") from exc
-        return Upload(operation=f"{self.name}/operations/{doc_id}", document=self._name(doc_id))
+        return Upload(
+            operation=f"{self.name}/operations/{doc_id}",
+            document=self._name(doc_id),
+            display_name=display_name,
+            identity=identity_of(meta),
+        )
+
+    def poll(self, upload: Upload) -> RemoteDocument | None:
+        return self._imported(upload)
 
     def wait(self, upload: Upload) -> RemoteDocument:
-        # Imports are synchronous here: the operation is done when upload() returns.
+        return self._imported(upload)
+
+    def _imported(self, upload: Upload) -> RemoteDocument:
+        """Imports are synchronous here: the document exists once upload() returned.
+
+        One that is gone since (deleted by a later step, or a rebuilt Upload
+        naming nothing) is lost like an expired operation on Gemini.
+        """
         doc = self.get(upload.document) if upload.document else None
         if doc is None:
-            raise PermanentError(f"operation {upload.operation} failed: no document", code=404)
+            raise OperationLost(f"import {upload.operation} has no document (any more)")
         return doc
 
     def delete(self, document: str) -> None:

@@ -2,8 +2,10 @@
 
 The SDK retries nothing by default and its own retry ignores `RetryInfo` and
 dropped connections (gemini-file-search.md, rule 6), so every remote call made
-by a backend goes through one `Pacer`: breaker check → token bucket → call →
-`classify` → tenacity retry on transient errors only. Nothing here knows about
+by a backend goes through one `Pacer`: breaker check → adaptive rate limiter →
+call → `classify` → tenacity retry on transient errors only. The limiter
+learns the rate the service allows from its 429s (none is published); the
+breaker is for outages (5xx storms, a dead network) and ignores 429s. Nothing here knows about
 File Search resources; `gemini.py` decides which calls are safe to repeat.
 
 Secrets: SDK and transport exceptions can carry request URLs, headers or whole
@@ -14,6 +16,8 @@ printed by a caller cannot resurrect the original text either.
 
 from __future__ import annotations
 
+import json
+import math
 import random
 import re
 import threading
@@ -28,6 +32,7 @@ from objlib_daemon.stores.base import (
     AuthError,
     CircuitOpen,
     PermanentError,
+    QuotaExhausted,
     StoreError,
     TransientError,
 )
@@ -50,11 +55,18 @@ T = TypeVar("T")
 # Statuses worth repeating as they are (gemini-file-search.md, rule 6).
 TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 # google.rpc.Code values in an operation's `error` that a later re-upload can
-# fix: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, UNAVAILABLE. INTERNAL (13)
-# is not among them: the known per-document import failures ("Failed to count
-# tokens", "Upload has already been terminated") arrive as 13 and are to be
-# recorded, not hot-looped on (gemini-file-search.md, limits).
-TRANSIENT_RPC = frozenset({4, 8, 10, 14})
+# fix: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE
+# (the codes google.rpc documents as retryable). INTERNAL (13) was once left
+# out because the known per-document failures ("Failed to count tokens")
+# arrive as 13 and a blind retry would hot-loop; the caller's queue now backs
+# off exponentially per file, so a 13 that never clears costs a retry every
+# few hours, while one that does clear (an indexing hiccup) no longer turns
+# the file into a permanent failure (issue 12, F3).
+TRANSIENT_RPC = frozenset({4, 8, 10, 13, 14})
+# How long to wait before trying again after "storage limit reached": space
+# comes back only when documents are deleted or the tier is raised, an
+# outside cause measured in minutes to days, never a verdict on the file.
+STORAGE_RETRY_AFTER = 600.0
 
 _REDACTED = "[REDACTED]"
 # Defence in depth beyond the exact key: any Google API key shape, and any
@@ -167,11 +179,12 @@ def _api_error(exc: genai_errors.APIError, secrets: Iterable[str]) -> StoreError
             code=code,
         )
     if code == 429 and ("storage" in lowered and "limit" in lowered):
-        # Retrying cannot free storage; the user has to prune or upgrade.
-        return PermanentError(
+        # Not a rate signal and not the file's fault: retried much later.
+        return QuotaExhausted(
             f"the project's File Search storage quota is full ({text}); delete documents "
-            "or raise the quota",
+            "or raise the quota; retrying later",
             code=code,
+            retry_after=max(STORAGE_RETRY_AFTER, retry_delay(exc) or 0.0),
         )
     if code in TRANSIENT_HTTP:
         return TransientError(text, code=code, retry_after=retry_delay(exc))
@@ -218,6 +231,16 @@ def classify(exc: BaseException, secrets: Iterable[str] = ()) -> StoreError:
         return exc
     if isinstance(exc, genai_errors.APIError):
         return _api_error(exc, secrets)
+    if isinstance(exc, genai_errors.UnknownApiResponseError | json.JSONDecodeError):
+        # A 200 whose body is not JSON (an HTML page from a proxy or captive
+        # portal, a truncated answer) says nothing about the request's effect:
+        # transient, and the caller looks before sending again. The raw body
+        # (in the SDK's message) is left out: a page is noise, and may echo
+        # the request.
+        return TransientError(
+            f"the answer was not the API's JSON ({type(exc).__name__}); a proxy or captive "
+            "portal may be in the way"
+        )
     detail = scrub(f"{type(exc).__name__}: {exc}", secrets)
     if _PERMANENT_TRANSPORT and isinstance(exc, _PERMANENT_TRANSPORT):
         return PermanentError(f"request could not be sent ({detail})")
@@ -239,51 +262,117 @@ def classify(exc: BaseException, secrets: Iterable[str] = ()) -> StoreError:
 
 # --- rate limiter --------------------------------------------------------------
 
+# Where the limiter starts without a ceiling: the fixed rate objlibd used
+# before (120 a minute), which the service has always accepted.
+START_PER_MINUTE = 120.0
+# The lowest rate a run of 429s can push it to: still one call every 10 s, so
+# polls and deletes keep moving while the service recovers.
+FLOOR_PER_MINUTE = 6.0
+# Slow start, until the first 429: each success adds half a request per
+# second, so the rate doubles about every 1.4 s and reaches whatever the
+# service allows within seconds, not minutes.
+SLOW_START_STEP = 0.5
+# After a 429, additive increase: the rate grows by this fraction of the rate
+# at the last cut per second of successes (dr/dt = gain x cut rate), so a cut
+# of 30 % is won back in about 6 s whatever the absolute rate is.
+ADDITIVE_GAIN = 0.05
+# Multiplicative decrease on a 429. 0.7 (as TCP CUBIC) rather than 0.5: the
+# sawtooth between 0.7 R and R averages about 85 % of the limit R.
+DECREASE = 0.7
+# Raise the rate only while it is what holds requests back (a request waited
+# within this many seconds): a rate far above the demand would take many 429s
+# to come down from when the demand finally rises.
+BINDING_WINDOW = 1.0
 
-class RateLimiter:
-    """Token bucket: at most `requests_per_minute`, with a small burst.
 
-    Callers reserve a token under the lock and sleep outside it, so threads
-    queue in arrival order and nobody sleeps holding the lock.
+class AdaptiveLimiter:
+    """AIMD pacing: find the request rate the service allows instead of guessing it.
+
+    File Search publishes no request rate, so the limiter starts at a known
+    safe rate (or at the configured ceiling: the user's own knowledge of the
+    quota), raises it while requests succeed (slow start, then additive) and
+    cuts it by `DECREASE` on a 429, never above `ceiling`. A 429's RetryInfo
+    delay holds every request until it has passed. Requests are spaced
+    evenly (no burst): a burst is what trips a rate limit.
+
+    Thread-safe: callers reserve a send slot under the lock and sleep outside
+    it, so threads go in arrival order and nobody sleeps holding the lock.
+    `acquire` returns a ticket; the outcome is reported with it, so that the
+    429s of requests admitted before a cut, which arrive together, cut once.
     """
 
     def __init__(
         self,
-        requests_per_minute: float,
         *,
-        burst: int | None = None,
+        ceiling_per_minute: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if requests_per_minute <= 0:
-            raise ValueError("requests_per_minute must be positive")
-        self.rate = requests_per_minute / 60.0
-        # One second's worth of requests: smooths polling without letting a
-        # burst of uploads trip the server's own (unpublished) limits.
-        self.capacity = float(burst if burst is not None else max(1, int(self.rate)))
+        if ceiling_per_minute < 0:
+            raise ValueError("the ceiling must not be negative (0: none)")
+        self.ceiling = ceiling_per_minute / 60.0 if ceiling_per_minute else math.inf
+        self.floor = min(FLOOR_PER_MINUTE / 60.0, self.ceiling)
+        self.rate = min(START_PER_MINUTE / 60.0, self.ceiling)
+        if ceiling_per_minute:
+            self.rate = self.ceiling
         self._clock = clock
         self._sleep = sleep
-        self._tokens = self.capacity
-        self._stamp = clock()
         self._lock = threading.Lock()
+        self._next = clock()  # the earliest time the next request may go out
+        self._cut_rate: float | None = None  # rate after the last cut; None: slow start
+        self._generation = 0  # bumped by every cut
+        self._binding_at = -math.inf
+        self.throttled_count = 0
 
-    def reserve(self) -> float:
-        """Take a token; return how long the caller must wait before using it."""
+    def reserve(self) -> tuple[float, int]:
+        """Take the next send slot: (seconds to wait until it, ticket)."""
         with self._lock:
             now = self._clock()
-            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            self._tokens -= 1.0
-            if self._tokens >= 0:
-                return 0.0
-            return -self._tokens / self.rate
+            slot = max(now, self._next)
+            self._next = slot + 1.0 / self.rate
+            if slot > now:
+                self._binding_at = now
+            return slot - now, self._generation
 
-    def acquire(self) -> float:
-        """Block until a request may be sent; return the time waited."""
-        delay = self.reserve()
+    def acquire(self) -> int:
+        """Block until a request may be sent; return its ticket for `succeeded`/`throttled`."""
+        delay, ticket = self.reserve()
         if delay > 0:
             self._sleep(delay)
-        return delay
+        return ticket
+
+    def succeeded(self, ticket: int) -> None:
+        """A request admitted with `ticket` was accepted: raise the rate if it is binding."""
+        with self._lock:
+            if self._clock() - self._binding_at > BINDING_WINDOW:
+                return
+            if self._cut_rate is None:
+                self.rate += SLOW_START_STEP
+            else:
+                self.rate += ADDITIVE_GAIN * self._cut_rate / self.rate
+            self.rate = min(self.rate, self.ceiling)
+
+    def throttled(self, ticket: int, retry_after: float | None) -> None:
+        """A request was answered 429: hold for its RetryInfo, and cut (once per generation)."""
+        with self._lock:
+            now = self._clock()
+            self.throttled_count += 1
+            if retry_after:
+                self._next = max(self._next, now + retry_after)
+            if ticket != self._generation:
+                return  # admitted before the last cut: that cut already answered it
+            self._generation += 1
+            self.rate = max(self.floor, self.rate * DECREASE)
+            self._cut_rate = self.rate
+            log.info("store.rate_cut", per_minute=round(self.rate * 60, 1), retry_after=retry_after)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "per_minute": round(self.rate * 60, 1),
+                "ceiling_per_minute": None if math.isinf(self.ceiling) else self.ceiling * 60,
+                "throttled": self.throttled_count,
+            }
 
 
 # --- circuit breaker -----------------------------------------------------------
@@ -428,7 +517,7 @@ class Pacer:
     def __init__(
         self,
         *,
-        limiter: RateLimiter | None = None,
+        limiter: AdaptiveLimiter | None = None,
         breaker: CircuitBreaker | None = None,
         attempts: int = 5,
         base_delay: float = 1.0,
@@ -459,8 +548,7 @@ class Pacer:
 
     def _once(self, what: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
         trial = self.breaker.before_call() if self.breaker is not None else False
-        if self.limiter is not None:
-            self.limiter.acquire()
+        ticket = self.limiter.acquire() if self.limiter is not None else 0
         error: StoreError | None = None
         try:
             result = fn(*args, **kwargs)
@@ -472,12 +560,22 @@ class Pacer:
             if trial and self.breaker is not None:
                 self.breaker.release_trial()
             raise
+        throttled = (
+            error is not None and error.code == 429 and not isinstance(error, QuotaExhausted)
+        )
+        if self.limiter is not None:
+            if error is None:
+                self.limiter.succeeded(ticket)
+            elif throttled:
+                self.limiter.throttled(ticket, getattr(error, "retry_after", None))
         if error is None:
             if self.breaker is not None:
                 self.breaker.record_success()
             return result
         if self.breaker is not None:
-            if error.transient:
+            # A 429 is the service answering "slower", not an outage: the
+            # limiter deals with it, and it must not open the breaker.
+            if error.transient and not throttled:
                 self.breaker.record_failure(f"{what}: {error}")
             else:
                 self.breaker.record_success()
