@@ -291,21 +291,22 @@ def test_import_still_indexing_is_adopted_later_not_uploaded_twice(h, how):
     h.converged()
 
 
-def test_import_still_indexing_at_the_retry_leaves_no_duplicate(h):
-    """Retried while the first import is still indexing: two copies exist for a
-    while; once both are listed, the older is kept and the newer removed."""
+def test_import_still_indexing_at_the_retry_is_waited_on_not_uploaded_again(h):
+    """Retried while the first import is still indexing: the retry finds the
+    intent with its operation and waits on that import instead of uploading a
+    copy (the pipeline's indexing stage is durable)."""
     store_setting(h, operation_timeout=0.3)
     rel = "n/Very Slow Import.txt"
     h.write(rel)
-    h.emulator.indexing_delay = 1.0
+    h.emulator.indexing_delay = 1.5
     h.sync(code=6)
     make_due(h)
-    h.sync(code=6)  # the first copy is not listed yet: uploaded again
-    assert len(starts(h)) == 2
+    h.run("sync", "--json")  # waits on the same operation (done or not by its deadline)
+    assert len(starts(h)) == 1
     await_indexed(h)
     make_due(h)
     assert h.sync()["uploaded"] == 0
-    assert len(starts(h)) == 2
+    assert len(starts(h)) == 1
     no_duplicates(h)
     h.converged()
 

@@ -239,7 +239,7 @@ def test_an_upload_landing_after_the_first_look_is_not_left_behind(ws, monkeypat
     still being processed, or the listing lags). The intent is kept for a later
     listing, which finds the late document and deletes the copy."""
     from objlib_daemon.state.models import Intent
-    from objlib_daemon.sync import engine as engine_module
+    from objlib_daemon.sync import recovery as engine_module
 
     h = ws.harness
     sha = h.row("r/Kept.txt")["upload_sha256"]

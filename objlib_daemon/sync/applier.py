@@ -461,10 +461,14 @@ class Applier:
         return self._indexing_of(intent, new=f is None or f.document is None)
 
     def resumable(self) -> list[Indexing]:
-        """Every upload accepted by the store and not yet recorded (after a restart)."""
+        """Every upload the store accepted whose wait was cut short, not given up
+        (a crash, a stop): a drain's start resumes them. One given up at the
+        deadline waits for its row's retry (`_resume`)."""
         with self.db.session() as s:
             intents = s.scalars(
-                select(Intent).where(Intent.operation.is_not(None)).order_by(Intent.id)
+                select(Intent)
+                .where(Intent.operation.is_not(None), Intent.ended_at.is_(None))
+                .order_by(Intent.id)
             ).all()
             docs = {
                 f.path: f.document

@@ -36,7 +36,7 @@ from objlib_daemon.config import Config
 from objlib_daemon.errors import VolumeUnavailable
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
-from objlib_daemon.state.db import Database
+from objlib_daemon.state.db import Database, DiskFull
 from objlib_daemon.state.models import Intent, PendingChange
 from objlib_daemon.stores.base import (
     AuthError,
@@ -54,6 +54,9 @@ log = get_logger("objlibd.drain")
 # While work is in flight, look for newly due rows this often (a kick from the
 # watcher lands in the queue, not here).
 RECLAIM = 0.5
+# Polls before an import may be given up at the deadline: GeminiStore checks
+# the document itself from its third poll of an operation (stores/gemini.py).
+MIN_POLLS = 4
 
 
 class IndexingClock:
@@ -72,12 +75,16 @@ class IndexingClock:
         self.ceiling = ceiling
         self._lock = threading.Lock()
 
-    def first(self) -> float:
-        return self.estimate
-
-    def again(self, elapsed: float) -> float:
-        """Delay before the next poll of an import not done after `elapsed` seconds."""
-        return min(self.ceiling, max(self.floor, 0.5 * elapsed, 0.25 * self.estimate))
+    def next(self, elapsed: float, polls: int, deadline: float) -> float:
+        """Delay before the next poll of an import not done after `elapsed` seconds
+        and `polls` polls; the polls a deadline needs (MIN_POLLS) fit before it."""
+        if polls == 0:
+            delay = self.estimate
+        else:
+            delay = min(self.ceiling, max(self.floor, 0.5 * elapsed, 0.25 * self.estimate))
+        if polls < MIN_POLLS:
+            delay = min(delay, max(self.floor, (deadline - elapsed) / (MIN_POLLS - polls)))
+        return delay
 
     def done(self, elapsed: float, polls: int) -> None:
         with self._lock:
@@ -147,21 +154,24 @@ class Drain:
         drained = False
         last_claim = 0.0
 
-        def upload(claim: queue.Claim) -> None:
+        def guarded(stage: str, path: str, job: Callable[[], Result | Indexing]) -> None:
+            """Run one job; the coordinator hears of every job, whatever happens."""
             try:
-                out = self._start(claim, halt, fatal)
-            except BaseException as exc:  # the coordinator must hear of every job
-                out = Result(claim.path, "retrying", error=f"internal error: {exc!r}")
-                log.exception("upload stage failed", path=claim.path)
-            events.put(("w", out))
+                out = job()
+            except DiskFull as exc:  # nothing can be recorded: stop, say so
+                halt.set()
+                fatal.append(exc)
+                out = Result(path, "paused", error=str(exc))
+            except BaseException as exc:
+                log.exception("drain stage failed", path=path)
+                out = Result(path, "retrying", error=f"internal error: {exc!r}")
+            events.put((stage, out))
+
+        def upload(claim: queue.Claim) -> None:
+            guarded("w", claim.path, lambda: self._start(claim, halt, fatal))
 
         def poll(ix: Indexing) -> None:
-            try:
-                out = self._poll(ix, halt, fatal)
-            except BaseException as exc:
-                out = Result(ix.path, "retrying", error=f"internal error: {exc!r}")
-                log.exception("indexing stage failed", path=ix.path)
-            events.put(("p", out))
+            guarded("p", ix.path, lambda: self._poll(ix, halt, fatal))
 
         with (
             ThreadPoolExecutor(workers, thread_name_prefix="upload") as upload_pool,
@@ -198,8 +208,7 @@ class Drain:
                     polling -= 1
                 if isinstance(out, Indexing):
                     tracked.add(out.intent)
-                    delay = self.clock.first() if out.polls == 0 else self._again(out)
-                    heapq.heappush(heap, _Due(time.time() + delay, next(self._seq), out))
+                    heapq.heappush(heap, _Due(time.time() + self._delay(out), next(self._seq), out))
                     continue
                 counts[out.action] += 1
                 counts["hashed"] += out.hashed
@@ -214,8 +223,9 @@ class Drain:
             raise fatal[0]
         return counts
 
-    def _again(self, ix: Indexing) -> float:
-        return self.clock.again(time.time() - ix.started)
+    def _delay(self, ix: Indexing) -> float:
+        elapsed = time.time() - ix.started
+        return self.clock.next(elapsed, ix.polls, self.config.store.operation_timeout)
 
     def _has_leftovers(self, busy: set[int]) -> bool:
         with self.db.session() as s:
@@ -276,12 +286,12 @@ class Drain:
             self._complete(ix.path, ix.gen)
             return result
         except TransientError as exc:  # the look failed, not the import: look again later
-            if elapsed < self.config.store.operation_timeout:
+            if not self._deadline(ix, elapsed):
                 log.info("indexing poll failed", path=ix.path, error=str(exc))
                 return ix
             doc = None
         if doc is None:
-            if elapsed < self.config.store.operation_timeout:
+            if not self._deadline(ix, elapsed):
                 return ix
             # Still indexing at the deadline: never counted indexed. The intent
             # keeps its operation, so the retry waits on it instead of uploading.
@@ -297,6 +307,11 @@ class Drain:
             return self._later(ix.path, ix.gen, f"could not record: {exc!r}")
         self._complete(ix.path, ix.gen)
         return result
+
+    def _deadline(self, ix: Indexing, elapsed: float) -> bool:
+        """Past `[store] operation_timeout`, and looked at often enough that the
+        store has also checked the document itself (an operation may never say done)."""
+        return elapsed >= self.config.store.operation_timeout and ix.polls >= MIN_POLLS
 
     # --- queue outcomes ----------------------------------------------------------------
 

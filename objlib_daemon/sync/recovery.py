@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
+from dataclasses import replace
 
 from sqlalchemy import delete, select
 
@@ -101,8 +102,8 @@ class Recovery:
         attempt ended: an earlier one may miss a document that is still on
         its way, which would then be left behind as a second copy. Such an
         intent is listed again at `intent_recheck_at`, not at every drain.
-        An intent whose document is still PENDING stays too, while the file
-        still holds that content: its retry waits on it instead of uploading.
+        An intent whose document is still PENDING, and would be adopted once
+        indexed, stays too: its retry waits on it instead of uploading.
         Returns how many intents were settled.
         """
         store = self.applier.store
@@ -140,7 +141,9 @@ class Recovery:
                     if f is not None and f.document == doc.name:
                         continue
                     sha = doc.metadata.get("sha256")
-                    if doc.state == PENDING and sha in attempts and (f is None or f.sha256 == sha):
+                    if doc.state == PENDING and adoptable(
+                        replace(doc, state=ACTIVE), f, attempts=attempts
+                    ):  # the one to keep, once indexed: wait for it
                         waiting.add(path)
                         continue
                     if adoptable(doc, f, attempts=attempts):
