@@ -82,6 +82,9 @@ def bench_pacing(
     refused = sum(1 for _, status in window if status == 429)
     sustained = accepted / span
     share = refused / len(window)
+    # The service's bucket holds one second's worth, so a window of `span`
+    # seconds can see up to R x (span + 1) accepted: that is 100 % of R.
+    most = (span + 1) / span
     note = (
         f"R = {rate:g}/s, {latency * 1000:.0f} ms per request, {threads} threads for "
         f"{seconds:g} s (first {warmup:g} s not counted); {accepted} accepted, {refused} "
@@ -97,7 +100,7 @@ def bench_pacing(
             baseline_name="R",
             ratio=sustained / rate,
             target="80-100% of R",
-            met=check(res.quick, 0.8 <= sustained / rate <= 1.0),
+            met=check(res.quick, 0.8 <= sustained / rate <= most),
             note=note,
         )
     )
