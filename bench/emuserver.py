@@ -6,8 +6,10 @@ to objlibd. Commands (one JSON object per line, one answer per line):
 
     {"op": "create_store", "name": "x"}          -> {"store": "fileSearchStores/..."}
     {"op": "latency", "seconds": 0.1}            -> every request waits that long (0: off)
+    {"op": "throttle", "rate": 20}               -> 429 + RetryInfo above 20 requests/s (0: off)
     {"op": "clear"}                              -> empty the request log
     {"op": "log"}                                -> {"requests": [[method, path, phase], ...]}
+    {"op": "answers"}                            -> {"answers": [[time, status], ...]}
     {"op": "stop"}
 """
 
@@ -20,13 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from emulator import Fault, GeminiEmulator  # noqa: E402
+from emulator import GeminiEmulator  # noqa: E402
 
 
 def main() -> None:
     delay = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
     emu = GeminiEmulator(api_key="test-key", clock=time.time, indexing_delay=delay).start()
-    fault: Fault | None = None
     print(json.dumps({"url": emu.url}), flush=True)
     for line in sys.stdin:
         msg = json.loads(line)
@@ -35,15 +36,15 @@ def main() -> None:
         if op == "create_store":
             answer["store"] = emu.create_store(msg["name"])
         elif op == "latency":
-            if fault is not None:
-                emu.remove_fault(fault)
-                fault = None
-            if msg["seconds"] > 0:
-                fault = emu.add_fault(Fault(kind="latency", latency=msg["seconds"], times=None))
+            emu.request_latency = float(msg["seconds"])
+        elif op == "throttle":
+            emu.rate_limit = float(msg["rate"]) or None
         elif op == "clear":
             emu.clear_log()
         elif op == "log":
             answer["requests"] = [[r.method, r.path, r.phase] for r in emu.requests]
+        elif op == "answers":
+            answer["answers"] = [[r.time, r.status] for r in emu.requests]
         elif op == "stop":
             break
         print(json.dumps(answer), flush=True)

@@ -564,7 +564,8 @@ class Pacer:
             error is not None and error.code == 429 and not isinstance(error, QuotaExhausted)
         )
         if self.limiter is not None:
-            if error is None:
+            # Any answer but a 429 (a 404 too) shows the service took the request at this rate.
+            if error is None or not (throttled or error.transient):
                 self.limiter.succeeded(ticket)
             elif throttled:
                 self.limiter.throttled(ticket, getattr(error, "retry_after", None))
