@@ -25,7 +25,7 @@ t_start = time.perf_counter()
 from objlib_daemon.config import load, resolve_config_path  # noqa: E402
 from objlib_daemon.library import files as files_mod  # noqa: E402
 from objlib_daemon.sync import applier as applier_mod  # noqa: E402
-from objlib_daemon.sync import engine as engine_mod  # noqa: E402
+from objlib_daemon.sync import reconcile as engine_mod  # noqa: E402
 from objlib_daemon.workspace import open_workspace  # noqa: E402
 
 t_imported = time.perf_counter()

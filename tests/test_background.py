@@ -9,7 +9,7 @@ import pytest
 
 from objlib_daemon.state import background
 from objlib_daemon.state.background import BackgroundQuery
-from objlib_daemon.sync import engine
+from objlib_daemon.sync import reconcile as engine
 
 
 def _db(tmp_path: Path) -> Path:
