@@ -1,0 +1,127 @@
+"""The house rules that keep the sync core legible, checked on the source.
+
+- Only the applier (sync/applier.py) writes the `files` table or mutates the
+  store (design.md: one applier). Everything else reads, enqueues, or asks the
+  applier: a new module that writes a row or deletes a document directly
+  fails here, before it can race the applier.
+- Dependencies point one way: `stores/` and `library/` never import each
+  other or `daemon/`; `sync/` never imports `daemon/` or `cli/`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "objlib_daemon"
+APPLIER = PACKAGE / "sync" / "applier.py"
+# Columns of `files` whose assignment is a write of the row.
+FILE_COLUMNS = frozenset(
+    {
+        "state",
+        "document",
+        "upload_sha256",
+        "sha256",
+        "size",
+        "mtime_ns",
+        "missing_since",
+        "enrichment_version",
+        "last_error",
+        "attempts",
+    }
+)
+STORE_MUTATIONS = frozenset({"upload", "delete"})
+
+
+def modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def _imports_file_model(tree: ast.Module) -> bool:
+    return any(
+        isinstance(node, ast.ImportFrom)
+        and node.module == "objlib_daemon.state.models"
+        and any(alias.name == "File" for alias in node.names)
+        for node in ast.walk(tree)
+    )
+
+
+def file_writes(tree: ast.Module) -> list[str]:
+    """Lines that write `files`: File(...), insert/update/delete(File), row.<column> = ..."""
+    found = []
+    uses_model = _imports_file_model(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id == "File":
+                found.append(f"{node.lineno}: File(...)")
+            if node.func.id in ("insert", "update", "delete") and any(
+                isinstance(a, ast.Name) and a.id == "File" for a in node.args
+            ):
+                found.append(f"{node.lineno}: {node.func.id}(File)")
+        if uses_model and isinstance(node, ast.Assign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                for t in target.elts if isinstance(target, ast.Tuple) else [target]:
+                    if isinstance(t, ast.Attribute) and t.attr in FILE_COLUMNS:
+                        found.append(f"{node.lineno}: .{t.attr} = ...")
+    return found
+
+
+def store_mutations(tree: ast.Module, source: str) -> list[str]:
+    """Calls of `<something store>.upload(...)` / `.delete(...)`."""
+    found = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in STORE_MUTATIONS
+            and "store" in (ast.get_source_segment(source, node.func.value) or "").lower()
+        ):
+            found.append(f"{node.lineno}: {ast.get_source_segment(source, node.func)}(...)")
+    return found
+
+
+def test_the_checks_see_a_violation() -> None:
+    """The detectors themselves work (else the rule below would pass vacuously)."""
+    bad = (
+        "from objlib_daemon.state.models import File\n"
+        "def f(s, row, ws):\n"
+        "    s.add(File(path='x'))\n"
+        "    row.state = 'indexed'\n"
+        "    ws.store.delete('doc')\n"
+    )
+    tree = ast.parse(bad)
+    assert len(file_writes(tree)) == 2
+    assert len(store_mutations(tree, bad)) == 1
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_the_applier_writes_files_and_mutates_the_store(path: Path) -> None:
+    if path == APPLIER or path.parent.name == "stores":  # the backends implement mutations
+        return
+    source = path.read_text()
+    tree = ast.parse(source)
+    assert file_writes(tree) == [], f"{path.name} writes the files table; ask the applier"
+    assert store_mutations(tree, source) == [], f"{path.name} mutates the store; ask the applier"
+
+
+FORBIDDEN = {
+    "stores": ("objlib_daemon.library", "objlib_daemon.daemon", "objlib_daemon.sync"),
+    "library": ("objlib_daemon.stores", "objlib_daemon.daemon", "objlib_daemon.sync"),
+    "sync": ("objlib_daemon.daemon", "objlib_daemon.cli"),
+}
+
+
+@pytest.mark.parametrize("folder", sorted(FORBIDDEN))
+def test_dependencies_point_one_way(folder: str) -> None:
+    for path in (PACKAGE / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                assert not name.startswith(FORBIDDEN[folder]), f"{path}: imports {name}"
