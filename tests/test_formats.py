@@ -131,7 +131,8 @@ def test_extraction_memory_is_bounded(tmp_path) -> None:
     pages, peak_kib = map(int, out.stdout.split())
     assert pages == 800
     assert size_mb > 35
-    assert peak_kib / 1024 - size_mb < 120, (peak_kib / 1024, size_mb)
+    # 39 MB measured over the file; 76-78 MB with either fix undone.
+    assert peak_kib / 1024 - size_mb < 60, (peak_kib / 1024, size_mb)
 
 
 # --- the emulator refuses what the API refuses --------------------------------------------

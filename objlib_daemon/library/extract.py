@@ -40,6 +40,7 @@ MAX_TEXT_CHARS = 20_000_000
 # past MAX_MEMBER_BYTES is not read at all (a zip bomb inflates 1000:1).
 _CHUNK = 1 << 16
 MAX_MEMBER_BYTES = 256 << 20
+MAX_PACKAGE_BYTES = 16 << 20  # EPUB container and OPF, parsed as whole trees
 
 PLAIN_FORMATS = frozenset({"txt", "md"})
 FORMATS = frozenset({"txt", "md", "html", "pdf", "docx", "epub"})
@@ -402,16 +403,15 @@ def _spine(zf: zipfile.ZipFile) -> list[str]:
 
 
 def _small(zf: zipfile.ZipFile, name: str) -> bytes:
+    """A package file parsed whole (container, OPF): a few KB in a real book."""
     info = zf.getinfo(name)
-    _check_size(info)
+    _check_size(info, MAX_PACKAGE_BYTES)
     return zf.read(info)
 
 
-def _check_size(info: zipfile.ZipInfo) -> None:
-    if info.file_size > MAX_MEMBER_BYTES:
-        raise ExtractError(
-            f"{info.filename} inflates to {info.file_size} bytes (more than {MAX_MEMBER_BYTES})"
-        )
+def _check_size(info: zipfile.ZipInfo, limit: int = MAX_MEMBER_BYTES) -> None:
+    if info.file_size > limit:
+        raise ExtractError(f"{info.filename} inflates to {info.file_size} bytes (over {limit})")
 
 
 class _Prefixed(io.RawIOBase):
