@@ -19,7 +19,8 @@ from harness import Harness
 
 from objlib_daemon.errors import SOME_FAILED
 from objlib_daemon.library.extract import ExtractError, extract, extract_text
-from objlib_daemon.library.payload import NO_TEXT
+from objlib_daemon.library.metadata import Enrichment
+from objlib_daemon.library.payload import NO_TEXT, payload
 from objlib_daemon.stores import base
 
 # One word that occurs only inside each file (never in a path or a header).
@@ -133,6 +134,23 @@ def test_extraction_memory_is_bounded(tmp_path) -> None:
     assert size_mb > 35
     # 39 MB measured over the file; 76-78 MB with either fix undone.
     assert peak_kib / 1024 - size_mb < 60, (peak_kib / 1024, size_mb)
+
+
+def test_a_book_uploads_as_text_within_the_metadata_limit() -> None:
+    identity = {"library_id": "lib", "path": "Books/b.epub", "sha256": "abc"}
+    full = identity | {f"key{i:02}": "v" for i in range(17)}  # 20: Gemini's limit
+    enr = Enrichment("b.epub", full, "Title: B\n\n")
+    book = documents.epub([("One", "the words of the book")])
+    sent = payload("Books/b.epub", book, enr, no_text="upload")
+    assert sent.mime_type == "text/plain" and sent.note is None
+    assert sent.body == b"Title: B\n\nOne\nthe words of the book"
+    assert sent.text == "One\nthe words of the book"  # no header: snippets quote the book
+    assert len(sent.metadata) == 20 and sent.metadata["source_format"] == "epub"
+    assert "key16" not in sent.metadata and identity.items() <= sent.metadata.items()
+    pdf = documents.pdf(["page words"])
+    as_is = payload("a.pdf", pdf, Enrichment("a.pdf", dict(identity), None), no_text="hold")
+    assert (as_is.body, as_is.mime_type, as_is.text) == (pdf, "application/pdf", "page words")
+    assert "source_format" not in as_is.metadata
 
 
 # --- the emulator refuses what the API refuses --------------------------------------------

@@ -70,7 +70,7 @@ def payload(path: str, data: bytes, enrichment: Enrichment, *, no_text: str) -> 
     if not extracted.has_text and fmt not in PLAIN_FORMATS:
         if no_text == "hold":
             raise Refused(f'{NO_TEXT}: held back (library.no_text = "hold")')
-        note = f"{NO_TEXT}: uploaded anyway, found by its name and metadata only"
+        note = f'{NO_TEXT}: uploaded anyway (library.no_text = "upload")'
     elif extracted.truncated:
         note = f"text cut at {len(extracted.text):,} characters"
     body, mime = data, upload_mime_type(path)
