@@ -41,6 +41,7 @@ from objlib_daemon.state.models import (
     FAILED,
     INDEXED,
     MISSING,
+    NOTED,
     PENDING,
     PRUNED,
     File,
@@ -59,8 +60,6 @@ from objlib_daemon.stores.base import (
 from objlib_daemon.sync.planner import Action, Disk, Row, decide, needs_hash
 
 log = get_logger("objlibd.applier")
-# Journal action of a note on an uploaded document (no text layer, text cut).
-NOTED = "noted"
 
 
 class Retry(Exception):

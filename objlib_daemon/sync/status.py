@@ -17,11 +17,11 @@ from objlib_daemon.state.models import (
     FILE_STATES,
     INDEXED,
     MISSING,
+    NOTED,
     File,
     JournalEntry,
     Orphan,
 )
-from objlib_daemon.sync.applier import NOTED
 
 
 def database_status(db: Database) -> dict[str, Any]:
