@@ -318,9 +318,10 @@ class LocalStore:
     def _match(self, expression: str, limit: int) -> list[SearchHit]:
         # The snippet is always cut from the body (column 2), the document's own
         # text: a hit on the name or metadata alone quotes the document's start,
-        # never its path. Ordering by FTS5's own `rank` column (bm25 with our weights, set by
-        # `rank MATCH`) lets FTS5 sort before the outer query, so snippet() runs
-        # only for the rows returned, not for every match (~50 ms per 64 KB).
+        # never its path. Ordering by FTS5's own `rank` column (bm25 with our
+        # weights, set by `rank MATCH`) lets FTS5 sort before the outer query, so
+        # snippet() runs only for the rows returned, not for every match (~50 ms
+        # per 64 KB).
         weights = ", ".join(str(w) for w in _BM25_WEIGHTS)
         sql = (
             "SELECT d.doc_id, d.display_name, d.metadata, f.snip, f.rank FROM ("
