@@ -20,7 +20,10 @@ import platformdirs
 
 APP = "objlibd"
 
-DEFAULT_INCLUDE = ("**/*.txt", "**/*.md", "**/*.pdf", "**/*.html", "**/*.docx")
+DEFAULT_INCLUDE = ("**/*.txt", "**/*.md", "**/*.pdf", "**/*.html", "**/*.docx", "**/*.epub")
+# What to do with a document that has no extractable text (a scanned PDF):
+# upload it anyway (default) or hold it back; either way it is reported.
+NO_TEXT_CHOICES = ("upload", "hold")
 # OS litter and volume metadata seen on FAT/exFAT/HFS+ sticks (platform-notes.md).
 DEFAULT_EXCLUDE = (
     "**/.*",
@@ -80,6 +83,7 @@ class LibraryConfig:
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     min_size: int = 1024
     max_size: int = 100 * 1000 * 1000
+    no_text: str = "upload"
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,7 @@ SCHEMA: dict[str, dict[str, _Kind]] = {
         "exclude": "globs",
         "min_size": "int",
         "max_size": "int",
+        "no_text": "choice:" + "|".join(NO_TEXT_CHOICES),
     },
     "store": {
         "backend": "choice:local|gemini",

@@ -8,7 +8,7 @@ database exists, the configured library and store are the recorded ones.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from objlib_daemon.config import Config
@@ -48,6 +48,7 @@ def library_from(config: Config, meta: dict[str, str]) -> Library:
         eligibility=Eligibility.from_config(config.library),
         rules=config.metadata_rules,
         skip_enrichment=config.sync.skip_enrichment,
+        no_text=config.library.no_text,
     )
 
 
@@ -82,13 +83,7 @@ def open_workspace(
         check_matches(config, meta)
         library = library_from(config, meta)
         if skip_enrichment is not None:
-            library = Library(
-                library.root,
-                library.library_id,
-                library.eligibility,
-                library.rules,
-                skip_enrichment,
-            )
+            library = replace(library, skip_enrichment=skip_enrichment)
         store = None
         if with_store:
             store = open_store(

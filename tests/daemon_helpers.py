@@ -26,7 +26,7 @@ from objlib_daemon.config import load
 from objlib_daemon.daemon.control import request, socket_path
 
 CLI = [sys.executable, "-c", "from objlib_daemon.cli import main; main()"]
-EXTENSIONS = {".txt", ".md", ".pdf", ".html", ".docx"}
+EXTENSIONS = {".txt", ".md", ".pdf", ".html", ".docx", ".epub"}
 MIN_SIZE = 1024  # library.min_size default: smaller files are not tracked
 
 

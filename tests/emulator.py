@@ -46,6 +46,8 @@ log = logging.getLogger("tests.emulator")
 MAX_DOCUMENT_BYTES = 100_000_000
 MAX_DISPLAY_NAME = 512
 MAX_CUSTOM_METADATA = 20
+# Types File Search refuses at upload start ("Formats", gemini-file-search.md).
+UNSUPPORTED_MIME_TYPES = frozenset({"application/epub+zip"})
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 20
 # The SDK reads and sends 8 MiB per chunk request; the real server announces it.
@@ -1326,6 +1328,8 @@ class GeminiEmulator:
             or headers.get("x-goog-upload-header-content-type")
             or "application/octet-stream"
         )
+        if mime.split(";", 1)[0].strip().lower() in UNSUPPORTED_MIME_TYPES:
+            raise _ApiError(400, f"Unsupported MIME type: {mime}")
         with self._lock:
             if store not in self._stores:
                 raise _ApiError(404, f"File search store {store} not found.")

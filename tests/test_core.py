@@ -69,7 +69,7 @@ def test_durations():
 def test_eligibility_globs_litter_and_size():
     e = Eligibility.from_config(LibraryConfig())
     assert e.path_ok("a.txt") and e.path_ok("Deep/er/B.TXT") and e.path_ok("x/y.docx")
-    assert not e.path_ok("a.epub") and not e.path_ok("x/.hidden.txt")
+    assert e.path_ok("a.epub") and not e.path_ok("a.mobi") and not e.path_ok("x/.hidden.txt")
     assert not e.path_ok("x/._a.txt") and not e.path_ok(".Trashes/a.txt")
     assert not e.dir_ok("$RECYCLE.BIN") and not e.dir_ok("a/.git") and e.dir_ok("Courses")
     assert e.size_ok(1024) and not e.size_ok(1023) and not e.size_ok(100_000_001)

@@ -270,18 +270,35 @@ def test_non_ascii_names_and_text(store: LocalStore) -> None:
     assert NAME.match(put(store, "x", name="？？？.txt").name)  # no ASCII at all
 
 
-def test_html_is_indexed_without_markup(store: LocalStore) -> None:
+def test_the_callers_text_is_indexed_and_the_bytes_kept(store: LocalStore) -> None:
+    """The store reads no HTML (or PDF...): it indexes the text the sync extracted."""
     page = (
-        b"<html><head><title>Harmony</title><style>.hidden{color:red}</style></head>"
-        b"<body><div class='x'>Visible &amp; readable prose</div>"
-        b"<script>var invisibleword = 1;</script></body></html>"
+        b"<html><head><title>Harmony</title></head>"
+        b"<body><div class='x'>Visible &amp; readable prose</div></body></html>"
     )
-    doc = put(store, page, name="page.html", mime="text/html")
+    up = store.upload(
+        io.BytesIO(page),
+        display_name="page.html",
+        metadata={"path": "page.html"},
+        mime_type="text/html",
+        text="Harmony\nVisible & readable prose",
+    )
+    doc = store.wait(up)
     assert [h.document for h in store.search("readable prose").hits] == [doc.name]
-    assert store.search("harmony").hits  # the title is text too
-    for hidden in ("invisibleword", "div", "class", "hidden", "amp"):
-        assert store.search(hidden).hits == [], hidden
+    for markup in ("div", "class", "amp"):
+        assert store.search(markup).hits == [], markup
     assert store.get(doc.name).size == len(page)  # stored exactly as uploaded
+    blob = store.directory / "blobs" / doc.name.split("/")[-1]
+    assert blob.read_bytes() == page
+    bare = put(store, page, name="bare.html", mime="text/html")  # no text: by name only
+    assert [h.document for h in store.search("bare").hits] == [bare.name]
+    assert [h.document for h in store.search("readable").hits] == [doc.name]
+
+
+def test_snippets_quote_the_body_not_the_name(store: LocalStore) -> None:
+    doc = put(store, "The body begins here and goes on.", name="Galt Speech.txt")
+    (hit,) = store.search("galt").hits
+    assert hit.document == doc.name and hit.snippet.startswith("The body begins")
 
 
 def test_pdf_and_docx_are_found_by_name_only(store: LocalStore) -> None:

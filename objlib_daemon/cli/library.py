@@ -143,6 +143,8 @@ def _status_text(data: dict[str, Any]) -> str:
         )
     for failure in data["failed"]:
         lines.append(f"failed:    {failure['path']}: {failure['error']}")
+    for noted in data.get("noted") or []:  # absent from an older daemon's answer
+        lines.append(f"note:      {noted['path']}: {noted['note']}")
     if data.get("retrying"):
         lines.append(f"retrying:  {data['retrying']} file(s) (see `objlibd queue`)")
     last = data["last_sync"]

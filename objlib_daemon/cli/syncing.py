@@ -111,6 +111,7 @@ def _run(
 ) -> dict[str, Any]:
     show_bar = sys.stderr.isatty() and not as_json
     results: list[Any] = []
+    notes: list[str] = []  # said without -v: no text layer, unreadable file
     with click.progressbar(
         length=0, label="syncing", file=sys.stderr, hidden=not show_bar
     ) as bar:
@@ -121,6 +122,8 @@ def _run(
 
         def progress(result: Any) -> None:
             bar.update(1)
+            if result.note:
+                notes.append(f"{result.path}: {result.note}")
             if state.verbose and result.action not in ("unchanged", "gone"):
                 results.append(result)
 
@@ -144,7 +147,7 @@ def _run(
     if prune_older is not None:
         counts["pruned"] = len(done.pruned)
     summary: dict[str, Any] = {k: counts.get(k, 0) for k in SUMMARY_KEYS}
-    summary["problems"] = plan.problems
+    summary["problems"] = plan.problems + notes
     summary["outcome"] = "ok" if not (summary["failed"] or summary["retrying"]) else "incomplete"
     summary["files"] = [{"path": r.path, "action": r.action, "error": r.error} for r in results]
     summary["files"] += [{"path": p, "action": "pruned", "error": None} for p in done.pruned]

@@ -103,6 +103,8 @@ class Jobs:
             log.info("not applied", path=result.path, action=result.action, error=result.error)
             if result.action != "skipped":
                 d.record_error("apply", f"{result.path}: {result.error}")
+        elif result.note:  # uploaded, but worth hearing (no text layer: needs OCR)
+            log.warning("applied", path=result.path, action=result.action, note=result.note)
         else:
             log.info("applied", path=result.path, action=result.action)
 

@@ -16,12 +16,22 @@ MIME_TYPES = {
     ".csv": "text/csv",
 }
 TEXT_TYPES = frozenset({"text/plain", "text/markdown"})
+# Formats File Search refuses (gemini-file-search.md): they are uploaded as
+# their extracted text instead (library/payload.py), on every store alike.
+CONVERTED = frozenset({".epub"})
 
 
 def mime_type(path: str) -> str:
+    """The file's own type."""
     return MIME_TYPES.get(PurePosixPath(path).suffix.lower(), "application/octet-stream")
 
 
+def upload_mime_type(path: str) -> str:
+    """The type its document is uploaded as: its own, or text/plain when converted."""
+    return "text/plain" if PurePosixPath(path).suffix.lower() in CONVERTED else mime_type(path)
+
+
 def is_text(path: str) -> bool:
-    """Text uploads get the identity header prepended; other formats go as they are."""
-    return mime_type(path) in TEXT_TYPES
+    """Text uploads (converted ones too) get the identity header prepended; other
+    formats go as they are."""
+    return upload_mime_type(path) in TEXT_TYPES

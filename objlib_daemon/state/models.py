@@ -136,6 +136,11 @@ class Intent(Base):
     retried: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
+# Journal action of a note on an uploaded document (no text layer, text cut):
+# `status` lists the live documents noted so.
+NOTED = "noted"
+
+
 class JournalEntry(Base):
     """Every action taken, for `objlibd log` and post-mortems."""
 

@@ -175,8 +175,16 @@ class Store(Protocol):
         display_name: str,
         metadata: dict[str, MetadataValue],
         mime_type: str,
+        text: str | None = None,
     ) -> Upload:
-        """Start importing `data` as a new document."""
+        """Start importing `data` as a new document.
+
+        `text` is the document's plain text without any header the caller put
+        in `data`, for a backend that indexes text itself (the local store);
+        one that reads `data` itself (Gemini) ignores it. The caller extracts
+        it (library/extract.py): stores and library never import each other,
+        so a store needs no reader of its own for PDF, DOCX or EPUB.
+        """
         ...
 
     def poll(self, upload: Upload) -> RemoteDocument | None:

@@ -419,8 +419,11 @@ class GeminiStore:
         display_name: str,
         metadata: dict[str, MetadataValue],
         mime_type: str,
+        text: str | None = None,
     ) -> Upload:
         """Start the import of `data` (an open binary file object) as a new document.
+
+        `text` is ignored: File Search extracts and indexes the content itself.
 
         Retried on transient errors from the start of `data` again. A failure
         after the last chunk reached the server can leave a document behind

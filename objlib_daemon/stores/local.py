@@ -5,6 +5,11 @@ It is the zero-configuration default, so a new user can run the daemon and
 engine relies on from Gemini (names, operations, metadata types and limits,
 delete-of-absent succeeds), so the same invariants are tested on both.
 
+It indexes the plain text the caller hands to `upload(text=...)` (the sync
+extracts it with library/extract.py), so PDF, DOCX, HTML and EPUB documents
+are found by their words though this module reads none of those formats; the
+bytes are stored exactly as uploaded.
+
 Layout under `directory` (`<state_dir>/local-store`, 0700):
 
     index.db          documents table + FTS5 index (WAL)
@@ -19,7 +24,6 @@ upload still in flight in another process.
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
@@ -30,7 +34,6 @@ import time
 import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -55,7 +58,7 @@ MAX_DISPLAY_NAME = 512
 MAX_METADATA = 20
 MAX_SIZE = MAX_DOCUMENT_BYTES
 
-TEXT_MIME = frozenset({"text/plain", "text/markdown", "text/html"})
+TEXT_MIME = frozenset({"text/plain", "text/markdown"})
 _TEMP_PREFIX = ".tmp-"
 # A leftover temp file or unreferenced blob younger than this may belong to an
 # upload in flight in another process (e.g. `objlibd sync` next to a search).
@@ -138,7 +141,11 @@ class LocalStore:
         display_name: str,
         metadata: dict[str, MetadataValue],
         mime_type: str,
+        text: str | None = None,
     ) -> Upload:
+        """Store `data` as it is and index `text` (the caller's extraction, without
+        the identity header: snippets quote the document); without `text`, text
+        types are decoded and anything else is found by name and metadata only."""
         if not display_name or len(display_name) > MAX_DISPLAY_NAME:
             raise PermanentError(f"display name must be 1-{MAX_DISPLAY_NAME} characters", code=400)
         meta = _check_metadata(metadata)
@@ -147,7 +154,7 @@ class LocalStore:
         if len(payload) > MAX_SIZE:
             raise PermanentError(f"document larger than {MAX_SIZE} bytes", code=400)
         doc_id = f"{_slug(display_name)}-{secrets.token_hex(6)}"
-        body = _extract_text(payload, mime_type)
+        body = text if text is not None else _decoded_text(payload, mime_type)
         meta_text = " ".join(_searchable_metadata(meta))
 
         # Content first (temp + rename), row second: a crash in between leaves
@@ -309,13 +316,16 @@ class LocalStore:
         )
 
     def _match(self, expression: str, limit: int) -> list[SearchHit]:
-        # Ordering by FTS5's own `rank` column (bm25 with our weights, set by
-        # `rank MATCH`) lets FTS5 sort before the outer query, so snippet() runs
-        # only for the rows returned, not for every match (~50 ms per 64 KB).
+        # The snippet is always cut from the body (column 2), the document's own
+        # text: a hit on the name or metadata alone quotes the document's start,
+        # never its path. Ordering by FTS5's own `rank` column (bm25 with our
+        # weights, set by `rank MATCH`) lets FTS5 sort before the outer query, so
+        # snippet() runs only for the rows returned, not for every match (~50 ms
+        # per 64 KB).
         weights = ", ".join(str(w) for w in _BM25_WEIGHTS)
         sql = (
             "SELECT d.doc_id, d.display_name, d.metadata, f.snip, f.rank FROM ("
-            f"  SELECT rowid, snippet(documents_fts, -1, '**', '**', '…', {_SNIPPET_TOKENS})"
+            f"  SELECT rowid, snippet(documents_fts, 2, '**', '**', '…', {_SNIPPET_TOKENS})"
             "   AS snip, rank FROM documents_fts"
             "   WHERE documents_fts MATCH ? AND rank MATCH ? ORDER BY rank LIMIT ?"
             ") AS f JOIN documents d ON d.id = f.rowid ORDER BY f.rank"
@@ -427,41 +437,7 @@ def _query_terms(query: str) -> list[str]:
     return [f'"{w}"' for w in unique]
 
 
-def _extract_text(payload: bytes, mime_type: str) -> str:
-    """Indexable text; pdf/docx are found by name and metadata only (no extractors)."""
+def _decoded_text(payload: bytes, mime_type: str) -> str:
+    """Indexable text when the caller gave none: text types decoded, others nothing."""
     base = mime_type.split(";", 1)[0].strip().lower()
-    if base not in TEXT_MIME:
-        return ""
-    text = payload.decode("utf-8", errors="replace")
-    return _strip_html(text) if base == "text/html" else text
-
-
-class _TextOnly(HTMLParser):
-    _SKIP = frozenset({"script", "style", "template", "noscript"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skipping = 0
-
-    def handle_starttag(self, tag: str, attrs: Any) -> None:
-        if tag in self._SKIP:
-            self._skipping += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP and self._skipping:
-            self._skipping -= 1
-
-    def handle_data(self, data: str) -> None:
-        if not self._skipping:
-            self.parts.append(data)
-
-
-def _strip_html(text: str) -> str:
-    parser = _TextOnly()
-    try:
-        parser.feed(text)
-        parser.close()
-    except Exception:  # malformed markup: fall back to a crude tag strip
-        return html.unescape(re.sub(r"<[^>]*>", " ", text))
-    return re.sub(r"\s+", " ", " ".join(parser.parts)).strip()
+    return payload.decode("utf-8", errors="replace") if base in TEXT_MIME else ""

@@ -33,7 +33,7 @@ from objlib_daemon.library import paths
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.files import NotSettled, Snapshot, hash_file, read_file
 from objlib_daemon.library.metadata import enrich, enrichment_version
-from objlib_daemon.library.mime import is_text, mime_type
+from objlib_daemon.library.payload import Refused, payload
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
@@ -41,6 +41,7 @@ from objlib_daemon.state.models import (
     FAILED,
     INDEXED,
     MISSING,
+    NOTED,
     PENDING,
     PRUNED,
     File,
@@ -49,7 +50,6 @@ from objlib_daemon.state.models import (
     Orphan,
 )
 from objlib_daemon.stores.base import (
-    MAX_DOCUMENT_BYTES,
     AuthError,
     PermanentError,
     RemoteDocument,
@@ -79,6 +79,7 @@ class Library:
     eligibility: Eligibility
     rules: tuple[MetadataRule, ...] | None = None
     skip_enrichment: bool = False
+    no_text: str = "upload"  # library.no_text: a document without text is uploaded or held
 
     @property
     def enrichment_version(self) -> str:
@@ -93,6 +94,7 @@ class Result:
     uploaded: int = 0
     deleted: int = 0
     error: str | None = None
+    note: str | None = None  # said in the sync summary even without -v (e.g. no text layer)
 
 
 @dataclass
@@ -114,6 +116,9 @@ class Indexing:
     # When waiting began (in this run: the deadline restarts after a restart).
     started: float = field(default_factory=time.time)
     polls: int = 0
+    # Said with the result and journaled with the document (no text layer);
+    # not kept across a restart.
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -378,13 +383,12 @@ class Applier:
             rules=self.lib.rules,
             skip=self.lib.skip_enrichment,
         )
-        body = snap.data
-        if enr.header and is_text(path):
-            header = enr.header.encode("utf-8")
-            # The header is a courtesy (the metadata says the same): a file the
-            # size bounds let in must not be refused for the header's sake.
-            if len(header) + len(snap.data) <= MAX_DOCUMENT_BYTES:
-                body = header + snap.data
+        try:
+            what = payload(path, snap.data, enr, no_text=self.lib.no_text)
+        except Refused as exc:  # corrupt, encrypted, or no text and held back
+            disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
+            self._record_failure(path, disk, str(exc))
+            return Result(path, "failed", True, error=str(exc), note=str(exc))
         with self.db.session() as s:
             intent = Intent(
                 path=path,
@@ -398,10 +402,11 @@ class Applier:
             s.add(intent)
         try:
             upload = self.store.upload(
-                io.BytesIO(body),
+                io.BytesIO(what.body),
                 display_name=enr.display_name,
-                metadata=enr.metadata,
-                mime_type=mime_type(path),
+                metadata=what.metadata,
+                mime_type=what.mime_type,
+                text=what.text,
             )
         except PermanentError as exc:
             if isinstance(exc, AuthError):
@@ -440,6 +445,7 @@ class Applier:
             upload=upload,
             new=new,
             started=self.clock(),
+            note=what.note,
         )
 
     def _resume(self, path: str, sha256: str, gen: int) -> Indexing | None:
@@ -531,7 +537,8 @@ class Applier:
     def finish(self, ix: Indexing, doc: RemoteDocument) -> Result:
         """Record the finished upload, then retire what it supersedes (upload first)."""
         old = self._record_upload(ix, doc.name)
-        result = Result(ix.path, "new" if ix.new else "modified", True, uploaded=1)
+        action = "new" if ix.new else "modified"
+        result = Result(ix.path, action, True, uploaded=1, note=ix.note)
         if old:
             result.deleted += self.retire(old)
         moved_from = self._moved_from(ix.path, ix.sha256)
@@ -571,6 +578,8 @@ class Applier:
             else:
                 s.execute(delete(Intent).where(Intent.id == ix.intent))
             journal(s, "uploaded" if was_new else "replaced", ix.path, document, ix.sha256)
+            if ix.note:  # `status` lists a live document noted so (sync/status.py)
+                journal(s, NOTED, ix.path, document, ix.note)
         return old
 
     def _recheck(self, ix: Indexing) -> None:

@@ -12,7 +12,16 @@ from sqlalchemy import func, select
 from objlib_daemon.library.volume import probe
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import FAILED, FILE_STATES, MISSING, File, Orphan
+from objlib_daemon.state.models import (
+    FAILED,
+    FILE_STATES,
+    INDEXED,
+    MISSING,
+    NOTED,
+    File,
+    JournalEntry,
+    Orphan,
+)
 
 
 def database_status(db: Database) -> dict[str, Any]:
@@ -33,6 +42,14 @@ def database_status(db: Database) -> dict[str, Any]:
             .select_from(File)
             .where(File.last_error.is_not(None), File.state != FAILED)
         ).scalar_one()
+        # Live documents uploaded with a note (no text layer, text cut); a
+        # held-back file is listed with the failures instead.
+        noted = s.execute(
+            select(File.path, JournalEntry.detail)
+            .join(JournalEntry, JournalEntry.document == File.document)
+            .where(JournalEntry.action == NOTED, File.state.in_((INDEXED, MISSING)))
+            .limit(10)
+        ).all()
         orphans = s.execute(select(func.count()).select_from(Orphan)).scalar_one()
         depth = queue.depth(s)
         reasons = queue.by_reason(s)
@@ -58,6 +75,7 @@ def database_status(db: Database) -> dict[str, Any]:
             ),
         },
         "failed": [{"path": p, "error": e} for p, e in failures],
+        "noted": [{"path": p, "note": n} for p, n in noted],
         "retrying": retrying,
         "last_sync": {
             "at": float(meta["last_sync_at"]) if meta.get("last_sync_at") else None,
