@@ -248,3 +248,26 @@ def test_every_entry_point_runs_the_same_pass(env, service, entry) -> None:
     assert env.db("SELECT document FROM files WHERE path = 'e/Kept.txt'")[0][0] == kept_doc
     assert env.db("SELECT count(*) FROM orphans")[0][0] == 0
     assert len(service.documents()) == 5  # the missing file keeps its document
+
+
+def test_an_import_stuck_indexing_is_never_counted_indexed(env, service) -> None:
+    """F5: the store keeps a document PENDING past the deadline. The sync says
+    so (exit 6, retrying), the file is not `indexed`, `status` counts it as
+    indexing, and the next sync waits on the same import instead of uploading
+    a copy; once indexed, it is recorded."""
+    env.config_path.write_text(
+        env.config_text().replace("[store]\n", '[store]\noperation_timeout = "1s"\n')
+    )
+    service.indexing_delay = 3600.0
+    write(env.root / "s/Stuck.txt", "stuck")
+    result = env.cli("sync", "--json", timeout=120)
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert env.file_states().get("s/Stuck.txt") != INDEXED
+    status = env.cli_json("status")
+    assert status["indexing"] == 1
+    for doc in service.documents():  # the service finally finishes indexing it
+        service.set_state(doc["name"], "STATE_ACTIVE")
+    env.cli("sync", "--json", timeout=120)
+    assert len(starts(service)) == 1  # waited on, not uploaded again
+    env.wait_converged()
+    assert env.cli_json("status")["indexing"] == 0

@@ -147,6 +147,8 @@ def _status_text(data: dict[str, Any]) -> str:
         lines.append(f"note:      {noted['path']}: {noted['note']}")
     if data.get("retrying"):
         lines.append(f"retrying:  {data['retrying']} file(s) (see `objlibd queue`)")
+    if data.get("indexing"):
+        lines.append(f"indexing:  {data['indexing']} file(s) accepted, not indexed yet")
     last = data["last_sync"]
     result = last["result"] or {}
     lines.append(

@@ -15,7 +15,7 @@ import time
 from collections.abc import Collection
 from dataclasses import replace
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state.db import Database
@@ -150,6 +150,13 @@ class Recovery:
                         why = "upload finished before a crash"
                         superseded = self.applier.adopt(
                             s, path, doc.name, str(sha), why=why, now=now
+                        )
+                        # Its import is settled: the intent stays only as a
+                        # guard for the next listing, never waited on again.
+                        s.execute(
+                            update(Intent)
+                            .where(Intent.path == path, Intent.sha256 == sha)
+                            .values(operation=None, document=None)
                         )
                         if superseded:
                             extra.append(superseded)

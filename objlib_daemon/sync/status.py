@@ -19,6 +19,7 @@ from objlib_daemon.state.models import (
     MISSING,
     NOTED,
     File,
+    Intent,
     JournalEntry,
     Orphan,
 )
@@ -51,6 +52,10 @@ def database_status(db: Database) -> dict[str, Any]:
             .limit(10)
         ).all()
         orphans = s.execute(select(func.count()).select_from(Orphan)).scalar_one()
+        # Accepted by the store and not yet indexed (never counted indexed).
+        indexing = s.execute(
+            select(func.count(func.distinct(Intent.path))).where(Intent.operation.is_not(None))
+        ).scalar_one()
         depth = queue.depth(s)
         reasons = queue.by_reason(s)
         next_due = queue.next_due(s)
@@ -77,6 +82,7 @@ def database_status(db: Database) -> dict[str, Any]:
         "failed": [{"path": p, "error": e} for p, e in failures],
         "noted": [{"path": p, "note": n} for p, n in noted],
         "retrying": retrying,
+        "indexing": indexing,
         "last_sync": {
             "at": float(meta["last_sync_at"]) if meta.get("last_sync_at") else None,
             "result": last_result,
