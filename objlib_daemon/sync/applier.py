@@ -207,7 +207,7 @@ class Applier:
         `keep_bytes` reads the content into memory (for an upload); else a
         candidate is only hashed. `disk`: what a forced scan already hashed.
         """
-        with self.db.session() as s:
+        with self.db.reading() as s:
             row = row_of(s.get(File, path))
         if disk is not None:
             action = decide(row, disk, force=force, enrichment_version=self.version)
@@ -422,18 +422,18 @@ class Applier:
             # adopts or removes whatever it left.
             self.attempt_ended(intent.id)
             raise
-        with self.db.session() as s:
-            s.execute(
-                update(Intent)
-                .where(Intent.id == intent.id)
-                .values(
-                    operation=upload.operation,
-                    document=upload.document,
-                    display_name=upload.display_name or enr.display_name,
-                    retried=int(upload.retried),
+        if not upload.document:  # indexing: durably, so a restart resumes the wait
+            with self.db.session() as s:
+                s.execute(
+                    update(Intent)
+                    .where(Intent.id == intent.id)
+                    .values(
+                        operation=upload.operation,
+                        display_name=upload.display_name or enr.display_name,
+                        retried=int(upload.retried),
+                    )
                 )
-            )
-            queue.indexing(s, queue.Claim(path, gen, 0, ""))
+                queue.indexing(s, queue.Claim(path, gen, 0, ""))
         return Indexing(
             intent=intent.id,
             path=path,
@@ -536,12 +536,11 @@ class Applier:
 
     def finish(self, ix: Indexing, doc: RemoteDocument) -> Result:
         """Record the finished upload, then retire what it supersedes (upload first)."""
-        old = self._record_upload(ix, doc.name)
+        old, moved_from = self._record_upload(ix, doc.name)
         action = "new" if ix.new else "modified"
         result = Result(ix.path, action, True, uploaded=1, note=ix.note)
         if old:
             result.deleted += self.retire(old)
-        moved_from = self._moved_from(ix.path, ix.sha256)
         if moved_from:
             result.action = "moved"
             for doc_name in moved_from:
@@ -549,14 +548,16 @@ class Applier:
         self._recheck(ix)
         return result
 
-    def _record_upload(self, ix: Indexing, document: str) -> str | None:
-        """Point the row at the new document; the old one becomes an orphan. One commit.
+    def _record_upload(self, ix: Indexing, document: str) -> tuple[str | None, list[str]]:
+        """Point the row at the new document; the old one, and those of rows this
+        file moved from, become orphans. One commit; returns them to retire.
 
         The intent stays when the store had to repeat the upload: the failed
         attempt may have landed too, and recovery removes that copy.
         """
         now = self.clock()
         with self.db.session() as s:
+            moved_from = self._moved_from(s, ix.path, ix.sha256, now)
             f = s.get(File, ix.path)
             if f is None:
                 f = File(path=ix.path, created_at=now)
@@ -580,7 +581,7 @@ class Applier:
             journal(s, "uploaded" if was_new else "replaced", ix.path, document, ix.sha256)
             if ix.note:  # `status` lists a live document noted so (sync/status.py)
                 journal(s, NOTED, ix.path, document, ix.note)
-        return old
+        return old, moved_from
 
     def _recheck(self, ix: Indexing) -> None:
         """A file changed while it was uploaded or indexed is queued again at once,
@@ -594,30 +595,28 @@ class Applier:
             with self.db.session() as s:
                 queue.enqueue(s, [(ix.path, queue.EVENT)])
 
-    def _moved_from(self, path: str, sha256: str) -> list[str]:
+    def _moved_from(self, s: Session, path: str, sha256: str, now: float) -> list[str]:
         """Rows holding the same content at a path that is gone: the file moved here.
 
         Their documents become orphans at once (no 7-day limbo), but only while
         the volume is verified: an absent old path must mean really gone.
         """
-        with self.db.session() as s:
-            candidates = s.scalars(
-                select(File).where(
-                    File.upload_sha256 == sha256,
-                    File.path != path,
-                    File.document.is_not(None),
-                    File.state.in_((INDEXED, MISSING, FAILED)),
-                )
-            ).all()
-            gone = [f for f in candidates if not self._still_there(f.path)]
-            if not gone or not self.guard.verify().available:
-                return []
-            now = self.clock()
-            for f in gone:
-                s.merge(Orphan(document=f.document, path=f.path, reason="moved", created_at=now))
-                journal(s, "moved", f.path, f.document, f"to {path}")
-                s.delete(f)
-            return [f.document for f in gone]
+        candidates = s.scalars(
+            select(File).where(
+                File.upload_sha256 == sha256,
+                File.path != path,
+                File.document.is_not(None),
+                File.state.in_((INDEXED, MISSING, FAILED)),
+            )
+        ).all()
+        gone = [f for f in candidates if not self._still_there(f.path)]
+        if not gone or not self.guard.verify().available:
+            return []
+        for f in gone:
+            s.merge(Orphan(document=f.document, path=f.path, reason="moved", created_at=now))
+            journal(s, "moved", f.path, f.document, f"to {path}")
+            s.delete(f)
+        return [f.document for f in gone]
 
     # --- recovery and repair verbs ---------------------------------------------------
 
