@@ -271,3 +271,57 @@ def test_an_import_stuck_indexing_is_never_counted_indexed(env, service) -> None
     assert len(starts(service)) == 1  # waited on, not uploaded again
     env.wait_converged()
     assert env.cli_json("status")["indexing"] == 0
+
+
+def test_recovery_never_touches_an_import_being_resumed(tmp_path: Path, monkeypatch) -> None:
+    """After a crash, a drain resumes waiting on an accepted import while an older
+    attempt of the same path (a crash leftover without an operation) makes
+    recovery list the store. The resumed import's document is listed (still
+    indexing) but is the tracker's: recovery must not delete it as a stray,
+    or the row would end up recording a deleted document."""
+    from harness import API_KEY, Harness
+
+    from objlib_daemon.config import load
+    from objlib_daemon.state.models import Intent
+    from objlib_daemon.sync.applier import Indexing
+    from objlib_daemon.workspace import open_workspace
+
+    emu = GeminiEmulator(clock=time.time, api_key=API_KEY).start()
+    try:
+        h = Harness(tmp_path, "gemini", emulator=emu)
+        assert h.init().exit_code == 0
+        for key, value in h.env.items():
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, value)
+        rel = "r/Lecture.txt"
+        h.write(rel, b"first version " * 200)
+        h.sync()
+        ws = open_workspace(load(h.config_path))
+        try:
+            with ws.db.session() as s:  # an earlier run's attempt that left nothing
+                s.add(Intent(path=rel, sha256="0" * 64, started_at=time.time() - 120))
+            h.write(rel, b"second version " * 200)
+            emu.indexing_delay = 1.0
+            ws.engine.require_volume()
+            started = ws.engine.applier.start(rel)
+            assert isinstance(started, Indexing)  # accepted, indexing: then the crash
+        finally:
+            ws.close()
+        # Indexed (and so listed) before the restarted drain records it.
+        wait_until(
+            lambda: all(d["state"] == "STATE_ACTIVE" for d in emu.documents()),
+            what="the import indexed",
+        )
+        ws = open_workspace(load(h.config_path))  # the restart
+        try:
+            ws.engine.require_volume()
+            ws.engine.drain()
+        finally:
+            ws.close()
+        document = h.row(rel)["document"]
+        assert emu.document(document) is not None, "the recorded document was deleted"
+        h.converged()
+    finally:
+        emu.stop()

@@ -110,7 +110,11 @@ class Recovery:
         assert store is not None
         now = time.time()
         with self.db.session() as s:
-            intents = [i for i in s.scalars(select(Intent)).all() if i.id not in busy]
+            every = s.scalars(select(Intent)).all()
+            # The tracker's imports are not ours to judge: their documents may
+            # be listed already while it still waits to record them.
+            tracked = {(i.path, i.sha256) for i in every if i.id in busy}
+            intents = [i for i in every if i.id not in busy]
             queued = {
                 q.path: q.next_attempt_at
                 for q in s.scalars(
@@ -141,6 +145,8 @@ class Recovery:
                     if f is not None and f.document == doc.name:
                         continue
                     sha = doc.metadata.get("sha256")
+                    if (path, sha) in tracked:
+                        continue
                     if doc.state == PENDING and adoptable(
                         replace(doc, state=ACTIVE), f, attempts=attempts
                     ):  # the one to keep, once indexed: wait for it
