@@ -450,6 +450,14 @@ class Applier:
 
     def _resume(self, path: str, sha256: str, gen: int) -> Indexing | None:
         """An earlier upload of this very content still indexing: wait for it instead."""
+        with self.db.reading() as s:  # almost never: a write only when there is one
+            waiting = s.scalar(
+                select(Intent.id).where(
+                    Intent.path == path, Intent.sha256 == sha256, Intent.operation.is_not(None)
+                )
+            )
+        if waiting is None:
+            return None
         with self.db.session() as s:
             intent = s.scalars(
                 select(Intent)
