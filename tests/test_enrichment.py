@@ -301,6 +301,18 @@ def test_local_backend_keeps_path_rules_unless_turned_on(emulator, tmp_path):
     assert bad.exit_code == 2 and "refused the filter" in bad.output + bad.stderr
 
 
+def test_ai_turned_on_without_a_key_uploads_and_says_why(tmp_path):
+    h = Harness(tmp_path, "local")
+    h.env |= {"GEMINI_API_KEY": None, "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring"}
+    assert h.init("[enrichment]\nenabled = true\n").exit_code == 0
+    for rel, text in TEXTS.items():
+        h.write(rel, text.encode())
+    summary = h.sync()
+    assert summary["uploaded"] == 3 and summary["enrichment"]["by_reason"] == {"no_key": 3}
+    assert "no usable API key" in h.run("status").stdout
+    h.converged()
+
+
 def test_gemini_search_passes_the_filter(g):
     g.sync()
     g.emulator.clear_log()

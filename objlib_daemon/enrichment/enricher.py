@@ -340,24 +340,21 @@ def open_enricher(
     backend: str,
     rules: Sequence[MetadataRule] | None,
     skip: bool,
-    api_key: Callable[[], str] | None = None,
 ) -> Enricher:
-    """The enricher for one workspace; `rules` is the complete path-rule list,
-    `api_key` resolves the key (default: the credentials' order)."""
+    """The enricher for one workspace (`rules`: the complete path-rule list).
+
+    The key is resolved as for the store (credentials.py); without one, AI
+    enrichment stays wanted and every file waits with reason "no_key".
+    """
     settings = config.enrichment
     analyst: GeminiAnalyst | None = None
     unavailable: str | None = None
     if not skip and ai_wanted(config, backend):
+        from objlib_daemon.credentials import resolve_api_key
         from objlib_daemon.enrichment.model import GeminiAnalyst
 
-        if api_key is None:
-            from objlib_daemon.credentials import resolve_api_key
-
-            def api_key() -> str:
-                return resolve_api_key()[0]
-
         try:
-            analyst = GeminiAnalyst(settings, config.store, api_key())
+            analyst = GeminiAnalyst(settings, config.store, resolve_api_key()[0])
         except (ConfigurationError, AuthError):
             unavailable = "no_key"
     return Enricher(
