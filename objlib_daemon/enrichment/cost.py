@@ -75,7 +75,7 @@ def estimate(
         if enricher.ai_version is None:
             continue
         sha = hashlib.sha256(data).hexdigest()
-        with enricher.db.session() as s:
+        with enricher.db.reading() as s:
             if cache.lookup(s, sha, enricher.ai_version) is not None:
                 continue
         to_enrich.append(sample(text, enricher.max_input_tokens))

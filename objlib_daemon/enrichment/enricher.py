@@ -191,7 +191,7 @@ class Enricher:
         self, sha256: str, read: Callable[[], str | None]
     ) -> tuple[Analysis | None, str | None]:
         assert self.ai_version is not None
-        with self.db.session() as s:
+        with self.db.reading() as s:  # a snapshot: no writer waits on a cache hit
             cached = cache.lookup(s, sha256, self.ai_version)
         if cached is not None:
             return cached, None
@@ -229,7 +229,7 @@ class Enricher:
             # Checked before the call with an upper estimate, so a budget is
             # never overrun by more than the estimate's error.
             planned = estimate_tokens(PROMPT + cut) + MAX_OUTPUT_TOKENS
-            with self.db.session() as s:
+            with self.db.reading() as s:
                 spent = cache.spent_today(s, self.clock())
             if spent + planned > self.max_daily_tokens:
                 raise EnrichmentFailed(
@@ -262,7 +262,7 @@ class Enricher:
         """
         if not self.ai or self.ai_version is None:
             return []
-        with self.db.session() as s:
+        with self.db.reading() as s:
             versions = waiting_versions(s)
             if not versions:
                 return []
@@ -280,7 +280,7 @@ class Enricher:
         ready: list[str] = []
         now = self.clock()
         for sha, rel_paths in by_sha.items():
-            with self.db.session() as s:
+            with self.db.reading() as s:
                 cached = cache.lookup(s, sha, self.ai_version) is not None
                 due = cache.due_at(s, sha, self.ai_version)
             if not cached:

@@ -65,7 +65,7 @@ def waiting_versions(s: Session) -> dict[str, int]:
 def enrichment_status(db: Any, now: float | None = None) -> dict[str, Any]:
     """Files waiting for AI metadata by reason, and the tokens spent (no config needed)."""
     now = time.time() if now is None else now
-    with db.session() as s:
+    with db.reading() as s:
         versions = waiting_versions(s)
         spend = cache.spend_summary(s, now)
     by_reason: dict[str, int] = {}
