@@ -114,6 +114,28 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class EnrichmentConfig:
+    """AI metadata from a Gemini model (enrichment/): when, which model, what it may cost."""
+
+    # "auto": on when the store backend is gemini and an API key is present.
+    enabled: str = "auto"
+    # A small fast model: one call per new content, a few hundred output tokens.
+    model: str = "gemini-2.5-flash-lite"
+    # Input cut per document (longer texts are sampled; enrichment/text.py).
+    max_input_tokens: int = 8000
+    # Model tokens (prompt + output) per UTC day; 0 = no limit. Reaching it
+    # pauses enrichment, never the sync: files upload with path-rule metadata.
+    max_daily_tokens: int = 20_000_000
+    # 0: no ceiling; the adaptive limiter (stores/pacing.py) finds the rate.
+    max_requests_per_minute: int = 0
+    # USD per million tokens, for the estimates of `sync --dry-run` and `status`
+    # (gemini-2.5-flash-lite list prices; gemini-embedding-001 for indexing).
+    input_price: float = 0.10
+    output_price: float = 0.40
+    indexing_price: float = 0.15
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     settle_seconds: float = 2.0
     reconcile_interval: float = 6 * 3600.0
@@ -142,6 +164,7 @@ class Config:
     library: LibraryConfig = field(default_factory=LibraryConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    enrichment: EnrichmentConfig = field(default_factory=EnrichmentConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -181,7 +204,7 @@ class Config:
 
 # --- schema: section → key → (kind, validator) ----------------------------------
 
-_Kind = str  # "int", "float", "bool", "str", "path", "duration", "globs", "choice:a|b"
+_Kind = str  # "int", "float", "bool", "auto-bool", "str", "path", "duration", "globs", "choice:a|b"
 
 SCHEMA: dict[str, dict[str, _Kind]] = {
     "library": {
@@ -213,6 +236,16 @@ SCHEMA: dict[str, dict[str, _Kind]] = {
         "retry_base": "duration",
         "retry_max": "duration",
     },
+    "enrichment": {
+        "enabled": "auto-bool",
+        "model": "str",
+        "max_input_tokens": "int",
+        "max_daily_tokens": "int",
+        "max_requests_per_minute": "int",
+        "input_price": "float",
+        "output_price": "float",
+        "indexing_price": "float",
+    },
     "daemon": {
         "settle_seconds": "duration",
         "reconcile_interval": "duration",
@@ -238,6 +271,7 @@ _SECTION_TYPES = {
     "library": LibraryConfig,
     "store": StoreConfig,
     "sync": SyncConfig,
+    "enrichment": EnrichmentConfig,
     "daemon": DaemonConfig,
     "paths": PathsConfig,
     "logging": LoggingConfig,
@@ -256,6 +290,7 @@ _POSITIVE = {
     "retry_initial",
     "retry_base",
     "retry_max",
+    "max_input_tokens",
 }
 # The largest document the store accepts (gemini-file-search.md, limits; the
 # stores use this number too): a bigger file could never be uploaded.
@@ -279,6 +314,12 @@ def _coerce(where: str, kind: _Kind, value: Any, base: Path | None) -> Any:
     if kind == "bool":
         if not isinstance(value, bool):
             raise bad("true or false")
+        return value
+    if kind == "auto-bool":
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if value != "auto":
+            raise bad('true, false or "auto"')
         return value
     if kind == "str":
         if not isinstance(value, str):
@@ -414,6 +455,18 @@ def _check_values(cfg: Config) -> None:
         )
     if not 0 < cfg.sync.max_missing_fraction <= 1:
         raise ConfigError("sync.max_missing_fraction must be in (0, 1]")
+    enr = cfg.enrichment
+    for key in (
+        "max_daily_tokens",
+        "max_requests_per_minute",
+        "input_price",
+        "output_price",
+        "indexing_price",
+    ):
+        if getattr(enr, key) < 0:
+            raise ConfigError(f"enrichment.{key}: must not be negative, got {getattr(enr, key)}")
+    if not enr.model.strip():
+        raise ConfigError("enrichment.model: name a model, e.g. gemini-2.5-flash-lite")
 
 
 def default_config_path() -> Path:

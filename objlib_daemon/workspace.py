@@ -8,12 +8,14 @@ database exists, the configured library and store are the recorded ones.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from objlib_daemon.config import Config
+from objlib_daemon.enrichment.enricher import open_enricher
 from objlib_daemon.errors import ConfigurationError, Mismatch
 from objlib_daemon.library.eligibility import Eligibility
+from objlib_daemon.library.metadata import with_defaults
 from objlib_daemon.library.volume import MARKER, MarkerError, read_marker, write_marker
 from objlib_daemon.state.db import Database
 from objlib_daemon.stores import LOCAL_DEFAULT_NAME, open_store
@@ -35,19 +37,35 @@ class Workspace:
         return self.db.all_meta()
 
     def close(self) -> None:
+        if self.library.enricher is not None:
+            self.library.enricher.close()
         if self.store is not None:
             self.store.close()
         self.db.close()
 
 
-def library_from(config: Config, meta: dict[str, str]) -> Library:
+def library_from(
+    config: Config, meta: dict[str, str], db: Database, *, skip_enrichment: bool | None = None
+) -> Library:
+    """The library's local side with its enricher (`skip_enrichment` overrides the config)."""
     root = Path(meta.get("root") or config.require_root())
+    skip = config.sync.skip_enrichment if skip_enrichment is None else skip_enrichment
+    rules = with_defaults(config.metadata_rules)
+    enricher = open_enricher(
+        config,
+        db,
+        library_id=meta["library_id"],
+        backend=meta["store_backend"],
+        rules=rules,
+        skip=skip,
+    )
     return Library(
         root=root,
         library_id=meta["library_id"],
         eligibility=Eligibility.from_config(config.library),
-        rules=config.metadata_rules,
-        skip_enrichment=config.sync.skip_enrichment,
+        rules=rules,
+        skip_enrichment=skip,
+        enricher=enricher,
         no_text=config.library.no_text,
     )
 
@@ -81,9 +99,7 @@ def open_workspace(
     try:
         meta = db.all_meta()
         check_matches(config, meta)
-        library = library_from(config, meta)
-        if skip_enrichment is not None:
-            library = replace(library, skip_enrichment=skip_enrichment)
+        library = library_from(config, meta, db, skip_enrichment=skip_enrichment)
         store = None
         if with_store:
             store = open_store(

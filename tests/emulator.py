@@ -125,6 +125,15 @@ FAULT_KINDS = frozenset(
         "html_200",
         # 429 "Corpus has reached the storage limit", whatever is stored.
         "storage_quota",
+        # generateContent answers for structured output (responseSchema /
+        # responseJsonSchema): blocked by the safety filter, either on the
+        # prompt (promptFeedback.blockReason, no candidates) or on the answer
+        # (finishReason SAFETY, no content); text that is not JSON; an answer
+        # cut off at the token limit (finishReason MAX_TOKENS, truncated JSON).
+        "prompt_blocked",
+        "safety",
+        "malformed_json",
+        "max_tokens",
     }
 )
 # Kinds that end the request with a fault answer; the first matching one wins.
@@ -145,6 +154,8 @@ _TERMINAL_KINDS = frozenset(
 _DELETE_KINDS = frozenset({"spurious_404_delete", "delete_then_404"})
 # Kinds that only make sense for an upload (or, for some, an operations GET).
 _UPLOAD_FLAG_KINDS = frozenset({"never_done", "operation_error", "bare_ids"})
+# Kinds that shape a generateContent answer, whatever `method`/`path` say.
+_GENERATE_FLAG_KINDS = frozenset({"prompt_blocked", "safety", "malformed_json", "max_tokens"})
 
 
 # --------------------------------------------------------------------------- public types
@@ -642,6 +653,40 @@ def _chunks(text: str) -> list[str]:
     return out
 
 
+def _token_estimate(text: str) -> int:
+    """About 4 characters per token, as Google documents for its models."""
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def _fill_schema(schema: Any, text: str) -> Any:
+    """A value of `schema` (JSON Schema, or the API's OpenAPI subset) made from `text`."""
+    schema = schema if isinstance(schema, dict) else {}
+    kind = str(schema.get("type", "string")).lower()
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {key: _fill_schema(sub, text) for key, sub in props.items()}
+    if kind == "array":
+        count = int(_first(schema, "maxItems", "max_items") or 5)
+        item = schema.get("items") or {}
+        limit = _first(item, "maxLength", "max_length")
+        counts: dict[str, int] = {}
+        for term in _terms(text):
+            if not term.isdigit():
+                counts[term] = counts.get(term, 0) + 1
+        top = sorted(counts, key=lambda t: (-counts[t], t))[:count]
+        return [t[: int(limit)] if limit else t for t in top]
+    if kind in ("integer", "number"):
+        return len(text.split())
+    if kind == "boolean":
+        return bool(text)
+    enum = schema.get("enum")
+    if enum:
+        return enum[min(len(enum) - 1, len(text) // 20_000)]
+    limit = _first(schema, "maxLength", "max_length")
+    sentence = _first_sentence(text)
+    return sentence[: int(limit)] if limit else sentence
+
+
 def _first_sentence(text: str, limit: int = 200) -> str:
     flat = " ".join(text.split())
     m = re.search(r"[.!?](\s|$)", flat)
@@ -962,6 +1007,8 @@ class GeminiEmulator:
             return ctx.phase == "finalize"
         if f.kind in _DELETE_KINDS:
             return ctx.method == "DELETE" and ctx.kind == "document"
+        if f.kind in _GENERATE_FLAG_KINDS:
+            return ctx.kind == "generate"
         if f.kind in _UPLOAD_FLAG_KINDS:
             if ctx.kind == "upload":
                 return True
@@ -1200,6 +1247,8 @@ class GeminiEmulator:
                 ctx.kind = "store"
             elif ":generateContent" in rest:
                 ctx.kind = "generate"
+            elif ":countTokens" in rest:
+                ctx.kind = "count"
 
     def _check_key(self, headers: dict[str, str], query: dict[str, str]) -> None:
         key = headers.get("x-goog-api-key") or query.get("key")
@@ -1516,7 +1565,10 @@ class GeminiEmulator:
             return self._get_operation(rest, flags)
         m = re.fullmatch(r"models/([^/:]+):generateContent", rest)
         if m and method == "POST":
-            return self._generate(m.group(1), payload)
+            return self._generate(m.group(1), payload, flags)
+        m = re.fullmatch(r"models/([^/:]+):countTokens", rest)
+        if m and method == "POST":
+            return self._count_tokens(payload)
         raise _ApiError(404, f"Method not found: {method} {rest}.")
 
     def _create_store_call(self, payload: Any) -> _Reply:
@@ -1640,9 +1692,26 @@ class GeminiEmulator:
 
     # ------------------------------------------------------------------ generateContent
 
-    def _generate(self, model: str, payload: Any) -> _Reply:
+    def _generate(self, model: str, payload: Any, flags: list[Fault]) -> _Reply:
         payload = payload if isinstance(payload, dict) else {}
         question = self._question(payload.get("contents"))
+        config = _first(payload, "generationConfig", "generation_config") or {}
+        schema = _first(
+            config,
+            "responseJsonSchema",
+            "responseSchema",
+            "response_json_schema",
+            "response_schema",
+        )
+        if schema is not None:
+            mime = _first(config, "responseMimeType", "response_mime_type")
+            if mime != "application/json":
+                raise _ApiError(
+                    400,
+                    "* GenerateContentRequest.generation_config.response_mime_type: "
+                    "response_schema requires response_mime_type to be application/json",
+                )
+            return self._structured(model, question, schema, flags)
         stores, top_k, predicate = self._file_search_tool(payload.get("tools"))
         hits: list[tuple[_Doc, str]] = []
         if stores is not None:
@@ -1698,6 +1767,61 @@ class GeminiEmulator:
                 "responseId": uuid.uuid4().hex[:22],
             },
         )
+
+    def _structured(self, model: str, text: str, schema: Any, flags: list[Fault]) -> _Reply:
+        """A JSON answer that fits `schema`, derived only from `text` (so: deterministic).
+
+        Arrays hold the text's most frequent non-stopword terms, a string with
+        an enum the first value for short texts, the second for longer ones and
+        so on, any other string the text's first sentence.
+        """
+        kinds = {f.kind for f in flags}
+        prompt_tokens = _token_estimate(text)
+        usage: dict[str, Any] = {"promptTokenCount": prompt_tokens}
+        base = {"modelVersion": model, "responseId": uuid.uuid4().hex[:22]}
+        if "prompt_blocked" in kinds:
+            usage["totalTokenCount"] = prompt_tokens
+            body = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": usage}
+            return _Reply(200, body | base)
+        if "safety" in kinds:
+            usage["totalTokenCount"] = prompt_tokens
+            candidate = {
+                "finishReason": "SAFETY",
+                "index": 0,
+                "safetyRatings": [
+                    {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}
+                ],
+            }
+            return _Reply(200, {"candidates": [candidate], "usageMetadata": usage} | base)
+        answer = json.dumps(_fill_schema(schema, text), ensure_ascii=False)
+        finish = "STOP"
+        if "malformed_json" in kinds:
+            answer = "Here is the analysis you asked for: " + answer[: len(answer) // 2]
+        elif "max_tokens" in kinds:
+            answer, finish = answer[: len(answer) // 2], "MAX_TOKENS"
+        output_tokens = _token_estimate(answer)
+        usage["candidatesTokenCount"] = output_tokens
+        usage["totalTokenCount"] = prompt_tokens + output_tokens
+        candidate = {
+            "content": {"parts": [{"text": answer}], "role": "model"},
+            "finishReason": finish,
+            "index": 0,
+        }
+        return _Reply(200, {"candidates": [candidate], "usageMetadata": usage} | base)
+
+    def _count_tokens(self, payload: Any) -> _Reply:
+        """`{"totalTokens": N}` for the contents (or a wrapped generateContentRequest)."""
+        payload = payload if isinstance(payload, dict) else {}
+        inner = _first(payload, "generateContentRequest", "generate_content_request")
+        contents = (inner or payload).get("contents") or []
+        if isinstance(contents, dict):
+            contents = [contents]
+        total = 0
+        for content in contents:
+            for part in (content or {}).get("parts") or []:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    total += _token_estimate(part["text"])
+        return _Reply(200, {"totalTokens": total})
 
     @staticmethod
     def _question(contents: Any) -> str:

@@ -955,3 +955,85 @@ def test_operations_of_a_deleted_store_are_gone_with_it(
     with pytest.raises(errors.ClientError) as ei:
         client.operations.get(op)
     assert ei.value.code == 404
+
+
+# --- structured output and countTokens (issue 13) -----------------------------------------
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "summary": {"type": "string"},
+        "topics": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        "level": {"type": "string", "enum": ["low", "high"]},
+    },
+}
+
+
+def test_structured_output_is_derived_from_the_content(client: genai.Client) -> None:
+    text = "Concepts are formed by measurement omission. " * 20 + "Rand wrote it."
+    config = types.GenerateContentConfig(
+        response_mime_type="application/json", response_json_schema=SCHEMA
+    )
+    first = client.models.generate_content(model="m", contents=text, config=config)
+    again = client.models.generate_content(model="m", contents=text, config=config)
+    answer = json.loads(first.text)
+    assert answer == json.loads(again.text)  # deterministic
+    assert answer["summary"] == "Concepts are formed by measurement omission."
+    assert answer["topics"] == ["concepts", "formed", "measurement"]  # most frequent terms
+    assert answer["level"] == "low"
+    assert first.usage_metadata.prompt_token_count == (len(text) + 3) // 4
+    assert first.candidates[0].finish_reason == types.FinishReason.STOP
+    # The OpenAPI-style responseSchema of the SDK's `response_schema` works too.
+    typed = types.GenerateContentConfig(
+        response_mime_type="application/json",
+        response_schema=types.Schema(
+            type=types.Type.OBJECT,
+            properties={"topics": types.Schema(type=types.Type.ARRAY, max_items=2,
+                                               items=types.Schema(type=types.Type.STRING))},
+        ),
+    )  # fmt: skip
+    got = client.models.generate_content(model="m", contents=text, config=typed)
+    assert json.loads(got.text) == {"topics": ["concepts", "formed"]}
+
+
+def test_a_schema_without_the_json_mime_type_is_refused(client: genai.Client) -> None:
+    with pytest.raises(errors.ClientError) as info:
+        client.models.generate_content(
+            model="m",
+            contents="x",
+            config=types.GenerateContentConfig(response_json_schema=SCHEMA),
+        )
+    assert info.value.code == 400
+
+
+@pytest.mark.parametrize("kind", ["prompt_blocked", "safety", "malformed_json", "max_tokens"])
+def test_generate_faults_shape_the_answer(
+    emulator: GeminiEmulator, client: genai.Client, kind: str
+) -> None:
+    emulator.add_fault(Fault(kind=kind))
+    config = types.GenerateContentConfig(
+        response_mime_type="application/json", response_json_schema=SCHEMA
+    )
+    got = client.models.generate_content(model="m", contents="some text here", config=config)
+    if kind == "prompt_blocked":
+        assert not got.candidates
+        assert got.prompt_feedback.block_reason == types.BlockedReason.SAFETY
+    elif kind == "safety":
+        assert got.candidates[0].finish_reason == types.FinishReason.SAFETY
+        assert got.candidates[0].content is None
+    else:
+        with pytest.raises(ValueError):
+            json.loads(got.text)
+        cut = kind == "max_tokens"
+        finish = types.FinishReason.MAX_TOKENS if cut else types.FinishReason.STOP
+        assert got.candidates[0].finish_reason == finish
+    # one request only: the next answer is whole again
+    again = client.models.generate_content(model="m", contents="some text here", config=config)
+    assert json.loads(again.text)["summary"] == "some text here"
+
+
+def test_count_tokens_in_the_api_shape(emulator: GeminiEmulator, client: genai.Client) -> None:
+    got = client.models.count_tokens(model="m", contents=["abcdefgh", "abcd"])
+    assert got.total_tokens == 3
+    (request,) = emulator.find_requests(method="POST", path=r"models/m:countTokens$")
+    assert request.api_version == "v1beta" and "contents" in request.json

@@ -17,6 +17,7 @@ from objlib_daemon.library.metadata import (
     enrich,
     enrichment_version,
     validate_rules,
+    with_defaults,
 )
 
 PATHS = real_paths()
@@ -328,7 +329,7 @@ def test_skip_gives_identity_only() -> None:
     assert e.display_name == path.rsplit("/", 1)[-1]
 
 
-def test_custom_rules_from_config_replace_the_defaults() -> None:
+def test_custom_rules_from_config_extend_the_defaults() -> None:
     cfg = from_dict(
         {
             "metadata": {
@@ -343,13 +344,17 @@ def test_custom_rules_from_config_replace_the_defaults() -> None:
         }
     )
     path = "Courses/ITOE/ITOE - Class 03-01 - Office Hours.txt"
-    got = meta(path, rules=cfg.metadata_rules)
+    got = meta(path, rules=with_defaults(cfg.metadata_rules))
     assert got == identity(path) | {
-        "course": "Course: ITOE",
+        "category": "course",  # the built-in rules still run first
+        "title": "ITOE - Class 03-01 - Office Hours",
+        "class": "03-01",
+        "topic": "Office Hours",
+        "course": "Course: ITOE",  # a configured rule overrides a built-in's key
         "level": "advanced",
         "unit": 3.0,
-        "title": "ITOE - Class 03-01 - Office Hours",  # a title is always set
     }
+    assert with_defaults(None) is None  # no configured rules: the defaults alone
 
 
 def test_later_rules_override_earlier_keys_and_stop_ends() -> None:

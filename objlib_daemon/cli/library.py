@@ -10,7 +10,9 @@ import click
 
 from objlib_daemon.cli.common import State, emit, when
 from objlib_daemon.config import Config, load, render_minimal
+from objlib_daemon.enrichment.pending import enrichment_line
 from objlib_daemon.errors import ConfigurationError
+from objlib_daemon.stores.base import PermanentError
 
 # SQLAlchemy and the engine load inside the commands that need them: `status`
 # with a daemon running answers from the socket and must stay fast (≤ 200 ms).
@@ -149,6 +151,9 @@ def _status_text(data: dict[str, Any]) -> str:
         lines.append(f"retrying:  {data['retrying']} file(s) (see `objlibd queue`)")
     if data.get("indexing"):
         lines.append(f"indexing:  {data['indexing']} file(s) accepted, not indexed yet")
+    enrichment = enrichment_line(data["enrichment"]) if data.get("enrichment") else ""
+    if enrichment:
+        lines.append(f"enrichment: {enrichment}")
     last = data["last_sync"]
     result = last["result"] or {}
     lines.append(
@@ -221,15 +226,39 @@ def status(state: State, as_json: bool) -> None:
 @click.command()
 @click.argument("query")
 @click.option("--limit", default=10, show_default=True, type=click.IntRange(1, 100))
+@click.option("--topic", multiple=True, help="Only documents with this AI topic (repeatable).")
+@click.option("--course", help="Only documents of this course.")
+@click.option(
+    "--where",
+    help="Metadata filter in AIP-160 syntax, e.g. 'difficulty = \"advanced\" AND year >= 2010'.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def search(state: State, query: str, limit: int, as_json: bool) -> None:
-    """Search the store: ranked hits with path and snippet (and an answer on Gemini)."""
+def search(
+    state: State,
+    query: str,
+    limit: int,
+    topic: tuple[str, ...],
+    course: str | None,
+    where: str | None,
+    as_json: bool,
+) -> None:
+    """Search the store: ranked hits with path, topics and snippet (and an answer on Gemini)."""
     from objlib_daemon.workspace import open_workspace
 
+    clauses = [f"topics:{_quoted(t)}" for t in topic]
+    if course:
+        clauses.append(f"course = {_quoted(course)}")
+    if where:
+        clauses.append(f"({where})")
+    where = " AND ".join(clauses) or None
     ws = open_workspace(state.config())
     try:
-        result = ws.store.search(query, limit=limit)
+        result = ws.store.search(query, limit=limit, where=where)
+    except PermanentError as exc:
+        if where is None or exc.code != 400:
+            raise
+        raise click.UsageError(f"the store refused the filter {where!r}: {exc}") from None
     finally:
         ws.close()
     data = {
@@ -242,6 +271,7 @@ def search(state: State, query: str, limit: int, as_json: bool) -> None:
                 "snippet": h.snippet,
                 "score": h.score,
                 "document": h.document,
+                "topics": _topics(h.metadata),
             }
             for h in result.hits
         ],
@@ -249,11 +279,22 @@ def search(state: State, query: str, limit: int, as_json: bool) -> None:
     lines = [result.answer, ""] if result.answer else []
     for i, hit in enumerate(result.hits, 1):
         lines.append(f"{i:2}. {hit.path or hit.display_name}")
+        if _topics(hit.metadata):
+            lines.append("      topics: " + ", ".join(_topics(hit.metadata)))
         if hit.snippet:
             lines.append("      " + " ".join(hit.snippet.split())[:200])
     if not result.hits:
         lines.append("no matches")
     emit(data, as_json, "\n".join(lines))
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _topics(metadata: dict[str, Any]) -> list[str]:
+    topics = metadata.get("topics")
+    return [str(t) for t in topics] if isinstance(topics, list) else []
 
 
 COMMANDS = [init, status, search]

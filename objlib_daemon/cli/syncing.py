@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from objlib_daemon.cli.common import State, duration, emit, summary_line
+from objlib_daemon.enrichment.cost import estimate
+from objlib_daemon.enrichment.pending import enrichment_line, enrichment_status
 from objlib_daemon.errors import SOME_FAILED
 from objlib_daemon.state import queue
 from objlib_daemon.state.lock import library_lock
@@ -43,7 +45,17 @@ SUMMARY_KEYS = [
     help="Let this pass mark more files missing than the guard allows "
     "(max_missing_count / max_missing_fraction): they were really deleted.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing, call nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan and what it would cost; change nothing, call nothing.",
+)
+@click.option(
+    "--count-tokens",
+    is_flag=True,
+    help="With --dry-run: count enrichment tokens with the model's (free) countTokens "
+    "instead of the offline estimate of 4 characters per token.",
+)
 @click.option("--prune-missing", is_flag=True, help="Delete documents of long-missing files.")
 @click.option(
     "--older-than",
@@ -56,7 +68,7 @@ SUMMARY_KEYS = [
     "--skip-enrichment",
     is_flag=True,
     default=None,
-    help="Upload raw bytes with identity metadata only.",
+    help="Upload raw bytes with identity metadata only: no path rules, no AI metadata.",
 )
 @click.option("--cleanup-orphans", is_flag=True, help="Retry every recorded orphan now.")
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object.")
@@ -69,6 +81,7 @@ def sync(
     dry_run: bool,
     prune_missing: bool,
     older_than: float,
+    count_tokens: bool,
     skip_enrichment: bool | None,
     cleanup_orphans: bool,
     as_json: bool,
@@ -78,7 +91,7 @@ def sync(
     state.verbose += verbose
     config = state.config()
     if dry_run:
-        _dry_run(state, force, allow_mass_missing, as_json, skip_enrichment)
+        _dry_run(state, force, allow_mass_missing, as_json, skip_enrichment, count_tokens)
         return
     with library_lock(config.state_dir, "sync"):
         ws = open_workspace(config, skip_enrichment=skip_enrichment or None)
@@ -151,6 +164,7 @@ def _run(
     summary["outcome"] = "ok" if not (summary["failed"] or summary["retrying"]) else "incomplete"
     summary["files"] = [{"path": r.path, "action": r.action, "error": r.error} for r in results]
     summary["files"] += [{"path": p, "action": "pruned", "error": None} for p in done.pruned]
+    summary["enrichment"] = enrichment_status(ws.db)
     ws.db.record_sync_result({k: v for k, v in summary.items() if k != "files"})
     return summary
 
@@ -161,23 +175,42 @@ def _dry_run(
     allow_mass_missing: bool,
     as_json: bool,
     skip_enrichment: bool | None,
+    count_tokens: bool,
 ) -> None:
     ws = open_workspace(
         state.config(), readonly=True, with_store=False, skip_enrichment=skip_enrichment or None
     )
     try:
         counts, items = ws.engine.dry_run(force=force, allow_mass_missing=allow_mass_missing)
+        uploads = [p for p, a in items if a in ("new", "modified")]
+        assert ws.library.enricher is not None
+        cost = estimate(
+            ws.library.enricher,
+            ws.config.enrichment,
+            ws.library.root,
+            uploads,
+            count=count_tokens,
+        )
     finally:
         ws.close()
     data: dict[str, Any] = {k: counts.get(k, 0) for k in SUMMARY_KEYS}
     data["dry_run"] = True
     data["files"] = [{"path": p, "action": a} for p, a in items]
+    data["cost"] = cost.as_dict()
     lines = [
         "dry run (nothing changed): "
         + summary_line(
             counts,
             ["new", "modified", "moved", "missing", "restored", "unchanged", "hashed", "failed"],
         )
+    ]
+    lines += [
+        f"  enrichment: {cost.files_to_enrich} file(s), {cost.enrichment_input_tokens} input + "
+        f"~{cost.enrichment_output_tokens} output tokens, ~${cost.enrichment_cost:.4f}",
+        f"  indexing:   {cost.files_to_index} file(s), ~{cost.indexing_tokens} tokens, "
+        f"~${cost.indexing_cost:.4f}"
+        + (f" ({cost.not_estimated} without text, not estimated)" if cost.not_estimated else ""),
+        f"  tokens by:  {cost.counted_by}",
     ]
     if state.verbose:
         lines += [f"  {a:10} {p}" for p, a in items]
@@ -186,6 +219,9 @@ def _dry_run(
 
 def _text(summary: dict[str, Any], verbose: int) -> str:
     lines = ["sync " + summary["outcome"] + ": " + summary_line(summary, SUMMARY_KEYS)]
+    waiting = summary["enrichment"]
+    if waiting["waiting"]:
+        lines.append(f"  enrichment: {enrichment_line(waiting)}")
     for problem in summary["problems"]:
         lines.append(f"  note: {problem}")
     if verbose:

@@ -197,6 +197,10 @@ class Jobs:
                 return
         if cleaned:
             log.info("orphans deleted", count=cleaned)
+        # Hourly too: files uploaded without AI metadata whose analysis is now due.
+        lib = d.engine.lib
+        if lib.enricher is not None and lib.enricher.queue_ready(lib.root):
+            d.kick_drain()
 
     def prune(self) -> None:
         d = self.d

@@ -44,6 +44,7 @@ def apply_config(d: Daemon, new: Config) -> str:
         new.library != old.library
         or new.metadata_rules != old.metadata_rules
         or new.sync.skip_enrichment != old.sync.skip_enrichment
+        or new.enrichment != old.enrichment
     )
     d.config = new
     d.engine.config = new
@@ -78,7 +79,9 @@ def swap_library(d: Daemon) -> None:
     assert d.ws is not None
     with d.writer:
         ws = d.ws
-        library = library_from(d.config, ws.meta)
+        library = library_from(d.config, ws.meta, ws.db)
+        if ws.library.enricher is not None:
+            ws.library.enricher.close()
         ws.library = library
         ws.engine = Engine(ws.db, ws.store, library, d.config)
         if d.watcher is not None:

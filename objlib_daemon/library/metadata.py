@@ -22,9 +22,12 @@ becomes a number (Gemini's numeric_value), so year/week/episode compare as
 numbers in metadata filters. Identity keys are always present and never
 overridden by a rule; a `title` is always set (file stem as a fallback).
 
-Configured rules replace DEFAULT_RULES (`rules=None` means the defaults); to
-extend them instead, pass `(*DEFAULT_RULES, *mine)`. Gemini takes at most 20
-entries: past that, rule keys are dropped last-first-set, identity kept.
+`rules` is the complete list (`None` means DEFAULT_RULES). Rules from the
+config extend the defaults (`with_defaults`): they run after them, so they
+override a built-in's keys and add their own, and a library that follows
+these conventions only partly loses nothing by adding one rule. Gemini takes
+at most 20 entries: past that, rule keys are dropped last-first-set, identity
+kept.
 """
 
 from __future__ import annotations
@@ -129,6 +132,16 @@ class Enrichment:
     display_name: str
     metadata: dict[str, str | float | list[str]]
     header: str | None
+
+
+def with_defaults(configured: Sequence[MetadataRule] | None) -> tuple[MetadataRule, ...] | None:
+    """The rule list for configured rules: the built-in ones first, then the configured.
+
+    (Until issue 13 any configured rule replaced every built-in one, so one
+    extra rule silently dropped category, course, lesson and the rest.) A
+    configured `stop` rule ends the list from where it sits, after the defaults.
+    """
+    return None if configured is None else (*DEFAULT_RULES, *configured)
 
 
 def enrichment_version(rules: Sequence[MetadataRule] | None, *, skip: bool) -> str:

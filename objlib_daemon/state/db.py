@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from objlib_daemon.errors import CONFIG, ObjlibError
 from objlib_daemon.state.lock import private_dir
-from objlib_daemon.state.models import Base, Meta
+from objlib_daemon.state.models import Base, EnrichmentRecord, EnrichmentSpend, Meta
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class StateError(ObjlibError):
@@ -78,8 +78,21 @@ def _migrate_3(conn: Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE intents ADD COLUMN {column} {kind}")
 
 
+def _migrate_4(conn: Connection) -> None:
+    """The enrichment cache, its spend ledger and the files' enrichment index (issue 13)."""
+    Base.metadata.create_all(conn, tables=[EnrichmentRecord.__table__, EnrichmentSpend.__table__])
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_files_enrichment ON files (enrichment_version, state)"
+    )
+
+
 # Index i migrates from version i to i+1. Append, never edit, once released.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1, _migrate_2, _migrate_3]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _migrate_1,
+    _migrate_2,
+    _migrate_3,
+    _migrate_4,
+]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

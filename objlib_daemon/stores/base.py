@@ -139,6 +139,7 @@ class SearchHit:
     path: str | None
     snippet: str
     score: float | None = None
+    metadata: dict[str, MetadataValue] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,9 @@ class Store(Protocol):
         """One document, or None when it does not exist."""
         ...
 
-    def search(self, query: str, *, limit: int = 10) -> SearchResult:
-        """Ranked hits (and an answer where the backend generates one)."""
+    def search(self, query: str, *, limit: int = 10, where: str | None = None) -> SearchResult:
+        """Ranked hits (and an answer where the backend generates one); `where` filters
+        on custom metadata in AIP-160 syntax (Gemini's `metadata_filter`)."""
         ...
 
     def close(self) -> None: ...

@@ -726,8 +726,10 @@ class GeminiStore:
             raise
         return _document(doc)
 
-    def search(self, query: str, *, limit: int = 10) -> SearchResult:
-        """Ask the model with the File Search tool; hits come from the grounding chunks."""
+    def search(self, query: str, *, limit: int = 10, where: str | None = None) -> SearchResult:
+        """Ask the model with the File Search tool; hits come from the grounding chunks.
+
+        `where` goes to the tool's `metadata_filter` (AIP-160), evaluated by the server."""
         response = self._call(
             "models.generate_content",
             self.client.models.generate_content,
@@ -737,7 +739,9 @@ class GeminiStore:
                 tools=[
                     types.Tool(
                         file_search=types.FileSearch(
-                            file_search_store_names=[self.name], top_k=limit
+                            file_search_store_names=[self.name],
+                            top_k=limit,
+                            metadata_filter=where or None,
                         )
                     )
                 ]
@@ -775,6 +779,7 @@ class GeminiStore:
                     path=path,
                     snippet=(context.text or "").strip(),
                     score=scores.get(index),
+                    metadata=metadata,
                 )
             )
             if len(hits) >= limit:

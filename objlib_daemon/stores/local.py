@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from objlib_daemon.stores import filters
 from objlib_daemon.stores.base import (
     ACTIVE,
     MAX_DOCUMENT_BYTES,
@@ -253,20 +254,25 @@ class LocalStore:
             )
         return self._document(row) if row else None
 
-    def search(self, query: str, *, limit: int = 10) -> SearchResult:
+    def search(self, query: str, *, limit: int = 10, where: str | None = None) -> SearchResult:
         """Best-first hits; `score` is the negated bm25, so higher is better.
 
         Every query term is quoted, so no user input is FTS5 syntax. All terms
         must match first; when that finds fewer than `limit`, documents
-        matching any term fill the rest.
+        matching any term fill the rest. `where` is a metadata filter in
+        AIP-160 syntax, as Gemini's `metadata_filter` (filters.py).
         """
         terms = _query_terms(query)
         if not terms or limit <= 0:
             return SearchResult(answer=None, hits=[])
-        hits = self._match(" AND ".join(terms), limit)
+        try:
+            keep = filters.parse(where) if where else None
+        except filters.FilterError as exc:
+            raise PermanentError(f"invalid --where filter: {exc}", code=400) from None
+        hits = self._match(" AND ".join(terms), limit, keep)
         if len(hits) < limit and len(terms) > 1:
             seen = {hit.document for hit in hits}
-            extra = self._match(" OR ".join(terms), limit)
+            extra = self._match(" OR ".join(terms), limit, keep)
             hits += [hit for hit in extra if hit.document not in seen][: limit - len(hits)]
         return SearchResult(answer=None, hits=hits)
 
@@ -315,13 +321,15 @@ class LocalStore:
             create_time=created,
         )
 
-    def _match(self, expression: str, limit: int) -> list[SearchHit]:
+    def _match(
+        self, expression: str, limit: int, keep: filters.Predicate | None = None
+    ) -> list[SearchHit]:
         # The snippet is always cut from the body (column 2), the document's own
         # text: a hit on the name or metadata alone quotes the document's start,
         # never its path. Ordering by FTS5's own `rank` column (bm25 with our
         # weights, set by `rank MATCH`) lets FTS5 sort before the outer query, so
         # snippet() runs only for the rows returned, not for every match (~50 ms
-        # per 64 KB).
+        # per 64 KB). A filter (`keep`) is applied to the ranked matches.
         weights = ", ".join(str(w) for w in _BM25_WEIGHTS)
         sql = (
             "SELECT d.doc_id, d.display_name, d.metadata, f.snip, f.rank FROM ("
@@ -332,13 +340,20 @@ class LocalStore:
         )
         with self._lock:
             try:
-                rows = self._db().execute(sql, (expression, f"bm25({weights})", limit)).fetchall()
+                # A filter is applied to the ranked matches, so fetch them all.
+                fetch = -1 if keep is not None else limit
+                rows = self._db().execute(sql, (expression, f"bm25({weights})", fetch)).fetchall()
             except sqlite3.OperationalError as exc:
                 # Quoted terms cannot be syntax errors; anything else is ours.
                 raise StoreError(f"search failed: {exc}") from exc
         hits = []
         for doc_id, display_name, metadata, snippet, rank in rows:
-            path = json.loads(metadata).get("path")
+            meta = json.loads(metadata)
+            if keep is not None and not keep(meta):
+                continue
+            if len(hits) >= limit:
+                break
+            path = meta.get("path")
             hits.append(
                 SearchHit(
                     document=self._name(doc_id),
@@ -346,6 +361,7 @@ class LocalStore:
                     path=path if isinstance(path, str) and path else None,
                     snippet=snippet,
                     score=-rank,
+                    metadata=meta,
                 )
             )
         return hits

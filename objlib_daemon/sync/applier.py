@@ -28,11 +28,12 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from objlib_daemon.config import MetadataRule
+from objlib_daemon.enrichment.enricher import Enricher
 from objlib_daemon.errors import VolumeUnavailable
 from objlib_daemon.library import paths
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.files import NotSettled, Snapshot, hash_file, read_file
-from objlib_daemon.library.metadata import enrich, enrichment_version
+from objlib_daemon.library.metadata import enrichment_version
 from objlib_daemon.library.payload import Refused, payload
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.logging import get_logger
@@ -80,9 +81,12 @@ class Library:
     rules: tuple[MetadataRule, ...] | None = None
     skip_enrichment: bool = False
     no_text: str = "upload"  # library.no_text: a document without text is uploaded or held
+    enricher: Enricher | None = None  # AI enrichment (enrichment/); None: path rules only
 
     @property
     def enrichment_version(self) -> str:
+        if self.enricher is not None:
+            return self.enricher.version
         return enrichment_version(self.rules, skip=self.skip_enrichment)
 
 
@@ -191,6 +195,9 @@ class Applier:
         self.guard = guard
         self.clock = clock
         self.version = library.enrichment_version
+        self.enricher = library.enricher or Enricher(
+            db, library_id=library.library_id, rules=library.rules, skip=library.skip_enrichment
+        )
 
     # --- looking (read-only: the dry run runs exactly this) ----------------------------
 
@@ -376,13 +383,8 @@ class Applier:
     def _upload(self, path: str, snap: Snapshot, *, new: bool, gen: int) -> Indexing | Result:
         """Intent, upload, and the operation recorded: the file is now indexing."""
         assert self.store is not None and snap.data is not None
-        enr = enrich(
-            path,
-            library_id=self.lib.library_id,
-            sha256=snap.sha256,
-            rules=self.lib.rules,
-            skip=self.lib.skip_enrichment,
-        )
+        up = self.enricher.for_upload(path, snap.sha256, snap.data)  # path rules + AI
+        enr = up.enrichment
         try:
             what = payload(path, snap.data, enr, no_text=self.lib.no_text)
         except Refused as exc:  # corrupt, encrypted, or no text and held back
@@ -396,7 +398,7 @@ class Applier:
                 started_at=self.clock(),
                 size=snap.size,
                 mtime_ns=snap.mtime_ns,
-                version=self.version,
+                version=up.version,  # with AI metadata, or pending it
                 gen=gen,
             )
             s.add(intent)
@@ -440,7 +442,7 @@ class Applier:
             sha256=snap.sha256,
             size=snap.size,
             mtime_ns=snap.mtime_ns,
-            version=self.version,
+            version=up.version,
             gen=gen,
             upload=upload,
             new=new,
@@ -467,7 +469,7 @@ class Applier:
                 .order_by(Intent.id.desc())
                 .limit(1)
             ).first()
-            if intent is None or intent.version != self.version:
+            if intent is None or not self.enricher.current(intent.version):
                 return None
             intent.gen, intent.ended_at = gen, None
             f = s.get(File, path)

@@ -93,7 +93,8 @@ class Engine:
         on_result: Callable[[Result], None] | None = None,
         stop: threading.Event | None = None,
     ) -> PassResult:
-        """Orphans due (or all), scan, drain present paths, then vanished ones, prune.
+        """Orphans due (or all), scan, drain present paths, then vanished ones, then
+        files now analysed that were uploaded without AI metadata; prune.
 
         Present paths go first so a rename is one move, not a missing mark
         followed by a move. Rows backing off are due again: a person asked.
@@ -108,6 +109,14 @@ class Engine:
         counts = self.drain(stop=stop, on_result=on_result)
         if not (stop and stop.is_set()):
             self.reconciler.enqueue_vanished(plan)
+            counts += self.drain(stop=stop, on_result=on_result)
+        # Uploaded without their AI metadata: re-uploaded with it once the model answers.
+        enricher = self.lib.enricher
+        if (
+            not (stop and stop.is_set())
+            and enricher is not None
+            and enricher.queue_ready(self.lib.root, respect_backoff=False)
+        ):
             counts += self.drain(stop=stop, on_result=on_result)
         result = PassResult(plan, counts, cleaned)
         if prune_older is not None and not (stop and stop.is_set()):

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from objlib_daemon.enrichment.pending import enrichment_status
 from objlib_daemon.library.volume import probe
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
@@ -83,6 +84,7 @@ def database_status(db: Database) -> dict[str, Any]:
         "noted": [{"path": p, "note": n} for p, n in noted],
         "retrying": retrying,
         "indexing": indexing,
+        "enrichment": enrichment_status(db),
         "last_sync": {
             "at": float(meta["last_sync_at"]) if meta.get("last_sync_at") else None,
             "result": last_result,
