@@ -9,6 +9,7 @@ to objlibd. Commands (one JSON object per line, one answer per line):
     {"op": "throttle", "rate": 20}               -> 429 + RetryInfo above 20 requests/s (0: off)
     {"op": "clear"}                              -> empty the request log
     {"op": "log"}                                -> {"requests": [[method, path, phase], ...]}
+    {"op": "log", "timed": true}                 -> {"requests": [[time, method, path, phase], ...]}
     {"op": "answers"}                            -> {"answers": [[time, status], ...]}
     {"op": "stop"}
 """
@@ -42,7 +43,12 @@ def main() -> None:
         elif op == "clear":
             emu.clear_log()
         elif op == "log":
-            answer["requests"] = [[r.method, r.path, r.phase] for r in emu.requests]
+            # Arrival times (time.time(), the caller's clock too): when the
+            # upload stage ended, apart from the indexing tail after it.
+            timed = [[r.time] if msg.get("timed") else [] for r in emu.requests]
+            answer["requests"] = [
+                [*t, r.method, r.path, r.phase] for t, r in zip(timed, emu.requests, strict=True)
+            ]
         elif op == "answers":
             answer["answers"] = [[r.time, r.status] for r in emu.requests]
         elif op == "stop":

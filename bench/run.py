@@ -2,7 +2,8 @@
 
     python bench/run.py                 # full run (make bench): minutes, see docs/benchmarks.md
     python bench/run.py --quick         # every benchmark at small sizes, < 1 min (make bench-quick)
-    python bench/run.py --only 1,2      # a subset: 1-2 walk/hash, 3/6/7/8 daemon, 4/5/9 emulator
+    python bench/run.py --only 1,2      # a subset: 1-2 walk/hash, 3/6/7/8 daemon, 4/5/9 emulator,
+                                        #   10-12 the pipeline at realistic indexing (issue 11)
 
 Every number is a median of several runs, reported as a ratio to a baseline
 measured in the same run. The quick mode asserts only correctness (nothing
@@ -32,6 +33,7 @@ GROUPS = {
     "api": {"4", "5"},
     "daemon": {"3", "6", "7", "8"},
     "pacing": {"9"},
+    "pipeline": {"10", "11", "12"},
 }
 BEGIN = "<!-- bench:results:begin -->"
 END = "<!-- bench:results:end -->"
@@ -104,7 +106,7 @@ def update_doc(doc: Path, block: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, < 1 minute, no speed checks")
-    ap.add_argument("--only", default="", help="comma-separated benchmark numbers (1-9)")
+    ap.add_argument("--only", default="", help="comma-separated benchmark numbers (1-12)")
     ap.add_argument(
         "--workdir",
         type=Path,
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             update_doc(_doc_path(args.update_doc), block)
         return 0
 
-    wanted = set(filter(None, args.only.split(","))) or {str(i) for i in range(1, 10)}
+    wanted = set(filter(None, args.only.split(","))) or {str(i) for i in range(1, 13)}
     tmp = None
     if args.workdir is not None:
         workdir = args.workdir
@@ -157,12 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     from api import run as run_api
     from daemon import run as run_daemon
     from pacing import run as run_pacing
+    from pipeline import run as run_pipeline
     from walk import run as run_walk
 
     group("walk", lambda: run_walk(res, workdir, quick=args.quick, reuse=reuse))
-    group("api", lambda: run_api(res, workdir, quick=args.quick))
+    group("api", lambda: run_api(res, workdir, quick=args.quick, wanted=wanted))
     group("daemon", lambda: run_daemon(res, workdir, quick=args.quick, reuse=reuse))
     group("pacing", lambda: run_pacing(res, workdir, quick=args.quick))
+    group("pipeline", lambda: run_pipeline(res, workdir, quick=args.quick, wanted=wanted))
     command = "python bench/run.py" + (" --quick" if args.quick else "")
     if args.only:
         command += f" --only {args.only}"
