@@ -292,6 +292,6 @@ def run(res: Results, workdir: Path, *, quick: bool, wanted: set[str] | None = N
             )
     if "12" in want:
         if quick:
-            bench_daemon_start(res, workdir, files=50, indexing=0.2, latency=0.02)
+            bench_daemon_start(res, workdir, files=30, indexing=0.2, latency=0.02)
         else:
             bench_daemon_start(res, workdir, files=200, indexing=0.2, latency=0.15)
