@@ -166,6 +166,10 @@ class Lib(Dirs):
     # benchmarks measure the drain, not the limiter; None writes no ceiling
     # (the shipped default: adaptive pacing from its slow start).
     max_requests_per_minute: int | None = 600_000
+    # gemini: AI enrichment (on by default with a key) adds a model call per
+    # new content, paced by the model's own limits; the sync benchmarks
+    # measure the pipeline, so it is off unless a benchmark turns it on.
+    enrichment: bool = False
 
     def write_config(self) -> None:
         store = '[store]\nbackend = "local"\n'
@@ -176,8 +180,10 @@ class Lib(Dirs):
             )
             if self.max_requests_per_minute is not None:
                 store += f"max_requests_per_minute = {self.max_requests_per_minute}\n"
+        enrichment = "" if self.enrichment else "[enrichment]\nenabled = false\n\n"
         self.config_path.write_text(
-            f'[library]\nroot = "{self.root}"\n\n{store}{self.store_extra}\n{self.extra}',
+            f'[library]\nroot = "{self.root}"\n\n{enrichment}{store}{self.store_extra}\n'
+            f"{self.extra}",
             encoding="utf-8",
         )
 
