@@ -9,6 +9,7 @@ the platform's user state dir.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -385,7 +386,9 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
     unknown = set(data) - set(SCHEMA) - set(LIST_SECTIONS)
     if unknown:
         raise ConfigError(
-            f"unknown section(s) {', '.join(sorted(unknown))}; valid: "
+            f"unknown section(s) {', '.join(sorted(unknown))}"
+            + _did_you_mean(unknown, [*SCHEMA, *LIST_SECTIONS])
+            + "; valid: "
             + ", ".join(sorted([*SCHEMA, *LIST_SECTIONS]))
         )
     sections: dict[str, Any] = {}
@@ -397,7 +400,9 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
         bad_keys = set(raw) - set(keys)
         if bad_keys:
             raise ConfigError(
-                f"[{name}]: unknown key(s) {', '.join(sorted(bad_keys))}; valid: {', '.join(keys)}"
+                f"[{name}]: unknown key(s) {', '.join(sorted(bad_keys))}"
+                + _did_you_mean(bad_keys, list(keys))
+                + f"; valid: {', '.join(keys)}"
             )
         values = {}
         for key, value in raw.items():
@@ -411,6 +416,39 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
     if "metadata" in data:
         cfg = replace(cfg, metadata_rules=_parse_rules(data["metadata"]))
     return cfg
+
+
+def _did_you_mean(unknown: set[str], valid: list[str]) -> str:
+    """` (did you mean retry_base?)` for typos close to a valid name, else ``."""
+    guesses = [
+        f"{bad} → {match[0]}"
+        for bad in sorted(unknown)
+        if (match := difflib.get_close_matches(bad, valid, n=1, cutoff=0.6))
+    ]
+    return f" (did you mean: {', '.join(guesses)}?)" if guesses else ""
+
+
+def effective(path: Path) -> list[tuple[str, Any, str]]:
+    """Every `section.key` with the value in force and where it came from:
+    `file` (set in `path`), `env` (an OBJLIBD_* variable wins) or `default`.
+    For `objlibd config show`."""
+    cfg = load(path)
+    in_file = tomllib.loads(path.read_text(encoding="utf-8"))
+    rows: list[tuple[str, Any, str]] = []
+    for section, keys in SCHEMA.items():
+        written = _renamed(section, in_file.get(section, {}))
+        for key in keys:
+            value = getattr(getattr(cfg, section), key)
+            rows.append((f"{section}.{key}", value, "file" if key in written else "default"))
+    overrides = {
+        "paths.state_dir": ("OBJLIBD_STATE_DIR", cfg.state_dir),
+        "paths.runtime_dir": ("OBJLIBD_RUNTIME_DIR", cfg.runtime_dir),
+    }
+    for i, (key, _value, source) in enumerate(rows):
+        if key in overrides:
+            env, resolved = overrides[key]
+            rows[i] = (key, resolved, f"env {env}" if os.environ.get(env) else source)
+    return rows
 
 
 def _renamed(section: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -493,6 +531,12 @@ def load(path: Path) -> Config:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
+    return parse(text, path)
+
+
+def parse(text: str, path: Path) -> Config:
+    """Validate config `text` as if read from `path` (relative paths resolve
+    against its folder): `init` checks the config it will write before writing it."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -9,7 +9,29 @@ VOLUME_UNAVAILABLE = 3
 MISMATCH = 4
 SAFETY_ABORT = 5
 SOME_FAILED = 6
+# `pause`, `resume`: no daemon answers for this library.
+NO_DAEMON = 7
+# Another objlibd (a sync, the daemon) holds the library's lock: try again later
+# (EX_TEMPFAIL; the systemd unit does not restart on it).
+BUSY = 75
 CONFIG = 78
+# Stopped by Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention); the
+# summary of what was done is still printed.
+INTERRUPTED = 130
+
+# The `kind` of an error in `--json` output, by exit code (docs/json.md).
+KINDS = {
+    UNEXPECTED: "unexpected",
+    USAGE: "usage",
+    VOLUME_UNAVAILABLE: "volume_unavailable",
+    MISMATCH: "mismatch",
+    SAFETY_ABORT: "safety_abort",
+    SOME_FAILED: "some_failed",
+    NO_DAEMON: "no_daemon",
+    BUSY: "busy",
+    CONFIG: "config",
+    INTERRUPTED: "interrupted",
+}
 
 
 class ObjlibError(Exception):

@@ -8,6 +8,9 @@ database exists, the configured library and store are the recorded ones.
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,9 +133,50 @@ def init_library(
     root = root.expanduser().resolve()
     if not root.is_dir():
         raise ConfigurationError(f"library root {root} is not a folder: check the path")
+    with _undone_on_failure(config.database_path):
+        return _record_library(config, root, backend, store_name, store_display_name, adopt=adopt)
+
+
+@contextmanager
+def _undone_on_failure(database: Path) -> Iterator[None]:
+    """A failed `init` leaves no state behind: the state dir or the database it
+    created is removed, so a retry starts clean (issue 15, finding 1)."""
+    created = [p for p in (database.parent, database) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        if created:
+            first = created[0]
+            if first.is_dir():
+                shutil.rmtree(first, ignore_errors=True)
+            else:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(f"{first}{suffix}").unlink(missing_ok=True)
+        raise
+
+
+def _record_library(
+    config: Config,
+    root: Path,
+    backend: str,
+    store_name: str,
+    store_display_name: str | None,
+    *,
+    adopt: bool,
+) -> tuple[str, bool]:
     db = Database(config.database_path, create=True)
     try:
         meta = db.all_meta()
+        # The store binding is checked before the marker is written: a refused
+        # init must not leave a marker behind either.
+        known = {meta.get("store_name"), meta.get("store_display_name")} - {None}
+        if meta.get("store_backend") and (
+            meta["store_backend"] != backend or (store_name and store_name not in known)
+        ):
+            raise Mismatch(
+                f"this state dir is bound to store {meta['store_backend']}:"
+                f"{meta.get('store_name')}; use another state dir for another store"
+            )
         try:
             marker = read_marker(root)
         except MarkerError as exc:
@@ -154,14 +198,6 @@ def init_library(
                     f"{root / MARKER} names library {library_id}, but this state dir tracks "
                     f"{recorded}; pass --adopt to take this folder over, or use another state dir"
                 )
-        known = {meta.get("store_name"), meta.get("store_display_name")} - {None}
-        if meta.get("store_backend") and (
-            meta["store_backend"] != backend or (store_name and store_name not in known)
-        ):
-            raise Mismatch(
-                f"this state dir is bound to store {meta['store_backend']}:"
-                f"{meta.get('store_name')}; use another state dir for another store"
-            )
         with db.session() as s:
             db.set_meta(
                 s,

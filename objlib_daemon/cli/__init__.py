@@ -1,12 +1,14 @@
 """The `objlibd` command: parse, call, render. No logic lives here.
 
 Errors that carry an exit code (`ObjlibError`) are printed as one line saying
-what to do; exit codes are listed in the README.
+what to do, or with `--json` as one object on stdout (docs/json.md); exit
+codes are listed in the README.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 
 import click
@@ -34,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "store": ("objlib_daemon.cli.store", "store"),
     "service": ("objlib_daemon.cli.service", "service_group"),
     "doctor": ("objlib_daemon.cli.service", "doctor"),
+    "why": ("objlib_daemon.cli.why", "why"),
+    "config": ("objlib_daemon.cli.config_cmd", "config_group"),
 }
 
 
@@ -49,29 +53,50 @@ class ObjlibGroup(click.Group):
         module, attr = COMMANDS[cmd_name]
         return getattr(importlib.import_module(module), attr)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Seen before the command parses: a usage error of a `--json` call is JSON too.
+        ctx.meta["json"] = "--json" in args
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except click.ClickException as exc:
+            if not ctx.meta.get("json"):
+                raise
+            fail(ctx, exc.format_message(), exc.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C outside a sync's own handling
+            fail(ctx, "interrupted", errors.INTERRUPTED)
         except (ConfigError, AuthError, StoreNotFound) as exc:
-            click.echo(f"error: {exc}", err=True)
-            raise click.exceptions.Exit(errors.CONFIG) from None
+            fail(ctx, str(exc), errors.CONFIG)
         except errors.ObjlibError as exc:
-            click.echo(f"error: {exc}", err=True)
-            raise click.exceptions.Exit(exc.exit_code) from None
+            fail(ctx, str(exc), exc.exit_code)
         except StoreError as exc:
-            click.echo(f"error: the store failed: {exc}; try again later", err=True)
-            raise click.exceptions.Exit(errors.UNEXPECTED) from None
+            fail(ctx, f"the store failed: {exc}; try again later", errors.UNEXPECTED)
         except Exception as exc:  # last resort: one line, a traceback only when asked
             if os.environ.get("OBJLIBD_DEBUG"):
                 raise
-            click.echo(
-                f"unexpected error: {type(exc).__name__}: {exc}\n"
-                "Run again with OBJLIBD_DEBUG=1 for a traceback, and report it.",
-                err=True,
+            fail(
+                ctx,
+                f"{type(exc).__name__}: {exc}",
+                errors.UNEXPECTED,
+                hint="Run again with OBJLIBD_DEBUG=1 for a traceback, and report it.",
             )
-            raise click.exceptions.Exit(errors.UNEXPECTED) from None
+
+
+def fail(ctx: click.Context, message: str, code: int, *, hint: str | None = None) -> None:
+    """End the command with `code`: one `error:` line on stderr, or with `--json`
+    one object on stdout, `{"error": {"code", "kind", "message"}}`, so a script
+    reading stdout always gets JSON (docs/json.md)."""
+    if ctx.meta.get("json"):
+        error = {"code": code, "kind": errors.KINDS.get(code, "error"), "message": message}
+        click.echo(json.dumps({"error": error}, indent=2, sort_keys=True))
+    else:
+        prefix = "unexpected error" if code == errors.UNEXPECTED and hint else "error"
+        click.echo(f"{prefix}: {message}" + (f"\n{hint}" if hint else ""), err=True)
+    raise click.exceptions.Exit(code)
 
 
 @click.group(cls=ObjlibGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,12 +107,15 @@ class ObjlibGroup(click.Group):
     help="Config file (default: $OBJLIBD_CONFIG, else the user config dir).",
 )
 @click.option("-v", "--verbose", count=True, help="More detail (-v: each file).")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress and no summary: only errors and --json."
+)
 @click.version_option(package_name="objlibd")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) -> None:
     """Keep a document library in sync with a Gemini File Search store."""
     setup_logging(None)  # warnings only; `objlibd run` sets the configured level
-    ctx.obj = State(config_path, verbose)
+    ctx.obj = State(config_path, verbose, quiet)
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from objlib_daemon.cli.common import State, emit
+from objlib_daemon.cli.common import State, emit, json_option
+from objlib_daemon.cli.progress import for_terminal
 from objlib_daemon.daemon.control import NotRunning, request
 from objlib_daemon.errors import SAFETY_ABORT, VOLUME_UNAVAILABLE
 from objlib_daemon.state import queue as queue_ops
@@ -30,6 +31,8 @@ def run(state: State) -> None:
 
 def _reconcile_text(answer: dict[str, Any]) -> str:
     rec = answer.get("reconcile") or {}
+    if not rec and answer.get("error"):  # refused before any pass (paused): just why
+        return f"error: {answer['error']}"
     if answer.get("queued"):
         return "reconcile requested" + (" (force)" if answer.get("force") else "")
     lines = [
@@ -68,7 +71,7 @@ def _reconcile_text(answer: dict[str, Any]) -> str:
     "(max_missing_count / max_missing_fraction): they were really deleted.",
 )
 @click.option("--wait", is_flag=True, help="Return after the pass and its changes are applied.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def reconcile(
     state: State, force: bool, allow_mass_missing: bool, wait: bool, as_json: bool
@@ -81,11 +84,14 @@ def reconcile(
         "allow_mass_missing": allow_mass_missing,
         "wait": wait,
     }
-    answer = request(config, message, timeout=None if wait else 30)
-    if answer is None:
-        from objlib_daemon.daemon.oneshot import reconcile_inline
+    # A waited-for pass can take minutes (it waits for the whole queue): show time passing.
+    with for_terminal(as_json or not wait, state.quiet) as bar:
+        bar.phase("reconciling" + (" (force)" if force else ""))
+        answer = request(config, message, timeout=None if wait else 30)
+        if answer is None:
+            from objlib_daemon.daemon.oneshot import reconcile_inline
 
-        answer = reconcile_inline(config, force=force, allow_mass_missing=allow_mass_missing)
+            answer = reconcile_inline(config, force=force, allow_mass_missing=allow_mass_missing)
     emit(answer, as_json, _reconcile_text(answer))
     if not answer.get("ok"):
         outcome = (answer.get("reconcile") or {}).get("outcome")
@@ -106,7 +112,7 @@ def _ask(state: State, cmd: str) -> dict[str, Any]:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def pause(state: State, as_json: bool) -> None:
     """Stop applying changes (after the file in flight); events are still queued."""
@@ -115,7 +121,7 @@ def pause(state: State, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def resume(state: State, as_json: bool) -> None:
     """Apply queued changes again."""
@@ -124,7 +130,7 @@ def resume(state: State, as_json: bool) -> None:
 
 
 @click.command("queue")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.option("--limit", default=200, show_default=True, type=click.IntRange(1))
 @click.pass_obj
 def queue_cmd(state: State, as_json: bool, limit: int) -> None:
@@ -159,7 +165,8 @@ def queue_cmd(state: State, as_json: bool, limit: int) -> None:
             f"attempts {item['attempts']}, next {nxt}]"
         )
         if item["last_error"]:
-            line += f"\n      last error: {item['last_error']}"
+            label = "waiting" if not item["attempts"] else "last error"
+            line += f"\n      {label}: {item['last_error']}"
         lines.append(line)
     if len(items) > limit:
         lines.append(f"  ... and {len(items) - limit} more (--limit)")

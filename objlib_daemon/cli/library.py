@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from objlib_daemon.cli.common import State, emit, when
-from objlib_daemon.config import Config, load, render_minimal
+from objlib_daemon.cli.common import State, emit, json_option, when
+from objlib_daemon.config import Config, load, parse, render_minimal
 from objlib_daemon.enrichment.pending import enrichment_line
 from objlib_daemon.errors import ConfigurationError
 from objlib_daemon.stores.base import PermanentError
+
+if TYPE_CHECKING:
+    from objlib_daemon.stores.base import SearchResult
 
 # SQLAlchemy and the engine load inside the commands that need them: `status`
 # with a daemon running answers from the socket and must stay fast (≤ 200 ms).
@@ -40,7 +46,7 @@ from objlib_daemon.stores.base import PermanentError
 )
 @click.option("--create-store", is_flag=True, help="Create the Gemini store if it does not exist.")
 @click.option("--adopt", is_flag=True, help="Take over a root whose marker names another library.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def init(
     state: State,
@@ -56,18 +62,18 @@ def init(
 
     root = root.expanduser().resolve()
     path = state.config_path
-    wrote_config = False
+    # Nothing is written unless init succeeds (issue 15, finding 1): the new
+    # config is validated in memory and written last; a failed init_library
+    # removes the state it created.
+    new_config: str | None = None
     if path.exists():
         config = load(path)
         backend = store_backend or config.store.backend
         store_name = store_name or config.store.name
     else:
         backend = store_backend or "local"
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_text(render_minimal(root, backend, store_name or ""), encoding="utf-8")
-        os.chmod(path, 0o600)
-        wrote_config = True
-        config = load(path)
+        new_config = render_minimal(root, backend, store_name or "")
+        config = parse(new_config, path)
     display_name = None
     if backend == "gemini":
         store_name, display_name = _resolve_gemini_store(config, store_name, create_store)
@@ -79,6 +85,11 @@ def init(
         store_display_name=display_name,
         adopt=adopt,
     )
+    if new_config is not None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(new_config, encoding="utf-8")
+        os.chmod(path, 0o600)
+    wrote_config = new_config is not None
     data = {
         "config": str(path),
         "config_written": wrote_config,
@@ -122,8 +133,10 @@ def _resolve_gemini_store(config: Config, name: str | None, create: bool) -> tup
 def _status_text(data: dict[str, Any]) -> str:
     lib, files, q = data["library"], data["files"], data["queue"]
     daemon = data.get("daemon")
+    busy = data.get("lock_holder")
     lines = [
-        f"daemon:    {daemon['state'] if daemon else 'not running'}",
+        f"daemon:    {daemon['state'] if daemon else 'not running'}"
+        + (f"; {busy['what']} running (pid {busy['pid']})" if busy else ""),
         f"library:   {lib['root']} ({'available' if lib['available'] else 'UNAVAILABLE'}"
         + ("" if lib["available"] else f": {lib['volume']}")
         + ")",
@@ -137,6 +150,11 @@ def _status_text(data: dict[str, Any]) -> str:
         ),
         f"orphans:   {data['orphans']}",
     ]
+    for row in q.get("waiting") or []:  # absent from an older daemon's answer
+        lines.append(f"waiting:   {row['path']}: {row['why']}")
+    shown = len(q.get("waiting") or [])
+    if q["pending"] > shown and shown:
+        lines.append(f"           ... {q['pending'] - shown} more in `objlibd queue`")
     oldest = data["missing"]["oldest"]
     if oldest:
         lines.append(
@@ -156,9 +174,11 @@ def _status_text(data: dict[str, Any]) -> str:
         lines.append(f"enrichment: {enrichment}")
     last = data["last_sync"]
     result = last["result"] or {}
-    lines.append(
-        f"last sync: {when(last['at'])}" + (f" ({result.get('outcome', '?')})" if result else "")
-    )
+    if last["at"] or not daemon:  # under the daemon its drains are the syncs
+        lines.append(
+            f"last sync: {when(last['at'])}"
+            + (f" ({result.get('outcome', '?')})" if result else "")
+        )
     if daemon:
         lines += _daemon_lines(daemon)
     return "\n".join(lines)
@@ -166,6 +186,16 @@ def _status_text(data: dict[str, Any]) -> str:
 
 def _daemon_lines(daemon: dict[str, Any]) -> list[str]:
     lines = [f"activity:  {daemon.get('activity') or 'idle'}"]
+    drain = daemon.get("last_drain")
+    if drain:
+        done = drain.get("counts") or {}
+        lines.append(
+            f"last drain: {when(drain.get('finished_at'))}"
+            + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(done.items())) + ")" if done else "")
+        )
+    totals = {k: v for k, v in (daemon.get("totals") or {}).items() if v}
+    if totals:
+        lines.append("since start: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
     for path in daemon.get("inflight") or []:
         lines.append(f"in flight: {path}")
     breaker = daemon.get("breaker") or {}
@@ -196,9 +226,12 @@ def collect_status(config: Config) -> dict[str, Any]:
         from objlib_daemon.daemon.control import request
     except ModuleNotFoundError:
         request = None
+    from objlib_daemon.state.lock import holder
+
     if request is not None:
         live = request(config, {"cmd": "status"})
         if live is not None:
+            live["lock_holder"] = holder(config.state_dir)
             return live
     from objlib_daemon.state.db import Database
     from objlib_daemon.sync.status import database_status
@@ -211,16 +244,39 @@ def collect_status(config: Config) -> dict[str, Any]:
     finally:
         db.close()
     data["daemon"] = None
+    data["lock_holder"] = holder(config.state_dir)
     return data
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.1),
+    is_flag=False,
+    flag_value=2.0,
+    default=None,
+    help="Show it again every N seconds (default 2) until Ctrl-C: a live view of the daemon.",
+)
 @click.pass_obj
-def status(state: State, as_json: bool) -> None:
+def status(state: State, as_json: bool, watch: float | None) -> None:
     """Files by state, queue, orphans, missing files, last sync, store and volume."""
-    data = collect_status(state.config())
-    emit(data, as_json, _status_text(data))
+    config = state.config()
+    if watch is None:
+        data = collect_status(config)
+        emit(data, as_json, _status_text(data))
+        return
+    clear = sys.stdout.isatty() and not as_json
+    tick = threading.Event()
+    try:
+        while True:
+            data = collect_status(config)
+            if clear:  # redraw in place on a terminal; a pipe gets one block per look
+                click.echo("\x1b[H\x1b[J", nl=False)
+            emit(data, as_json, _status_text(data) + ("" if clear else "\n"))
+            tick.wait(watch)
+    except KeyboardInterrupt:  # the way out of a watch: not an error
+        return
 
 
 @click.command()
@@ -232,7 +288,7 @@ def status(state: State, as_json: bool) -> None:
     "--where",
     help="Metadata filter in AIP-160 syntax, e.g. 'difficulty = \"advanced\" AND year >= 2010'.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def search(
     state: State,
@@ -246,6 +302,8 @@ def search(
     """Search the store: ranked hits with path, topics and snippet (and an answer on Gemini)."""
     from objlib_daemon.workspace import open_workspace
 
+    if not query.strip():
+        raise click.BadParameter("say what to look for", param_hint="QUERY")
     clauses = [f"topics:{_quoted(t)}" for t in topic]
     if course:
         clauses.append(f"course = {_quoted(course)}")
@@ -264,6 +322,10 @@ def search(
     data = {
         "query": query,
         "answer": result.answer,
+        # Hit numbers (1-based, as printed) each claim of the answer rests on.
+        "citations": [
+            {"end": c.end, "hits": [i + 1 for i in c.hits]} for c in result.citations
+        ],
         "hits": [
             {
                 "path": h.path,
@@ -276,16 +338,46 @@ def search(
             for h in result.hits
         ],
     }
-    lines = [result.answer, ""] if result.answer else []
+    emit(data, as_json, _search_text(result, bold=sys.stdout.isatty()))
+
+
+# Characters of a snippet shown per hit: two terminal lines.
+SNIPPET = 160
+
+
+def _search_text(result: SearchResult, *, bold: bool) -> str:
+    """The answer with `[n]` after each grounded claim, then hit n: path, score,
+    a snippet of the content (no header, cut at a word, markdown `**` rendered
+    on a terminal and dropped elsewhere)."""
+    from objlib_daemon.library.metadata import strip_header
+
+    lines = []
+    if result.answer:
+        answer = result.answer
+        for citation in sorted(result.citations, key=lambda c: c.end, reverse=True):
+            marks = "".join(f"[{i + 1}]" for i in citation.hits)
+            answer = answer[: citation.end] + marks + answer[citation.end :]
+        lines += [_markdown(answer, bold), ""]
     for i, hit in enumerate(result.hits, 1):
-        lines.append(f"{i:2}. {hit.path or hit.display_name}")
+        score = f"  (score {hit.score:.2f})" if hit.score is not None else ""
+        lines.append(f"[{i}] {hit.path or hit.display_name}{score}")
+        snippet = " ".join(strip_header(hit.snippet).split())
+        if len(snippet) > SNIPPET:
+            snippet = snippet[:SNIPPET].rsplit(" ", 1)[0] + " …"
         if _topics(hit.metadata):
-            lines.append("      topics: " + ", ".join(_topics(hit.metadata)))
-        if hit.snippet:
-            lines.append("      " + " ".join(hit.snippet.split())[:200])
+            lines.append("    topics: " + ", ".join(_topics(hit.metadata)))
+        if snippet:
+            lines.append("    " + _markdown(snippet, bold))
     if not result.hits:
         lines.append("no matches")
-    emit(data, as_json, "\n".join(lines))
+    return "\n".join(lines)
+
+
+def _markdown(text: str, bold: bool) -> str:
+    """`**strong**` as bold on a terminal, as plain words elsewhere."""
+    if bold:
+        return re.sub(r"\*\*(.+?)\*\*", lambda m: click.style(m.group(1), bold=True), text)
+    return text.replace("**", "")
 
 
 def _quoted(value: str) -> str:

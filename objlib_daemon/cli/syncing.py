@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any
 
 import click
 
-from objlib_daemon.cli.common import State, duration, emit, summary_line
+from objlib_daemon.cli.common import State, duration, emit, interruptible, summary_line
+from objlib_daemon.cli.progress import for_terminal
+from objlib_daemon.config import parse_duration
 from objlib_daemon.enrichment.cost import estimate
 from objlib_daemon.enrichment.pending import enrichment_line, enrichment_status
-from objlib_daemon.errors import SOME_FAILED
+from objlib_daemon.errors import INTERRUPTED, SOME_FAILED
 from objlib_daemon.state import queue
 from objlib_daemon.state.lock import library_lock
 from objlib_daemon.workspace import open_workspace
@@ -29,8 +32,12 @@ SUMMARY_KEYS = [
     "orphans_cleaned",
     "failed",
     "retrying",
+    "not_tried",
     "skipped",
+    "untracked",
 ]
+# How long a file must have been missing before --prune-missing deletes its document.
+DEFAULT_PRUNE_AGE = "7d"
 
 
 @click.command()
@@ -60,9 +67,9 @@ SUMMARY_KEYS = [
 @click.option(
     "--older-than",
     callback=duration,
-    default="7d",
-    show_default=True,
-    help="With --prune-missing: how long a file must have been missing.",
+    default=None,
+    help=f"With --prune-missing: how long a file must have been missing "
+    f"(default {DEFAULT_PRUNE_AGE}).",
 )
 @click.option(
     "--skip-enrichment",
@@ -80,7 +87,7 @@ def sync(
     allow_mass_missing: bool,
     dry_run: bool,
     prune_missing: bool,
-    older_than: float,
+    older_than: float | None,
     count_tokens: bool,
     skip_enrichment: bool | None,
     cleanup_orphans: bool,
@@ -89,11 +96,19 @@ def sync(
 ) -> None:
     """Bring the store up to date with the library, once."""
     state.verbose += verbose
+    if older_than is not None and not prune_missing:
+        raise click.UsageError("--older-than applies only with --prune-missing")
+    prune_older = None
+    if prune_missing:
+        prune_older = older_than if older_than is not None else parse_duration(DEFAULT_PRUNE_AGE)
     config = state.config()
     if dry_run:
-        _dry_run(state, force, allow_mass_missing, as_json, skip_enrichment, count_tokens)
+        _dry_run(
+            state, force, allow_mass_missing, as_json, skip_enrichment, prune_older, count_tokens
+        )
         return
-    with library_lock(config.state_dir, "sync"):
+    stop = threading.Event()
+    with library_lock(config.state_dir, "sync"), interruptible(stop):
         ws = open_workspace(config, skip_enrichment=skip_enrichment or None)
         try:
             summary = _run(
@@ -101,13 +116,16 @@ def sync(
                 state,
                 force=force,
                 allow_mass_missing=allow_mass_missing,
-                prune_older=older_than if prune_missing else None,
+                prune_older=prune_older,
                 cleanup_all=cleanup_orphans,
                 as_json=as_json,
+                stop=stop,
             )
         finally:
             ws.close()
     emit(summary, as_json, _text(summary, state.verbose))
+    if stop.is_set():
+        sys.exit(INTERRUPTED)
     if summary["failed"] or summary["retrying"]:
         sys.exit(SOME_FAILED)
 
@@ -121,20 +139,19 @@ def _run(
     prune_older: float | None,
     cleanup_all: bool,
     as_json: bool,
+    stop: threading.Event,
 ) -> dict[str, Any]:
-    show_bar = sys.stderr.isatty() and not as_json
     results: list[Any] = []
     notes: list[str] = []  # said without -v: no text layer, unreadable file
-    with click.progressbar(
-        length=0, label="syncing", file=sys.stderr, hidden=not show_bar
-    ) as bar:
+    with for_terminal(as_json, state.quiet) as bar:
+        bar.phase("scanning and hashing" if force else "scanning")
 
         def planned(plan: Any) -> None:
             with ws.db.session() as s:
-                bar.length = queue.depth(s) + len(plan.vanished)
+                bar.phase("syncing", total=queue.depth(s) + len(plan.vanished))
 
         def progress(result: Any) -> None:
-            bar.update(1)
+            bar.advance()
             if result.note:
                 notes.append(f"{result.path}: {result.note}")
             if state.verbose and result.action not in ("unchanged", "gone"):
@@ -147,6 +164,7 @@ def _run(
             prune_older=prune_older,
             on_plan=planned,
             on_result=progress,
+            stop=stop,
         )
     plan, counts = done.plan, done.counts
     counts["unchanged"] += plan.unchanged
@@ -159,11 +177,17 @@ def _run(
     counts["retrying"] += counts.pop("paused", 0) + counts.pop("indexing", 0)
     if prune_older is not None:
         counts["pruned"] = len(done.pruned)
+    with ws.db.session() as s:  # halted by the breaker (or a stop): never reached
+        counts["not_tried"] = queue.untried(s)
+    counts["untracked"] = plan.untracked
     summary: dict[str, Any] = {k: counts.get(k, 0) for k in SUMMARY_KEYS}
     summary["problems"] = plan.problems + notes
-    summary["outcome"] = "ok" if not (summary["failed"] or summary["retrying"]) else "incomplete"
-    summary["files"] = [{"path": r.path, "action": r.action, "error": r.error} for r in results]
-    summary["files"] += [{"path": p, "action": "pruned", "error": None} for p in done.pruned]
+    incomplete = summary["failed"] or summary["retrying"] or summary["not_tried"]
+    summary["outcome"] = (
+        "interrupted" if stop.is_set() else "incomplete" if incomplete else "ok"
+    )
+    summary["files"] = [_file(r.path, r.action, r.error, r.moved_from) for r in results]
+    summary["files"] += [_file(p, "pruned") for p in done.pruned]
     summary["enrichment"] = enrichment_status(ws.db)
     ws.db.record_sync_result({k: v for k, v in summary.items() if k != "files"})
     return summary
@@ -175,35 +199,40 @@ def _dry_run(
     allow_mass_missing: bool,
     as_json: bool,
     skip_enrichment: bool | None,
+    prune_older: float | None,
     count_tokens: bool,
 ) -> None:
     ws = open_workspace(
         state.config(), readonly=True, with_store=False, skip_enrichment=skip_enrichment or None
     )
     try:
-        counts, items = ws.engine.dry_run(force=force, allow_mass_missing=allow_mass_missing)
-        uploads = [p for p, a in items if a in ("new", "modified")]
-        assert ws.library.enricher is not None
-        cost = estimate(
-            ws.library.enricher,
-            ws.config.enrichment,
-            ws.library.root,
-            uploads,
-            count=count_tokens,
-        )
+        with for_terminal(as_json, state.quiet) as bar:
+            bar.phase("looking (dry run)")
+            counts, items, plan = ws.engine.dry_run(
+                force=force, allow_mass_missing=allow_mass_missing, prune_older=prune_older
+            )
+            uploads = [i.path for i in items if i.action in ("new", "modified")]
+            assert ws.library.enricher is not None
+            cost = estimate(
+                ws.library.enricher,
+                ws.config.enrichment,
+                ws.library.root,
+                uploads,
+                count=count_tokens,
+            )
     finally:
         ws.close()
+    # The same shape as a sync's summary (one JSON contract), plus `dry_run`.
     data: dict[str, Any] = {k: counts.get(k, 0) for k in SUMMARY_KEYS}
     data["dry_run"] = True
-    data["files"] = [{"path": p, "action": a} for p, a in items]
+    data["outcome"] = "dry run"
+    data["problems"] = plan.problems
+    data["files"] = [_file(i.path, i.action, None, i.moved_from) for i in items]
     data["cost"] = cost.as_dict()
-    lines = [
-        "dry run (nothing changed): "
-        + summary_line(
-            counts,
-            ["new", "modified", "moved", "missing", "restored", "unchanged", "hashed", "failed"],
-        )
-    ]
+    keys = ["new", "modified", "moved", "missing", "restored", "unchanged", "hashed", "failed"]
+    if prune_older is not None:
+        keys.append("pruned")
+    lines = ["dry run (nothing changed): " + summary_line(counts, [*keys, "untracked"])]
     lines += [
         f"  enrichment: {cost.files_to_enrich} file(s), {cost.enrichment_input_tokens} input + "
         f"~{cost.enrichment_output_tokens} output tokens, ~${cost.enrichment_cost:.4f}",
@@ -212,9 +241,31 @@ def _dry_run(
         + (f" ({cost.not_estimated} without text, not estimated)" if cost.not_estimated else ""),
         f"  tokens by:  {cost.counted_by}",
     ]
-    if state.verbose:
-        lines += [f"  {a:10} {p}" for p, a in items]
+    lines += _details(data, state.verbose)
     emit(data, as_json, "\n".join(lines))
+
+
+def _file(
+    path: str, action: str, error: str | None = None, moved_from: str | None = None
+) -> dict[str, Any]:
+    """One acted-on file in `--json` (`moved_from`: the old path of a move)."""
+    return {"path": path, "action": action, "error": error, "moved_from": moved_from}
+
+
+def _details(summary: dict[str, Any], verbose: int) -> list[str]:
+    """The lines under a summary: notes, the untracked hint, and with -v each file
+    (a move as `old → new`, a prune by its path)."""
+    lines = [f"  note: {problem}" for problem in summary["problems"]]
+    if summary["untracked"]:
+        lines.append(
+            f"  {summary['untracked']} file(s) not tracked (hidden, excluded, too small or "
+            "another format): `objlibd why PATH` says why"
+        )
+    if verbose:
+        for f in summary["files"]:
+            path = f"{f['moved_from']} → {f['path']}" if f["moved_from"] else f["path"]
+            lines.append(f"  {f['action']:10} {path}" + (f"  ({f['error']})" if f["error"] else ""))
+    return lines
 
 
 def _text(summary: dict[str, Any], verbose: int) -> str:
@@ -222,14 +273,7 @@ def _text(summary: dict[str, Any], verbose: int) -> str:
     waiting = summary["enrichment"]
     if waiting["waiting"]:
         lines.append(f"  enrichment: {enrichment_line(waiting)}")
-    for problem in summary["problems"]:
-        lines.append(f"  note: {problem}")
-    if verbose:
-        lines += [
-            f"  {f['action']:10} {f['path']}" + (f"  ({f['error']})" if f["error"] else "")
-            for f in summary["files"]
-        ]
-    return "\n".join(lines)
+    return "\n".join(lines + _details(summary, verbose))
 
 
 COMMANDS = [sync]

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from objlib_daemon.cli.common import State, emit, summary_line
+from objlib_daemon.cli.progress import for_terminal
 from objlib_daemon.errors import SOME_FAILED, VolumeUnavailable
 from objlib_daemon.state.lock import library_lock
 from objlib_daemon.sync.verify import KINDS, RepairResult, Report, audit, repair
@@ -49,7 +50,9 @@ def verify(state: State, do_repair: bool, as_json: bool) -> None:
     if not do_repair:
         ws = open_workspace(config, readonly=True)
         try:
-            report = audit(ws.db, ws.store, ws.library)
+            with for_terminal(as_json, state.quiet) as bar:
+                bar.phase("verifying (listing the store)")
+                report = audit(ws.db, ws.store, ws.library)
         finally:
             ws.close()
         emit(_data(report), as_json, _text(report))
@@ -59,7 +62,9 @@ def verify(state: State, do_repair: bool, as_json: bool) -> None:
     with library_lock(config.state_dir, "verify --repair"):
         ws = open_workspace(config)
         try:
-            report = audit(ws.db, ws.store, ws.library)
+            with for_terminal(as_json, state.quiet) as bar:
+                bar.phase("verifying (listing the store)")
+                report = audit(ws.db, ws.store, ws.library)
             result = repair(ws.db, ws.store, ws.library, report, applier=ws.engine.applier)
             drained, note = _drain(ws) if result.requeued or result.adopted else (None, None)
         finally:

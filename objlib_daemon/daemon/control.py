@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from objlib_daemon.config import Config
-from objlib_daemon.errors import ObjlibError
+from objlib_daemon.errors import NO_DAEMON, ObjlibError
 from objlib_daemon.logging import get_logger
 
 log = get_logger("objlibd.control")
@@ -56,6 +56,8 @@ class ControlError(ObjlibError):
 
 class NotRunning(ObjlibError):
     """No daemon answers on the control socket."""
+
+    exit_code = NO_DAEMON
 
 
 def socket_path(config: Config) -> Path:

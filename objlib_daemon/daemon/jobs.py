@@ -30,11 +30,19 @@ if TYPE_CHECKING:
 log = get_logger("objlibd.jobs")
 
 
+# Drain outcomes that leave work behind: errors seen during such a drain stay shown.
+UNFINISHED = frozenset({"retrying", "paused", "failed", "still_failed", "indexing"})
+# How often a long drain logs its running count (seconds): often enough to see
+# it move in `journalctl -f`, rarely enough not to drown the per-file lines.
+PROGRESS_LOG_EVERY = 10.0
+
+
 class Jobs:
     """The pass bodies, bound to one Daemon (its state decides what may run)."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
+        self.progress_logged = 0.0
 
     def drain(self, _options: dict[str, Any]) -> float | None:
         d = self.d
@@ -50,9 +58,12 @@ class Jobs:
             started = time.time()
             counts: Counter[str] = Counter()
             again: float | None = None
+            failed = True
+            self.progress_logged = started
             try:
                 engine.require_volume()
                 counts = engine.drain(stop=stop, on_result=self.on_result)
+                failed = False
             except VolumeUnavailable as exc:
                 log.warning("drain halted: volume unavailable", error=str(exc))
                 d.record_error("drain", str(exc))
@@ -74,6 +85,8 @@ class Jobs:
             finally:
                 d.draining = False
             d.totals.update(counts)
+            if not (failed or set(counts) & UNFINISHED):
+                d.clear_errors("drain", "apply", "start")
             d.last_drain = {
                 "started_at": started,
                 "finished_at": time.time(),
@@ -97,6 +110,13 @@ class Jobs:
         d = self.d
         with d.progress_lock:  # called from every applier thread
             d.drain_progress[result.action] += 1
+            now = time.time()
+            due = now - self.progress_logged >= PROGRESS_LOG_EVERY
+            if due:
+                self.progress_logged = now
+                progress = dict(d.drain_progress)
+        if due:  # a running count, so a long drain is visible in the log
+            log.info("draining", done=sum(progress.values()), **progress)
         if result.action in ("unchanged", "gone"):
             log.debug("looked at", path=result.path, action=result.action)
         elif result.error:
@@ -105,8 +125,9 @@ class Jobs:
                 d.record_error("apply", f"{result.path}: {result.error}")
         elif result.note:  # uploaded, but worth hearing (no text layer: needs OCR)
             log.warning("applied", path=result.path, action=result.action, note=result.note)
-        else:
-            log.info("applied", path=result.path, action=result.action)
+        else:  # a rename is one line that names the old path too
+            extra = {"moved_from": result.moved_from} if result.moved_from else {}
+            log.info("applied", path=result.path, action=result.action, **extra)
 
     def reconcile(self, options: dict[str, Any]) -> None:
         d = self.d
@@ -159,6 +180,7 @@ class Jobs:
             log.exception("reconcile failed")
             d.record_error("reconcile", record["error"])
         else:
+            d.clear_errors("reconcile")
             record.update(
                 outcome="ok",
                 candidates=len(plan.candidates),
@@ -195,6 +217,7 @@ class Jobs:
             except StoreError as exc:
                 d.record_error("orphans", str(exc))
                 return
+            d.engine.db.trim_journal()  # the daemon's turn of the journal's bound
         if cleaned:
             log.info("orphans deleted", count=cleaned)
         # Hourly too: files uploaded without AI metadata whose analysis is now due.

@@ -268,7 +268,16 @@ class Daemon:
         sdnotify.notify(f"STATUS={self.status_line()}")
 
     def record_error(self, where: str, message: str) -> None:
-        self.last_errors.append({"at": time.time(), "where": where, "error": message[:500]})
+        with self.progress_lock:
+            self.last_errors.append({"at": time.time(), "where": where, "error": message[:500]})
+
+    def clear_errors(self, *wheres: str) -> None:
+        """A clean run of a job retires its earlier errors: `status` showed them
+        long after their cause was gone (issue 15, finding 4)."""
+        with self.progress_lock:
+            kept = [e for e in self.last_errors if e["where"] not in wheres]
+            self.last_errors.clear()
+            self.last_errors.extend(kept)
 
     def pause(self, reason: str = "paused by the user") -> None:
         with self.state_lock:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from objlib_daemon.config import LibraryConfig
+from objlib_daemon.config import DEFAULT_EXCLUDE, LibraryConfig
 
 
 def glob_to_regex(glob: str) -> str:
@@ -129,3 +129,25 @@ class Eligibility:
         if size > self.max_size:
             return f"larger than library.max_size ({size} > {self.max_size} bytes)"
         return None
+
+
+def why_not(cfg: LibraryConfig, rel: str, size: int | None) -> str | None:
+    """Why `rel` (library-relative, of `size` bytes if known) is not tracked, naming
+    the glob or bound that decides; None when it is eligible. For `objlibd why`:
+    the walk itself only counts such files, it never says which rule (per-file
+    reasons on every walk would cost time on 100k files)."""
+    parts = rel.split("/")
+    folders = ["/".join(parts[:i]) for i in range(1, len(parts))]
+    for glob in cfg.exclude:
+        pattern = _compile([glob])
+        litter = " (hidden file or OS litter)" if glob in DEFAULT_EXCLUDE else ""
+        for folder in folders:
+            if pattern.match(folder) or pattern.match(folder + "/"):
+                return f"in folder {folder}/, excluded by library.exclude {glob!r}{litter}"
+        if pattern.match(rel):
+            return f"excluded by library.exclude {glob!r}{litter}"
+    if not _compile(cfg.include).match(rel):
+        return f"not a tracked format: matches none of library.include ({', '.join(cfg.include)})"
+    if size is not None:
+        return Eligibility.from_config(cfg).size_problem(size)
+    return None

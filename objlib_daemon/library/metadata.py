@@ -343,3 +343,16 @@ def _header(metadata: dict[str, str | float | list[str]]) -> str | None:
             text = str(value)
         lines.append(f"{label}: {' '.join(text.split())}")  # one line, whatever the name
     return "\n".join(lines) + "\n\n" if lines else None
+
+
+_HEADER_LINE = re.compile(r"^(?:" + "|".join(label for label, _ in _HEADER) + r"): .*$")
+
+
+def strip_header(text: str) -> str:
+    """`text` without a leading identity header (`_header`): a search snippet
+    should show the document's words, not the header objlibd put in front."""
+    lines = text.lstrip("\n").split("\n")
+    skip = 0
+    while skip < len(lines) and _HEADER_LINE.match(lines[skip]):
+        skip += 1
+    return "\n".join(lines[skip:]).strip() if skip else text

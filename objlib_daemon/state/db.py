@@ -18,13 +18,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, create_engine, delete, event, select, text
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from objlib_daemon.errors import CONFIG, ObjlibError
 from objlib_daemon.state.lock import private_dir
-from objlib_daemon.state.models import Base, EnrichmentRecord, EnrichmentSpend, Meta
+from objlib_daemon.state.models import (
+    JOURNAL_KEEP_DAYS,
+    JOURNAL_MAX_ROWS,
+    Base,
+    EnrichmentRecord,
+    EnrichmentSpend,
+    JournalEntry,
+    Meta,
+)
 
 SCHEMA_VERSION = 4
 
@@ -245,6 +253,24 @@ class Database:
                 session.query(Meta).filter(Meta.key == key).delete()
             else:
                 session.merge(Meta(key=key, value=value))
+
+    def trim_journal(
+        self, *, keep_days: float = JOURNAL_KEEP_DAYS, max_rows: int = JOURNAL_MAX_ROWS
+    ) -> int:
+        """Drop journal rows older than `keep_days`, then the oldest beyond
+        `max_rows`; returns rows dropped (the journal is history, not state)."""
+        with self.session() as s:
+            dropped = s.execute(
+                delete(JournalEntry).where(JournalEntry.at < time.time() - keep_days * 86400)
+            ).rowcount or 0
+            newest_dropped = s.execute(
+                select(JournalEntry.id).order_by(JournalEntry.id.desc()).offset(max_rows).limit(1)
+            ).scalar()
+            if newest_dropped is not None:
+                dropped += s.execute(
+                    delete(JournalEntry).where(JournalEntry.id <= newest_dropped)
+                ).rowcount or 0
+        return dropped
 
     def record_sync_result(self, summary: dict[str, Any]) -> None:
         with self.session() as s:

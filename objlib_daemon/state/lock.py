@@ -12,10 +12,12 @@ import os
 import stat
 from pathlib import Path
 
-from objlib_daemon.errors import ObjlibError
+from objlib_daemon.errors import BUSY, ObjlibError
 
 
 class AlreadyRunning(ObjlibError):
+    exit_code = BUSY
+
     def __init__(self, pid: str, what: str) -> None:
         super().__init__(
             f"another objlibd ({what}, pid {pid or 'unknown'}) is working on this library; "
@@ -66,6 +68,23 @@ class InstanceLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def holder(state_dir: Path) -> dict[str, object] | None:
+    """Who holds the library lock, `{"pid", "what"}`, or None.
+
+    Read from the lock file and checked with a signal-0 probe rather than by
+    trying the lock: a probe that held it even briefly could make a starting
+    sync or daemon fail as "busy". So `status` can say a one-shot sync is
+    running instead of only "daemon: not running".
+    """
+    try:
+        words = (state_dir / "objlibd.lock").read_text(errors="replace").split()
+        pid = int(words[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):  # no file, no pid, or no such process
+        return None
+    return {"pid": pid, "what": " ".join(words[1:]) or "?"}
 
 
 def library_lock(state_dir: Path, what: str) -> InstanceLock:

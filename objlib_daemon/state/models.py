@@ -144,8 +144,15 @@ class Intent(Base):
 NOTED = "noted"
 
 
+# The journal keeps this much history (`objlibd why` shows it), trimmed at the
+# end of each sync and by the daemon's orphan sweep: about 180 bytes a row, so
+# the cap bounds it near 36 MB whatever the library's churn.
+JOURNAL_KEEP_DAYS = 180
+JOURNAL_MAX_ROWS = 200_000
+
+
 class JournalEntry(Base):
-    """Every action taken, for `objlibd log` and post-mortems."""
+    """Every action taken, for `objlibd why PATH` and post-mortems."""
 
     __tablename__ = "journal"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -162,6 +162,31 @@ def indexing(session: Session, claim_: Claim) -> None:
     )
 
 
+def hold(session: Session, why: str) -> int:
+    """Say why rows never tried are waiting (`not tried: breaker open since …`):
+    without it `objlibd queue` showed them with no error at all. The next
+    attempt's own outcome replaces it. Returns rows marked."""
+    result = session.execute(
+        update(PendingChange)
+        .where(
+            PendingChange.state == QUEUED,
+            PendingChange.attempts == 0,
+            PendingChange.last_error.is_(None),
+        )
+        .values(last_error=why)
+    )
+    return result.rowcount or 0
+
+
+def untried(session: Session) -> int:
+    """Rows waiting that no attempt has reached yet (the sync summary's `not_tried`)."""
+    return session.execute(
+        select(func.count())
+        .select_from(PendingChange)
+        .where(PendingChange.state == QUEUED, PendingChange.attempts == 0)
+    ).scalar_one()
+
+
 def release(session: Session, claims: Iterable[Claim]) -> None:
     """Return claimed rows untouched (shutdown, pause, volume gone)."""
     paths = [c.path for c in claims]
@@ -202,6 +227,18 @@ def next_due(session: Session) -> float | None:
     return session.execute(
         select(func.min(PendingChange.next_attempt_at)).where(PendingChange.state == QUEUED)
     ).scalar()
+
+
+def waiting(session: Session, *, limit: int) -> list[PendingChange]:
+    """Rows held back with a reason (an error, `not tried: breaker open …`), oldest first."""
+    return list(
+        session.scalars(
+            select(PendingChange)
+            .where(PendingChange.last_error.is_not(None))
+            .order_by(PendingChange.first_seen)
+            .limit(limit)
+        ).all()
+    )
 
 
 def entries(session: Session) -> list[PendingChange]:

@@ -70,7 +70,16 @@ class StoreNotFound(StoreUnusable):
 
 
 class CircuitOpen(TransientError):
-    """Remote work is paused after repeated transient failures."""
+    """Remote work is paused after repeated transient failures.
+
+    `opened_at` (epoch seconds) lets the queue say since when rows wait on it.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, opened_at: float | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.opened_at = opened_at
 
 
 class QuotaExhausted(TransientError):
@@ -143,9 +152,19 @@ class SearchHit:
 
 
 @dataclass(frozen=True)
+class Citation:
+    """A claim of the answer grounded in hits: it ends at character `end` of the
+    answer and rests on `hits` (indices into `SearchResult.hits`)."""
+
+    end: int
+    hits: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class SearchResult:
     answer: str | None
     hits: list[SearchHit]
+    citations: tuple[Citation, ...] = ()
 
 
 @dataclass(frozen=True)

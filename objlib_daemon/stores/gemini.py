@@ -11,6 +11,7 @@ one place.
 from __future__ import annotations
 
 import contextlib
+import shlex  # a suggested command must work when pasted: `store create 'My Library'`
 import threading
 import time
 import weakref
@@ -24,6 +25,7 @@ from objlib_daemon.config import StoreConfig
 from objlib_daemon.stores import base
 from objlib_daemon.stores.base import (
     AuthError,
+    Citation,
     MetadataValue,
     OperationLost,
     PermanentError,
@@ -231,7 +233,7 @@ def resolve_store(
         )
     raise StoreNotFound(
         f"no File Search store named {wanted!r}: create it with "
-        f"`objlibd store create {wanted}` or `objlibd init --create-store`"
+        f"`objlibd store create {shlex.quote(wanted)}` or `objlibd init --create-store`"
     )
 
 
@@ -747,13 +749,19 @@ class GeminiStore:
                 ]
             ),
         )
-        return SearchResult(answer=_answer_text(response), hits=self._hits(response, limit))
+        answer = _answer_text(response)
+        hits, chunk_hit = self._hits(response, limit)
+        return SearchResult(answer, hits, _citations(response, answer, chunk_hit))
 
-    def _hits(self, response: types.GenerateContentResponse, limit: int) -> list[SearchHit]:
+    def _hits(
+        self, response: types.GenerateContentResponse, limit: int
+    ) -> tuple[list[SearchHit], dict[int, int]]:
+        """The hits, and which hit each grounding chunk became (for citations)."""
         candidates = response.candidates or []
         grounding = candidates[0].grounding_metadata if candidates else None
+        chunk_hit: dict[int, int] = {}
         if grounding is None:
-            return []
+            return [], chunk_hit
         scores: dict[int, float] = {}
         for support in grounding.grounding_supports or []:
             for index, score in zip(
@@ -767,6 +775,7 @@ class GeminiStore:
             context = chunk.retrieved_context
             if context is None:
                 continue
+            chunk_hit[index] = len(hits)
             metadata = _metadata_out(context.custom_metadata)
             display = context.title or ""
             path = metadata.get(PATH_KEY)
@@ -784,7 +793,7 @@ class GeminiStore:
             )
             if len(hits) >= limit:
                 break
-        return hits
+        return hits, chunk_hit
 
     def health(self) -> dict[str, Any]:
         """Breaker and pacing state for `objlibd status` (no secrets, no network)."""
@@ -801,6 +810,32 @@ class GeminiStore:
         # Closing twice or a half-built client: nothing left to release.
         with contextlib.suppress(Exception):
             self.client.close()
+
+
+def _citations(
+    response: types.GenerateContentResponse, answer: str | None, chunk_hit: dict[int, int]
+) -> tuple[Citation, ...]:
+    """Where each grounded claim of the answer ends, and the hits it rests on.
+
+    The service gives a segment's end as a UTF-8 byte offset; the answer is
+    shown as text, so it becomes a character offset here.
+    """
+    candidates = response.candidates or []
+    grounding = candidates[0].grounding_metadata if candidates else None
+    if grounding is None or not answer:
+        return ()
+    encoded = answer.encode("utf-8")
+    found: list[Citation] = []
+    for support in grounding.grounding_supports or []:
+        segment = support.segment
+        hits = tuple(
+            sorted({chunk_hit[i] for i in support.grounding_chunk_indices or [] if i in chunk_hit})
+        )
+        if segment is None or segment.end_index is None or not hits:
+            continue
+        end = len(encoded[: segment.end_index].decode("utf-8", errors="ignore"))
+        found.append(Citation(end, hits))
+    return tuple(found)
 
 
 def _answer_text(response: types.GenerateContentResponse) -> str | None:

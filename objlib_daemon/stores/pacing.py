@@ -443,6 +443,7 @@ class CircuitBreaker:
                     f"remote calls paused after {self._failures} consecutive transient "
                     f"failures (last: {self.last_error}); next attempt in {wait:.0f}s",
                     retry_after=wait,
+                    opened_at=self.opened_at,
                 )
             # Half-open: exactly one trial at a time.
             if self._trial_running:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.orm import Session
 
 from objlib_daemon.config import MetadataRule
@@ -99,6 +99,8 @@ class Result:
     deleted: int = 0
     error: str | None = None
     note: str | None = None  # said in the sync summary even without -v (e.g. no text layer)
+    # A move: the path the content was at, shown as `old → new` (issue 15, finding 7).
+    moved_from: str | None = None
 
 
 @dataclass
@@ -553,12 +555,15 @@ class Applier:
             result.deleted += self.retire(old)
         if moved_from:
             result.action = "moved"
-            for doc_name in moved_from:
+            result.moved_from = moved_from[0][0]
+            for _old_path, doc_name in moved_from:
                 result.deleted += self.retire(doc_name)
         self._recheck(ix)
         return result
 
-    def _record_upload(self, ix: Indexing, document: str) -> tuple[str | None, list[str]]:
+    def _record_upload(
+        self, ix: Indexing, document: str
+    ) -> tuple[str | None, list[tuple[str, str]]]:
         """Point the row at the new document; the old one, and those of rows this
         file moved from, become orphans. One commit; returns them to retire.
 
@@ -605,8 +610,11 @@ class Applier:
             with self.db.session() as s:
                 queue.enqueue(s, [(ix.path, queue.EVENT)])
 
-    def _moved_from(self, s: Session, path: str, sha256: str, now: float) -> list[str]:
+    def _moved_from(
+        self, s: Session, path: str, sha256: str, now: float
+    ) -> list[tuple[str, str]]:
         """Rows holding the same content at a path that is gone: the file moved here.
+        Returns (old path, its document) for each.
 
         Their documents become orphans at once (no 7-day limbo), but only while
         the volume is verified: an absent old path must mean really gone.
@@ -626,7 +634,7 @@ class Applier:
             s.merge(Orphan(document=f.document, path=f.path, reason="moved", created_at=now))
             journal(s, "moved", f.path, f.document, f"to {path}")
             s.delete(f)
-        return [f.document for f in gone]
+        return [(f.path, f.document) for f in gone]
 
     # --- recovery and repair verbs ---------------------------------------------------
 
@@ -680,15 +688,26 @@ class Applier:
         queue.enqueue(s, [(path, queue.REPAIR)])
         return retire
 
+    def _prunable(self, older_than: float) -> Select[tuple[File]]:
+        """Rows missing for longer than `older_than` seconds: what prune deletes."""
+        cutoff = self.clock() - older_than
+        return (
+            select(File)
+            .where(File.state == MISSING, File.missing_since < cutoff)
+            .order_by(File.path)
+        )
+
+    def prunable(self, older_than: float) -> list[str]:
+        """The paths `prune(older_than)` would prune now (the dry run's preview)."""
+        with self.db.session() as s:
+            return [f.path for f in s.scalars(self._prunable(older_than))]
+
     def prune(self, older_than: float) -> list[str]:
         """Delete the documents of files missing for longer than `older_than` seconds;
         returns the pruned paths."""
         now = self.clock()
-        cutoff = now - older_than
         with self.db.session() as s:
-            victims = s.scalars(
-                select(File).where(File.state == MISSING, File.missing_since < cutoff)
-            ).all()
+            victims = s.scalars(self._prunable(older_than)).all()
             for f in victims:
                 if f.document:
                     s.merge(

@@ -48,6 +48,7 @@ from objlib_daemon.stores.base import (
 )
 from objlib_daemon.sync.applier import Applier, Indexing, Result, Retry
 from objlib_daemon.sync.recovery import Recovery
+from objlib_daemon.timefmt import utc_iso
 
 log = get_logger("objlibd.drain")
 
@@ -262,8 +263,10 @@ class Drain:
             return self._later(claim.path, claim.gen, str(exc))
         except CircuitOpen as exc:
             halt.set()
+            since = utc_iso(exc.opened_at or time.time())
             with self.db.session() as s:
                 queue.release(s, [claim])
+                queue.hold(s, f"not tried: breaker open since {since} ({exc})")
             return Result(claim.path, "paused", error=str(exc))
         except TransientError as exc:
             return self._later(claim.path, claim.gen, str(exc), hint=exc.retry_after)

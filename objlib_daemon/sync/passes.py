@@ -19,7 +19,7 @@ from objlib_daemon.state.db import Database
 from objlib_daemon.stores.base import Store
 from objlib_daemon.sync.applier import Applier, Library, Result
 from objlib_daemon.sync.drain import Drain
-from objlib_daemon.sync.reconcile import Plan, Reconciler
+from objlib_daemon.sync.reconcile import Plan, Planned, Reconciler
 from objlib_daemon.sync.recovery import Recovery
 
 
@@ -70,9 +70,15 @@ class Engine:
         return self.drainer.run(stop=stop, on_result=on_result, concurrency=concurrency)
 
     def dry_run(
-        self, *, force: bool = False, allow_mass_missing: bool = False
-    ) -> tuple[Counter[str], list[tuple[str, str]]]:
-        return self.reconciler.dry_run(force=force, allow_mass_missing=allow_mass_missing)
+        self,
+        *,
+        force: bool = False,
+        allow_mass_missing: bool = False,
+        prune_older: float | None = None,
+    ) -> tuple[Counter[str], list[Planned], Plan]:
+        return self.reconciler.dry_run(
+            force=force, allow_mass_missing=allow_mass_missing, prune_older=prune_older
+        )
 
     def cleanup_orphans(self, *, everything: bool = False) -> int:
         return self.applier.cleanup_orphans(everything=everything)
@@ -121,4 +127,5 @@ class Engine:
         result = PassResult(plan, counts, cleaned)
         if prune_older is not None and not (stop and stop.is_set()):
             result.pruned = self.prune(prune_older)
+        self.db.trim_journal()
         return result

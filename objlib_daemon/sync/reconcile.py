@@ -50,6 +50,18 @@ class Plan:
     # and what it found for the candidates (the unchanged ones are left out).
     hashed: int = 0
     seen: dict[str, Disk | Exception] = field(default_factory=dict)
+    # Files the walk passed over as not eligible (hidden, excluded, too small,
+    # other formats): counted so a summary can say so, and `objlibd why` says why.
+    untracked: int = 0
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One line of the dry run: a path and what a sync would do to it."""
+
+    path: str
+    action: str
+    moved_from: str | None = None  # a move: shown as `old → new`
 
 
 # (path, state, size, mtime_ns): what a reconcile needs of each `files` row.
@@ -162,6 +174,8 @@ class Reconciler:
                 if f is None or f[1] == PRUNED:
                     new[path] = entry[1]
         plan.unchanged = unchanged
+        # The walk passed over our own marker too (the guard just read it): not the user's.
+        plan.untracked = max(0, result.ineligible - 1)
         # A set difference (in C) finds the rows not on disk; the tracked count
         # matters only when some are gone (the mass-missing guard).
         gone = rows.keys() - result.entries.keys()
@@ -262,32 +276,38 @@ class Reconciler:
             )
 
     def dry_run(
-        self, *, force: bool = False, allow_mass_missing: bool = False
-    ) -> tuple[Counter[str], list[tuple[str, str]]]:
+        self,
+        *,
+        force: bool = False,
+        allow_mass_missing: bool = False,
+        prune_older: float | None = None,
+    ) -> tuple[Counter[str], list[Planned], Plan]:
         """The plan as it would be applied: the applier's own read-only look at
-        every candidate. No writes, no remote calls."""
+        every candidate, and what a prune would delete. No writes, no remote calls."""
         plan = self.scan_plan(force=force, allow_mass_missing=allow_mass_missing)
-        counts: Counter[str] = Counter(unchanged=plan.unchanged, hashed=plan.hashed)
-        items: list[tuple[str, str]] = []
-        new_hashes: set[str] = set()
+        counts: Counter[str] = Counter(
+            unchanged=plan.unchanged, hashed=plan.hashed, untracked=plan.untracked
+        )
+        items: list[Planned] = []
+        new_hashes: dict[str, int] = {}  # content → its `new` item (a move if it vanished)
         for path in plan.candidates:
             seen = plan.seen.get(path)
             if isinstance(seen, Exception):
                 counts["failed"] += 1
-                items.append((path, f"error: {seen}"))
+                items.append(Planned(path, f"error: {seen}"))
                 continue
             try:
                 look = self.applier.look(path, force=force, disk=seen)
             except (Retry, OSError) as exc:
                 counts["failed"] += 1
-                items.append((path, f"error: {exc}"))
+                items.append(Planned(path, f"error: {exc}"))
                 continue
             if look.snap is not None:
                 counts["hashed"] += 1
             if look.problem:
                 name = "skipped" if look.row is None else "failed"
             elif look.action in (Action.NEW, Action.MODIFIED):
-                new_hashes.add(look.disk.sha256 or "")
+                new_hashes[look.disk.sha256 or ""] = len(items)
                 name = look.action.value
             else:
                 name = {Action.REFRESH: "unchanged", Action.STILL_FAILED: "failed"}.get(
@@ -295,15 +315,20 @@ class Reconciler:
                 )
             counts[name] += 1
             if name != "unchanged":
-                items.append((path, name))
+                items.append(Planned(path, name))
         for path in plan.vanished:
             look = self.applier.look(path)
             row = look.row
-            if row and row.upload_sha256 in new_hashes:  # its content turns up elsewhere
+            at = new_hashes.get(row.upload_sha256 or "") if row else None
+            if at is not None and items[at].action == "new":  # its content turns up elsewhere
                 counts["moved"] += 1
                 counts["new"] -= 1
-                items.append((path, "moved"))
+                items[at] = Planned(items[at].path, "moved", moved_from=path)
             elif look.action is Action.VANISHED:
                 counts["missing"] += 1
-                items.append((path, "missing"))
-        return counts, items
+                items.append(Planned(path, "missing"))
+        if prune_older is not None:
+            pruned = self.applier.prunable(prune_older)
+            counts["pruned"] = len(pruned)
+            items += [Planned(p, "pruned") for p in pruned]
+        return counts, items, plan

@@ -25,6 +25,9 @@ from objlib_daemon.state.models import (
     Orphan,
 )
 
+# Rows listed by name in `status` (failures, waiting rows); `objlibd queue` lists all.
+SHOWN = 10
+
 
 def database_status(db: Database) -> dict[str, Any]:
     meta = db.all_meta()
@@ -37,7 +40,7 @@ def database_status(db: Database) -> dict[str, Any]:
             .limit(1)
         ).first()
         failures = s.execute(
-            select(File.path, File.last_error).where(File.state == FAILED).limit(10)
+            select(File.path, File.last_error).where(File.state == FAILED).limit(SHOWN)
         ).all()
         retrying = s.execute(
             select(func.count())
@@ -60,6 +63,16 @@ def database_status(db: Database) -> dict[str, Any]:
         depth = queue.depth(s)
         reasons = queue.by_reason(s)
         next_due = queue.next_due(s)
+        untried = queue.untried(s)
+        held = [
+            {
+                "path": r.path,
+                "attempts": r.attempts,
+                "why": r.last_error,
+                "next_attempt_at": r.next_attempt_at or None,
+            }
+            for r in queue.waiting(s, limit=SHOWN)
+        ]
     root = meta.get("root")
     volume = probe(Path(root), meta.get("library_id", "")) if root else None
     last_result = json.loads(meta["last_sync_result"]) if meta.get("last_sync_result") else None
@@ -72,7 +85,13 @@ def database_status(db: Database) -> dict[str, Any]:
         },
         "store": {"backend": meta.get("store_backend"), "name": meta.get("store_name")},
         "files": {state: by_state.get(state, 0) for state in FILE_STATES},
-        "queue": {"pending": depth, "by_reason": reasons, "next_due": next_due},
+        "queue": {
+            "pending": depth,
+            "by_reason": reasons,
+            "next_due": next_due,
+            "not_tried": untried,
+            "waiting": held,
+        },
         "orphans": orphans,
         "missing": {
             "count": by_state.get(MISSING, 0),
