@@ -9,6 +9,9 @@ VOLUME_UNAVAILABLE = 3
 MISMATCH = 4
 SAFETY_ABORT = 5
 SOME_FAILED = 6
+# sysexits.h EX_TEMPFAIL: the store kept failing (5xx, timeouts, quota); the
+# same command later will likely succeed. Far from our small codes on purpose.
+STORE_UNAVAILABLE = 75
 CONFIG = 78
 
 

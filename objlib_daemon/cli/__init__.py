@@ -15,7 +15,7 @@ from objlib_daemon import errors
 from objlib_daemon.cli.common import State
 from objlib_daemon.config import ConfigError
 from objlib_daemon.logging import setup_logging
-from objlib_daemon.stores.base import AuthError, StoreError, StoreNotFound
+from objlib_daemon.stores.base import StoreError, StoreUnusable, TransientError
 
 # Command name → (module, attribute). Modules load only when their command
 # runs, so `objlibd status` does not pay for SQLAlchemy, the SDK or the daemon.
@@ -54,14 +54,17 @@ class ObjlibGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except (ConfigError, AuthError, StoreNotFound) as exc:
+        except (ConfigError, StoreUnusable) as exc:  # the message names the fix
             click.echo(f"error: {exc}", err=True)
             raise click.exceptions.Exit(errors.CONFIG) from None
         except errors.ObjlibError as exc:
             click.echo(f"error: {exc}", err=True)
             raise click.exceptions.Exit(exc.exit_code) from None
-        except StoreError as exc:
+        except TransientError as exc:
             click.echo(f"error: the store failed: {exc}; try again later", err=True)
+            raise click.exceptions.Exit(errors.STORE_UNAVAILABLE) from None
+        except StoreError as exc:
+            click.echo(f"error: the store refused: {exc}", err=True)
             raise click.exceptions.Exit(errors.UNEXPECTED) from None
         except Exception as exc:  # last resort: one line, a traceback only when asked
             if os.environ.get("OBJLIBD_DEBUG"):

@@ -21,6 +21,7 @@ SUMMARY_KEYS = [
     "moved",
     "missing",
     "restored",
+    "adopted",
     "unchanged",
     "hashed",
     "uploaded",

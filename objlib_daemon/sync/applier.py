@@ -51,11 +51,11 @@ from objlib_daemon.state.models import (
     Orphan,
 )
 from objlib_daemon.stores.base import (
-    AuthError,
     PermanentError,
     RemoteDocument,
     Store,
     StoreError,
+    StoreUnusable,
     Upload,
 )
 from objlib_daemon.sync.planner import Action, Disk, Row, decide, needs_hash
@@ -198,6 +198,11 @@ class Applier:
         self.enricher = library.enricher or Enricher(
             db, library_id=library.library_id, rules=library.rules, skip=library.skip_enrichment
         )
+        # This library's documents no row holds, by (path, sha256): filled by
+        # recovery's one listing while a fresh or rebuilt database is drained
+        # (`Recovery.index_identities`), so a NEW file already in the store is
+        # adopted, not uploaded again. Empty in steady state.
+        self.by_identity: dict[tuple[str, str], list[RemoteDocument]] = {}
 
     # --- looking (read-only: the dry run runs exactly this) ----------------------------
 
@@ -259,6 +264,10 @@ class Applier:
             self._restore(path, disk)
             return Result(path, "restored", hashed)
         assert snap is not None and snap.data is not None
+        if action is Action.NEW and self.by_identity:
+            adopted = self._adopt_by_identity(path, disk)
+            if adopted is not None:
+                return adopted
         resumed = self._resume(path, snap.sha256, gen)
         if resumed is not None:
             return resumed
@@ -269,6 +278,28 @@ class Applier:
         # import): record it now, no poll.
         doc = RemoteDocument(name=ix.upload.document, display_name=ix.upload.display_name)
         return self.finish(ix, doc)
+
+    def _adopt_by_identity(self, path: str, disk: Disk) -> Result | None:
+        """Record the store's document of exactly this path and content instead of
+        uploading a second copy (the database was lost or rebuilt after it was
+        uploaded); further copies of it are duplicates, deleted."""
+        from objlib_daemon.sync.recovery import adoptable  # recovery builds on the applier
+
+        sha = str(disk.sha256)
+        docs = self.by_identity.pop((path, sha), [])
+        now = self.clock()
+        with self.db.session() as s:
+            f = s.get(File, path)
+            keep = next((d for d in docs if adoptable(d, f, attempts={}, disk_sha256=sha)), None)
+            if keep is None:
+                return None
+            why = "found in the store by its identity (path, sha256)"
+            self.adopt(s, path, keep.name, sha, why=why, now=now, disk=disk)
+            extra = [d.name for d in docs if d is not keep]
+            for name in extra:
+                self.orphan(s, name, path, "duplicate upload", now)
+        deleted = sum(self.retire(name) for name in extra)
+        return Result(path, "adopted", hashed=True, deleted=deleted)
 
     def _read(self, path: str, disk_path: Path, *, keep_bytes: bool) -> Snapshot:
         try:
@@ -411,7 +442,7 @@ class Applier:
                 text=what.text,
             )
         except PermanentError as exc:
-            if isinstance(exc, AuthError):
+            if isinstance(exc, StoreUnusable):
                 self.attempt_ended(intent.id)
                 raise  # not this file's fault: the drain stops and says so
             with self.db.session() as s:
@@ -463,9 +494,7 @@ class Applier:
         with self.db.session() as s:
             intent = s.scalars(
                 select(Intent)
-                .where(
-                    Intent.path == path, Intent.sha256 == sha256, Intent.operation.is_not(None)
-                )
+                .where(Intent.path == path, Intent.sha256 == sha256, Intent.operation.is_not(None))
                 .order_by(Intent.id.desc())
                 .limit(1)
             ).first()
@@ -537,9 +566,13 @@ class Applier:
         return self.store.poll(ix.upload)
 
     def refused(self, ix: Indexing, error: StoreError) -> Result:
-        """The store finished the import with a permanent failure: record it."""
-        with self.db.session() as s:
-            s.execute(delete(Intent).where(Intent.id == ix.intent))
+        """The store finished the import with a permanent failure: record it.
+
+        The intent stays (its operation forgotten): the import may have left a
+        FAILED document, which recovery's next listing records and deletes
+        rather than leaving it for `verify` to call a crash leftover.
+        """
+        self.attempt_ended(ix.intent, lost=True)
         disk = Disk(True, ix.size, ix.mtime_ns, ix.sha256)
         self._record_failure(ix.path, disk, f"the store refused it: {error}")
         return Result(ix.path, "failed", True, error=str(error))
@@ -631,13 +664,22 @@ class Applier:
     # --- recovery and repair verbs ---------------------------------------------------
 
     def adopt(
-        self, s: Session, path: str, document: str, sha256: str, *, why: str, now: float
+        self,
+        s: Session,
+        path: str,
+        document: str,
+        sha256: str,
+        *,
+        why: str,
+        now: float,
+        disk: Disk | None = None,
     ) -> str | None:
         """Record an unrecorded finished upload as the file's document, in the caller's
         transaction; returns the superseded document (now an orphan), if any.
 
-        The row forgets its stat so the next look re-examines the file on disk
-        (it may have changed since), and the path is queued for that look.
+        Without `disk` the row forgets its stat so the next look re-examines the
+        file on disk (it may have changed since), and the path is queued for
+        that look; with `disk` (just hashed, this content) the row takes its stat.
         """
         row = s.get(File, path)
         superseded = None
@@ -648,11 +690,12 @@ class Applier:
             superseded = row.document
             s.merge(Orphan(document=superseded, path=path, reason="superseded", created_at=now))
         row.document, row.upload_sha256, row.sha256 = document, sha256, sha256
-        row.size = row.mtime_ns = None
+        row.size, row.mtime_ns = (disk.size, disk.mtime_ns) if disk else (None, None)
         row.state, row.missing_since, row.last_error, row.updated_at = INDEXED, None, None, now
         row.enrichment_version = self.version
         journal(s, "adopted", path, document, why)
-        queue.enqueue(s, [(path, queue.REPAIR)])
+        if disk is None:
+            queue.enqueue(s, [(path, queue.REPAIR)])
         return superseded
 
     def requeue(self, s: Session, path: str, document: str | None, why: str, now: float) -> list:
