@@ -69,6 +69,13 @@ class ObjlibGroup(click.Group):
         except Exception as exc:  # last resort: one line, a traceback only when asked
             if os.environ.get("OBJLIBD_DEBUG"):
                 raise
+            if "sqlite" in type(getattr(exc, "orig", None) or exc).__module__:
+                from objlib_daemon.state.db import damaged  # loads SQLAlchemy: only here
+
+                state_error = damaged(exc)
+                if state_error is not None:  # read outside a session: still say the fix
+                    click.echo(f"error: {state_error}", err=True)
+                    raise click.exceptions.Exit(state_error.exit_code) from None
             click.echo(
                 f"unexpected error: {type(exc).__name__}: {exc}\n"
                 "Run again with OBJLIBD_DEBUG=1 for a traceback, and report it.",

@@ -72,6 +72,12 @@ SUMMARY_KEYS = [
     help="Upload raw bytes with identity metadata only: no path rules, no AI metadata.",
 )
 @click.option("--cleanup-orphans", is_flag=True, help="Retry every recorded orphan now.")
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Try files the store refused again now, even unchanged (its limit was raised, "
+    "the cause is gone); otherwise they are retried after [sync] retry_failed_after.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object.")
 @click.option("-v", "--verbose", count=True, help="List each file acted on.")
 @click.pass_obj
@@ -85,6 +91,7 @@ def sync(
     count_tokens: bool,
     skip_enrichment: bool | None,
     cleanup_orphans: bool,
+    retry_failed: bool,
     as_json: bool,
     verbose: int,
 ) -> None:
@@ -104,12 +111,15 @@ def sync(
                 allow_mass_missing=allow_mass_missing,
                 prune_older=older_than if prune_missing else None,
                 cleanup_all=cleanup_orphans,
+                retry_failed=retry_failed,
                 as_json=as_json,
             )
         finally:
             ws.close()
     emit(summary, as_json, _text(summary, state.verbose))
-    if summary["failed"] or summary["retrying"]:
+    # Every time while any file is not in the store, not only on the pass that
+    # failed it: a later sync with nothing to do must not report success.
+    if summary["outcome"] != "ok":
         sys.exit(SOME_FAILED)
 
 
@@ -121,6 +131,7 @@ def _run(
     allow_mass_missing: bool,
     prune_older: float | None,
     cleanup_all: bool,
+    retry_failed: bool,
     as_json: bool,
 ) -> dict[str, Any]:
     show_bar = sys.stderr.isatty() and not as_json
@@ -145,6 +156,7 @@ def _run(
             force=force,
             allow_mass_missing=allow_mass_missing,
             cleanup_all=cleanup_all,
+            retry_failed=retry_failed,
             prune_older=prune_older,
             on_plan=planned,
             on_result=progress,
@@ -162,7 +174,14 @@ def _run(
         counts["pruned"] = len(done.pruned)
     summary: dict[str, Any] = {k: counts.get(k, 0) for k in SUMMARY_KEYS}
     summary["problems"] = plan.problems + notes
-    summary["outcome"] = "ok" if not (summary["failed"] or summary["retrying"]) else "incomplete"
+    left = done.outstanding
+    summary["outstanding"] = {
+        "failed": left.failed,
+        "waiting": left.waiting,
+        "examples": left.examples,
+    }
+    incomplete = summary["failed"] or summary["retrying"] or left.failed or left.waiting
+    summary["outcome"] = "incomplete" if incomplete else "ok"
     summary["files"] = [{"path": r.path, "action": r.action, "error": r.error} for r in results]
     summary["files"] += [{"path": p, "action": "pruned", "error": None} for p in done.pruned]
     summary["enrichment"] = enrichment_status(ws.db)
@@ -225,6 +244,18 @@ def _text(summary: dict[str, Any], verbose: int) -> str:
         lines.append(f"  enrichment: {enrichment_line(waiting)}")
     for problem in summary["problems"]:
         lines.append(f"  note: {problem}")
+    left = summary.get("outstanding") or {}
+    if left.get("failed") or left.get("waiting"):
+        lines.append(
+            f"  not in the store yet: {left['failed']} failed, {left['waiting']} waiting "
+            "for a retry or indexing"
+        )
+        lines += [f"    {example}" for example in left["examples"]]
+        if left["failed"]:
+            lines.append(
+                "  failed files are tried again after [sync] retry_failed_after, on a "
+                "settings change, or now with `objlibd sync --retry-failed`"
+            )
     if verbose:
         lines += [
             f"  {f['action']:10} {f['path']}" + (f"  ({f['error']})" if f["error"] else "")

@@ -25,6 +25,7 @@ LABELS = {
     "absent": "absent",
     "failed": "failed",
     "duplicate": "duplicate",
+    "pending": "pending",
     "pending_deletion": "pending deletion",
     "foreign": "foreign",
 }

@@ -46,7 +46,16 @@ REBUILD = (
 )
 
 
-def corrupt(path: Path, exc: BaseException) -> StateError:
+def damaged(exc: BaseException, path: Path | str = "") -> StateError | None:
+    """The StateError for an SQLite error (raw or wrapped by SQLAlchemy) that says the
+    database is damaged, else None: for any code that reads past the opening pages."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlite_errorname", "") in CORRUPT_ERRORS:
+        return corrupt(path or "", orig)
+    return None
+
+
+def corrupt(path: Path | str, exc: BaseException) -> StateError:
     """The error to raise when SQLite finds `path` damaged (at open or in any later read)."""
     return StateError(f"the state database {path} is damaged ({exc}): {REBUILD}")
 
@@ -241,15 +250,16 @@ class Database:
         try:
             with self._write_lock, self._sessions() as session, session.begin():
                 yield session
-        except DatabaseError as exc:
-            name = getattr(exc.orig, "sqlite_errorname", "")
-            if name == "SQLITE_FULL":
+        except (DatabaseError, sqlite3.DatabaseError) as exc:  # raw: the driver's own reads
+            orig = getattr(exc, "orig", None) or exc
+            if getattr(orig, "sqlite_errorname", "") == "SQLITE_FULL":
                 raise DiskFull(
                     f"the disk holding {self.path} is full: free some space there; nothing "
                     "is lost (changes wait in the queue or are found by the next scan)"
                 ) from None
-            if name in CORRUPT_ERRORS:  # damage found past the pages opening it read
-                raise corrupt(self.path, exc.orig) from None
+            state_error = damaged(exc, self.path)  # damage past the pages opening it read
+            if state_error is not None:
+                raise state_error from None
             raise
 
     @contextmanager

@@ -213,16 +213,20 @@ class Applier:
         force: bool = False,
         keep_bytes: bool = False,
         disk: Disk | None = None,
+        retry: bool = False,
     ) -> Look:
         """Observe, hash when the planner needs it, decide. Writes nothing.
 
         `keep_bytes` reads the content into memory (for an upload); else a
         candidate is only hashed. `disk`: what a forced scan already hashed.
+        `retry`: a failed file is tried again even with the same content.
         """
         with self.db.reading() as s:
             row = row_of(s.get(File, path))
         if disk is not None:
-            action = decide(row, disk, force=force, enrichment_version=self.version)
+            action = decide(
+                row, disk, force=force, enrichment_version=self.version, retry=retry
+            )
             return Look(row, disk, paths.resolve(self.lib.root, path), action)
         try:
             disk, disk_path, problem = observe(self.lib.root, path, self.lib.eligibility)
@@ -232,18 +236,20 @@ class Applier:
         if disk.present and problem:
             return Look(row, disk, disk_path, Action.UNCHANGED, problem)
         snap = None
-        if needs_hash(row, disk, force=force):
+        if needs_hash(row, disk, force=force, retry=retry):
             snap = self._read(path, disk_path, keep_bytes=keep_bytes)
             disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
-        action = decide(row, disk, force=force, enrichment_version=self.version)
+        action = decide(row, disk, force=force, enrichment_version=self.version, retry=retry)
         return Look(row, disk, disk_path, action, snap=snap)
 
     # --- applying ------------------------------------------------------------------------
 
-    def start(self, path: str, *, force: bool = False, gen: int = 0) -> Result | Indexing:
+    def start(
+        self, path: str, *, force: bool = False, gen: int = 0, retry: bool = False
+    ) -> Result | Indexing:
         """Apply what the planner decides for `path`; an upload returns its `Indexing`
         (or, when the store finished it at once, its final Result)."""
-        look = self.look(path, force=force, keep_bytes=True)
+        look = self.look(path, force=force, keep_bytes=True, retry=retry)
         row, disk, action, snap = look.row, look.disk, look.action, look.snap
         hashed = snap is not None
         if look.problem:

@@ -254,7 +254,12 @@ class Drain:
 
     def _start(self, claim: queue.Claim, halt: threading.Event, fatal: list) -> Result | Indexing:
         try:
-            out = self.applier.start(claim.path, force=claim.reason == queue.FORCE, gen=claim.gen)
+            out = self.applier.start(
+                claim.path,
+                force=claim.reason == queue.FORCE,
+                gen=claim.gen,
+                retry=claim.reason == queue.RETRY,
+            )
         except Retry as exc:
             if exc.soon:  # still being written: look again once it has settled
                 settle = self.config.daemon.settle_seconds
