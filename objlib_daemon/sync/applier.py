@@ -451,8 +451,9 @@ class Applier:
             if isinstance(exc, StoreUnusable):
                 self.attempt_ended(intent.id)
                 raise  # not this file's fault: the drain stops and says so
-            with self.db.session() as s:
-                s.execute(delete(Intent).where(Intent.id == intent.id))
+            # An import refused in the upload's own answer may have left a FAILED
+            # document: the intent stays for recovery to find and delete it.
+            self.attempt_ended(intent.id, lost=True)
             disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
             self._record_failure(path, disk, f"the store refused it: {exc}")
             return Result(path, "failed", True, error=str(exc))
