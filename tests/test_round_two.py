@@ -322,6 +322,33 @@ def test_the_store_deleted_on_the_server_stops_sync_and_verify_with_the_fix(g):
     assert g.row("d/One.txt")["state"] == "indexed"  # not a per-file failure
 
 
+def test_the_daemon_pauses_remote_work_when_the_store_was_deleted(tmp_path, monkeypatch):
+    from daemon_helpers import Env, wait_until, write
+
+    emu = GeminiEmulator().start()
+    env = Env(tmp_path / "lib", backend="gemini", emulator=emu)
+    env.apply_env(monkeypatch)
+    try:
+        write(env.root / "d" / "One.txt", "one")
+        env.init()
+        env.start()
+        env.wait_converged()
+        client = make_client(env.config().store, emu.api_key)
+        client.file_search_stores.delete(name=env.store_resource, config={"force": True})
+        write(env.root / "d" / "Two.txt", "two, after the store went")
+        status = wait_until(
+            lambda: (s := env.status())["daemon"]["state"] == "paused" and s,
+            timeout=30,
+            what="the daemon paused on the vanished store",
+        )
+        assert "objlibd store create" in json.dumps(status["daemon"]), status["daemon"]
+        assert env.db("SELECT count(*) FROM files WHERE state = 'failed'") == [(0,)]
+        assert env.stop() == 0
+    finally:
+        env.close()
+        emu.stop()
+
+
 def test_persistent_5xx_on_the_listing_is_a_transient_exit_code(g):
     g.write("l/One.txt")
     g.sync()
