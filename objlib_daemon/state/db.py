@@ -257,16 +257,24 @@ class Database:
                     f"the disk holding {self.path} is full: free some space there; nothing "
                     "is lost (changes wait in the queue or are found by the next scan)"
                 ) from None
-            state_error = damaged(exc, self.path)  # damage past the pages opening it read
-            if state_error is not None:
-                raise state_error from None
+            self._raise_if_damaged(exc)
             raise
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A read-only snapshot transaction that never waits for a writer."""
-        with self._reads() as session, session.begin():
-            yield session
+        try:
+            with self._reads() as session, session.begin():
+                yield session
+        except (DatabaseError, sqlite3.DatabaseError) as exc:
+            self._raise_if_damaged(exc)
+            raise
+
+    def _raise_if_damaged(self, exc: BaseException) -> None:
+        """Damage found past the pages opening the database read: say the recovery."""
+        state_error = damaged(exc, self.path)
+        if state_error is not None:
+            raise state_error from None
 
     def schema_version(self) -> int:
         return int(self.get_meta("schema_version") or 0)
