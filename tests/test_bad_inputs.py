@@ -447,6 +447,7 @@ WRONG_TYPE = {
     "int": "many",
     "float": "half",
     "bool": "yes",
+    "auto-bool": "sometimes",
     "str": 5,
     "path": 5,
     "duration": "soon",
