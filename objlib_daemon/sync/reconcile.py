@@ -253,6 +253,8 @@ class Reconciler:
             queue.enqueue(
                 s, ((p, reason) for p in plan.candidates), keep_backoff=keep_backoff and not force
             )
+            if not keep_backoff:
+                queue.due_now(s)
             retry = self._failed_due(s, every=retry_failed) - set(plan.vanished)
             queue.enqueue(s, ((p, queue.RETRY) for p in sorted(retry)))
             self.db.set_meta(s, last_reconcile_at=str(time.time()))
