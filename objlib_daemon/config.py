@@ -112,6 +112,10 @@ class SyncConfig:
     skip_enrichment: bool = False
     retry_base: float = 30.0
     retry_max: float = 6 * 3600.0
+    # A file the store refused (too large, unsupported, its import failed) is
+    # tried again this long after, in case the cause was outside it: a limit
+    # since raised, a service fault. Daily: one upload a day per such file.
+    retry_failed_after: float = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,7 @@ SCHEMA: dict[str, dict[str, _Kind]] = {
         "skip_enrichment": "bool",
         "retry_base": "duration",
         "retry_max": "duration",
+        "retry_failed_after": "duration",
     },
     "enrichment": {
         "enabled": "auto-bool",
@@ -292,6 +297,7 @@ _POSITIVE = {
     "retry_base",
     "retry_max",
     "max_input_tokens",
+    "retry_failed_after",
 }
 # The largest document the store accepts (gemini-file-search.md, limits; the
 # stores use this number too): a bigger file could never be uploaded.

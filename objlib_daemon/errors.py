@@ -11,6 +11,9 @@ SAFETY_ABORT = 5
 SOME_FAILED = 6
 # `pause`, `resume`: no daemon answers for this library.
 NO_DAEMON = 7
+# sysexits.h EX_UNAVAILABLE: the store kept failing (5xx, timeouts, quota); the
+# same command later will likely succeed.
+STORE_UNAVAILABLE = 69
 # Another objlibd (a sync, the daemon) holds the library's lock: try again later
 # (EX_TEMPFAIL; the systemd unit does not restart on it).
 BUSY = 75
@@ -28,6 +31,7 @@ KINDS = {
     SAFETY_ABORT: "safety_abort",
     SOME_FAILED: "some_failed",
     NO_DAEMON: "no_daemon",
+    STORE_UNAVAILABLE: "store_unavailable",
     BUSY: "busy",
     CONFIG: "config",
     INTERRUPTED: "interrupted",

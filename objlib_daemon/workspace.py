@@ -210,3 +210,13 @@ def _record_library(
         return library_id, created
     finally:
         db.close()
+
+
+def expect_adoption(config: Config) -> int:
+    """After `init`: how many documents of this library the store already holds with no
+    row (a lost or rebuilt database); the next sync or drain adopts them (sync/recovery.py)."""
+    ws = open_workspace(config)
+    try:
+        return ws.engine.recovery.expect_adoption()
+    finally:
+        ws.close()

@@ -392,6 +392,10 @@ def _corrupt(db: Path, how: str, other: Path) -> None:
         db.write_bytes(os.urandom(8192))
     elif how == "truncated":
         db.write_bytes(db.read_bytes()[:2048])
+    elif how == "garbage in the middle":  # the first pages open fine; later reads fail
+        data = db.read_bytes()
+        half = len(data) // 2 // 4096 * 4096
+        db.write_bytes(data[:half] + os.urandom(len(data) - half))
     elif how == "foreign sqlite":
         db.unlink()
         with sqlite3.connect(db) as conn:
@@ -405,10 +409,11 @@ def _corrupt(db: Path, how: str, other: Path) -> None:
 @pytest.mark.parametrize(
     ("how", "code", "says"),
     [
-        ("garbage", 78, "not a usable objlibd database"),
-        ("truncated", 78, "not a usable objlibd database"),
+        ("garbage", 78, "objlibd init --rebuild"),
+        ("truncated", 78, "objlibd init --rebuild"),
+        ("garbage in the middle", 78, "objlibd init --rebuild"),
         ("foreign sqlite", 78, "not an objlibd database"),
-        ("zero bytes", 78, "is empty: run `objlibd init` again"),
+        ("zero bytes", 78, "is empty: run `objlibd init --rebuild`"),
         ("another library's", 4, "the database records"),
     ],
 )
@@ -469,6 +474,7 @@ WRONG_VALUE: dict[str, list[Any]] = {
     "sync.prune_after": ["-1d"],
     "sync.retry_base": [0],
     "sync.retry_max": [0],
+    "sync.retry_failed_after": [0],
     "daemon.settle_seconds": ["-1s"],
     "daemon.volume_check_interval": [0],
     "paths.state_dir": [""],

@@ -184,7 +184,8 @@ def test_a_400_for_one_file_fails_that_file_only_and_is_not_retried(h):
     status = h.run("status")
     assert "p/Broken.txt" in status.stdout and "Unsupported file type" in status.stdout
     h.emulator.clear_log()
-    h.sync()  # same content: no hot loop
+    # Same content: no hot loop, and still exit 6 while the file is not in the store.
+    assert h.sync(code=6)["outstanding"]["failed"] == 1
     assert starts(h) == []
     assert h.row("p/Broken.txt")["state"] == "failed"
     h.emulator.clear_faults()
@@ -314,6 +315,7 @@ def test_import_still_indexing_at_the_retry_is_waited_on_not_uploaded_again(h):
 def test_finalize_that_lands_but_answers_503_leaves_no_duplicate(h):
     """The first finalize created the document; its answer was a 503, the upload was
     retried and landed again. The sync must end with one document."""
+    h.emulator.clear_log()  # init's listing (it counts documents to adopt) is not the sync's
     h.write("f/Twice.txt")
     h.write("f/Once.txt")
     h.emulator.add_fault(Fault(kind="finalize_then_503", match_display_name="Twice.txt"))

@@ -17,7 +17,7 @@ from objlib_daemon import errors
 from objlib_daemon.cli.common import State
 from objlib_daemon.config import ConfigError
 from objlib_daemon.logging import setup_logging
-from objlib_daemon.stores.base import AuthError, StoreError, StoreNotFound
+from objlib_daemon.stores.base import StoreError, StoreUnusable, TransientError
 
 # Command name → (module, attribute). Modules load only when their command
 # runs, so `objlibd status` does not pay for SQLAlchemy, the SDK or the daemon.
@@ -69,15 +69,23 @@ class ObjlibGroup(click.Group):
             fail(ctx, exc.format_message(), exc.exit_code)
         except KeyboardInterrupt:  # Ctrl-C outside a sync's own handling
             fail(ctx, "interrupted", errors.INTERRUPTED)
-        except (ConfigError, AuthError, StoreNotFound) as exc:
+        except (ConfigError, StoreUnusable) as exc:  # the message names the fix
             fail(ctx, str(exc), errors.CONFIG)
         except errors.ObjlibError as exc:
             fail(ctx, str(exc), exc.exit_code)
+        except TransientError as exc:
+            fail(ctx, f"the store failed: {exc}; try again later", errors.STORE_UNAVAILABLE)
         except StoreError as exc:
-            fail(ctx, f"the store failed: {exc}; try again later", errors.UNEXPECTED)
+            fail(ctx, f"the store refused: {exc}", errors.UNEXPECTED)
         except Exception as exc:  # last resort: one line, a traceback only when asked
             if os.environ.get("OBJLIBD_DEBUG"):
                 raise
+            if "sqlite" in type(getattr(exc, "orig", None) or exc).__module__:
+                from objlib_daemon.state.db import damaged  # loads SQLAlchemy: only here
+
+                state_error = damaged(exc)
+                if state_error is not None:  # read outside a session: still say the fix
+                    fail(ctx, str(state_error), state_error.exit_code)
             fail(
                 ctx,
                 f"{type(exc).__name__}: {exc}",

@@ -46,6 +46,12 @@ if TYPE_CHECKING:
 )
 @click.option("--create-store", is_flag=True, help="Create the Gemini store if it does not exist.")
 @click.option("--adopt", is_flag=True, help="Take over a root whose marker names another library.")
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Set a lost or damaged state database aside and start a fresh one; documents "
+    "already in the store are adopted by the next sync, not uploaded again.",
+)
 @json_option
 @click.pass_obj
 def init(
@@ -55,10 +61,12 @@ def init(
     store_name: str | None,
     create_store: bool,
     adopt: bool,
+    rebuild: bool,
     as_json: bool,
 ) -> None:
     """Set up a library: config, marker file, state database."""
-    from objlib_daemon.workspace import init_library
+    from objlib_daemon.state.db import set_aside
+    from objlib_daemon.workspace import expect_adoption, init_library
 
     root = root.expanduser().resolve()
     path = state.config_path
@@ -77,6 +85,7 @@ def init(
     display_name = None
     if backend == "gemini":
         store_name, display_name = _resolve_gemini_store(config, store_name, create_store)
+    set_aside_as = set_aside(config.database_path) if rebuild else None
     library_id, created = init_library(
         config,
         root,
@@ -90,7 +99,10 @@ def init(
         path.write_text(new_config, encoding="utf-8")
         os.chmod(path, 0o600)
     wrote_config = new_config is not None
+    adoptable = expect_adoption(config)
     data = {
+        "adoptable": adoptable,
+        "database_set_aside": str(set_aside_as) if set_aside_as else None,
         "config": str(path),
         "config_written": wrote_config,
         "library_id": library_id,
@@ -105,8 +117,15 @@ def init(
         f"  config:   {path}{' (written)' if wrote_config else ''}\n"
         f"  state:    {config.state_dir}\n"
         f"  store:    {backend}:{store_name or 'local'}\n"
-        "Next: `objlibd sync` (or `objlibd run` to keep it in sync)."
     )
+    if set_aside_as:
+        text += f"  the old database was set aside as {set_aside_as}\n"
+    if adoptable:
+        text += (
+            f"  the store already holds {adoptable} documents of this library: the next "
+            "sync adopts each whose file is unchanged instead of uploading it again\n"
+        )
+    text += "Next: `objlibd sync` (or `objlibd run` to keep it in sync)."
     emit(data, as_json, text)
 
 

@@ -24,6 +24,7 @@ SUMMARY_KEYS = [
     "moved",
     "missing",
     "restored",
+    "adopted",
     "unchanged",
     "hashed",
     "uploaded",
@@ -78,6 +79,12 @@ DEFAULT_PRUNE_AGE = "7d"
     help="Upload raw bytes with identity metadata only: no path rules, no AI metadata.",
 )
 @click.option("--cleanup-orphans", is_flag=True, help="Retry every recorded orphan now.")
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Try files the store refused again now, even unchanged (its limit was raised, "
+    "the cause is gone); otherwise they are retried after [sync] retry_failed_after.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object.")
 @click.option("-v", "--verbose", count=True, help="List each file acted on.")
 @click.pass_obj
@@ -91,6 +98,7 @@ def sync(
     count_tokens: bool,
     skip_enrichment: bool | None,
     cleanup_orphans: bool,
+    retry_failed: bool,
     as_json: bool,
     verbose: int,
 ) -> None:
@@ -118,6 +126,7 @@ def sync(
                 allow_mass_missing=allow_mass_missing,
                 prune_older=prune_older,
                 cleanup_all=cleanup_orphans,
+                retry_failed=retry_failed,
                 as_json=as_json,
                 stop=stop,
             )
@@ -126,7 +135,9 @@ def sync(
     emit(summary, as_json, _text(summary, state.verbose))
     if stop.is_set():
         sys.exit(INTERRUPTED)
-    if summary["failed"] or summary["retrying"]:
+    # Every time while any file is not in the store, not only on the pass that
+    # failed it: a later sync with nothing to do must not report success.
+    if summary["outcome"] != "ok":
         sys.exit(SOME_FAILED)
 
 
@@ -138,6 +149,7 @@ def _run(
     allow_mass_missing: bool,
     prune_older: float | None,
     cleanup_all: bool,
+    retry_failed: bool,
     as_json: bool,
     stop: threading.Event,
 ) -> dict[str, Any]:
@@ -161,6 +173,7 @@ def _run(
             force=force,
             allow_mass_missing=allow_mass_missing,
             cleanup_all=cleanup_all,
+            retry_failed=retry_failed,
             prune_older=prune_older,
             on_plan=planned,
             on_result=progress,
@@ -182,7 +195,19 @@ def _run(
     counts["untracked"] = plan.untracked
     summary: dict[str, Any] = {k: counts.get(k, 0) for k in SUMMARY_KEYS}
     summary["problems"] = plan.problems + notes
-    incomplete = summary["failed"] or summary["retrying"] or summary["not_tried"]
+    left = done.outstanding
+    summary["outstanding"] = {
+        "failed": left.failed,
+        "waiting": left.waiting,
+        "examples": left.examples,
+    }
+    incomplete = (
+        summary["failed"]
+        or summary["retrying"]
+        or summary["not_tried"]
+        or left.failed
+        or left.waiting
+    )
     summary["outcome"] = (
         "interrupted" if stop.is_set() else "incomplete" if incomplete else "ok"
     )
@@ -256,6 +281,18 @@ def _details(summary: dict[str, Any], verbose: int) -> list[str]:
     """The lines under a summary: notes, the untracked hint, and with -v each file
     (a move as `old → new`, a prune by its path)."""
     lines = [f"  note: {problem}" for problem in summary["problems"]]
+    left = summary.get("outstanding") or {}
+    if left.get("failed") or left.get("waiting"):
+        lines.append(
+            f"  not in the store yet: {left['failed']} failed, {left['waiting']} waiting "
+            "for a retry or indexing"
+        )
+        lines += [f"    {example}" for example in left["examples"]]
+        if left["failed"]:
+            lines.append(
+                "  failed files are tried again after [sync] retry_failed_after, on a "
+                "settings change, or now with `objlibd sync --retry-failed`"
+            )
     if summary["untracked"]:
         lines.append(
             f"  {summary['untracked']} file(s) not tracked (hidden, excluded, too small or "

@@ -26,6 +26,7 @@ LABELS = {
     "absent": "absent",
     "failed": "failed",
     "duplicate": "duplicate",
+    "pending": "pending",
     "pending_deletion": "pending deletion",
     "foreign": "foreign",
 }

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from objlib_daemon.errors import SafetyAbort, VolumeUnavailable
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
-from objlib_daemon.stores.base import AuthError, StoreError
+from objlib_daemon.stores.base import AuthError, StoreError, StoreUnusable
 from objlib_daemon.sync.applier import Result
 from objlib_daemon.sync.verify import audit_engine
 
@@ -74,6 +74,10 @@ class Jobs:
                 d.record_error("drain", f"credentials rejected: {exc}")
                 log.error("the store rejected our credentials; pausing", error=str(exc))
                 d.pause("the store rejected the credentials: fix them, then `objlibd resume`")
+            except StoreUnusable as exc:  # the store vanished, or is ambiguous: no retry helps
+                d.record_error("drain", str(exc))
+                log.error("the store cannot be used; pausing remote work", error=str(exc))
+                d.pause(f"the store cannot be used: {exc}; fix it, then `objlibd resume`")
             except StoreError as exc:  # e.g. listing for interrupted uploads failed
                 d.record_error("drain", str(exc))
                 log.warning("drain could not run", error=str(exc))

@@ -14,7 +14,7 @@ from pathlib import Path
 from objlib_daemon.config import Config, ConfigError, load
 from objlib_daemon.doctor.report import Check
 from objlib_daemon.errors import ConfigurationError, Mismatch
-from objlib_daemon.state.db import SCHEMA_VERSION, Database, StateError
+from objlib_daemon.state.db import REBUILD, SCHEMA_VERSION, Database, StateError
 from objlib_daemon.state.models import Base
 
 
@@ -59,6 +59,20 @@ def _inspect(path: Path) -> tuple[set[str], int | None]:
         return tables, version
     finally:
         conn.close()
+
+
+def _damage(path: Path) -> str | None:
+    """What `PRAGMA quick_check` finds wrong (None: nothing). Opening a database reads
+    only its first pages: garbage further in shows only when a command reaches it,
+    so the doctor reads every page (O(size), without the index cross-checks)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    finally:
+        conn.close()
+    return None if rows == ["ok"] else "; ".join(rows)
 
 
 def check_database(config: Config, out: list[Check]) -> dict[str, str]:
@@ -117,6 +131,10 @@ def check_database(config: Config, out: list[Check]) -> dict[str, str]:
                 "upgrade objlibd (the service runs whichever objlibd it was installed with)",
             )
         )
+        return {}
+    damage = _damage(path)
+    if damage:
+        out.append(Check(name, False, f"{path} is damaged: {damage}", REBUILD))
         return {}
     missing = sorted(set(Base.metadata.tables) - tables)
     if missing:

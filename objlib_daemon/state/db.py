@@ -35,12 +35,51 @@ from objlib_daemon.state.models import (
 )
 
 SCHEMA_VERSION = 4
+# SQLite's names for a damaged file (a page of garbage, a truncated file).
+CORRUPT_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 
 
 class StateError(ObjlibError):
     """The state database cannot be used as it is (corrupt, foreign, too new, absent)."""
 
     exit_code = CONFIG
+
+
+# What to do about a database that is lost, corrupt or not ours: the documents
+# are safe in the store, and their identity metadata lets a fresh database
+# adopt them instead of uploading everything again (docs/operations.md).
+REBUILD = (
+    "run `objlibd init --rebuild` to set it aside and rebuild the state from the library "
+    "and the store (documents are adopted, not uploaded again)"
+)
+
+
+def damaged(exc: BaseException, path: Path | str = "") -> StateError | None:
+    """The StateError for an SQLite error (raw or wrapped by SQLAlchemy) that says the
+    database is damaged, else None: for any code that reads past the opening pages."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlite_errorname", "") in CORRUPT_ERRORS:
+        return corrupt(path or "", orig)
+    return None
+
+
+def corrupt(path: Path | str, exc: BaseException) -> StateError:
+    """The error to raise when SQLite finds `path` damaged (at open or in any later read)."""
+    return StateError(f"the state database {path} is damaged ({exc}): {REBUILD}")
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename a database (and its WAL and shared-memory files) to `<name>.broken-<time>`,
+    so a damaged one stays inspectable while a fresh one is built. Returns the new name."""
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.broken-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(target.with_name(target.name + suffix))
+    return target
 
 
 class DiskFull(ObjlibError):
@@ -148,7 +187,7 @@ class Database:
         self.path = path
         self.readonly = readonly
         if not create and _empty(path):
-            raise StateError(f"the state database {path} is empty: run `objlibd init` again")
+            raise StateError(f"the state database {path} is empty: {REBUILD}")
         if not path.exists():
             if not create:
                 raise StateError(
@@ -171,10 +210,7 @@ class Database:
         except (DatabaseError, OperationalError) as exc:
             self.engine.dispose()
             self._reader.dispose()
-            raise StateError(
-                f"{path} is not a usable objlibd database ({exc.orig}); move it aside "
-                "and run `objlibd init` to start a fresh one"
-            ) from None
+            raise corrupt(path, exc.orig) from None
 
     def _check_schema(self) -> None:
         with self.engine.connect() as conn:
@@ -222,19 +258,31 @@ class Database:
         try:
             with self._write_lock, self._sessions() as session, session.begin():
                 yield session
-        except OperationalError as exc:
-            if getattr(exc.orig, "sqlite_errorname", "") == "SQLITE_FULL":
+        except (DatabaseError, sqlite3.DatabaseError) as exc:  # raw: the driver's own reads
+            orig = getattr(exc, "orig", None) or exc
+            if getattr(orig, "sqlite_errorname", "") == "SQLITE_FULL":
                 raise DiskFull(
                     f"the disk holding {self.path} is full: free some space there; nothing "
                     "is lost (changes wait in the queue or are found by the next scan)"
                 ) from None
+            self._raise_if_damaged(exc)
             raise
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A read-only snapshot transaction that never waits for a writer."""
-        with self._reads() as session, session.begin():
-            yield session
+        try:
+            with self._reads() as session, session.begin():
+                yield session
+        except (DatabaseError, sqlite3.DatabaseError) as exc:
+            self._raise_if_damaged(exc)
+            raise
+
+    def _raise_if_damaged(self, exc: BaseException) -> None:
+        """Damage found past the pages opening the database read: say the recovery."""
+        state_error = damaged(exc, self.path)
+        if state_error is not None:
+            raise state_error from None
 
     def schema_version(self) -> int:
         return int(self.get_meta("schema_version") or 0)

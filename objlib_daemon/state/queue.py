@@ -155,6 +155,18 @@ def retry_later(session: Session, claim_: Claim, *, error: str, delay: float) ->
     )
 
 
+def due_now(session: Session) -> int:
+    """Every row backing off is due again (a user's one-shot sync: a person asked, and
+    its exit code must speak of a fresh try, not of a backoff left by an earlier pass)."""
+    now = time.time()
+    result = session.execute(
+        update(PendingChange)
+        .where(PendingChange.state == QUEUED, PendingChange.next_attempt_at > now)
+        .values(next_attempt_at=now)
+    )
+    return result.rowcount or 0
+
+
 def indexing(session: Session, claim_: Claim) -> None:
     """The claimed row's upload was accepted: it waits for indexing, unclaimable."""
     session.execute(

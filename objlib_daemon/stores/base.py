@@ -49,6 +49,12 @@ class TransientError(StoreError):
         self.retry_after = retry_after
 
 
+class ImportRetryable(TransientError):
+    """The import itself ended in a retryable error (operation code 13 INTERNAL,
+    14 UNAVAILABLE, ...), not a look at it: its operation is over and will never
+    succeed, so the file is uploaded again later instead of waited on."""
+
+
 class PermanentError(StoreError):
     """Retrying the same request will not help (bad input, too large, unsupported)."""
 

@@ -26,6 +26,7 @@ from objlib_daemon.stores import base
 from objlib_daemon.stores.base import (
     AuthError,
     Citation,
+    ImportRetryable,
     MetadataValue,
     OperationLost,
     PermanentError,
@@ -35,6 +36,7 @@ from objlib_daemon.stores.base import (
     StoreError,
     StoreInfo,
     StoreNotFound,
+    StoreUnusable,
     TransientError,
     Upload,
 )
@@ -227,7 +229,8 @@ def resolve_store(
         return matches[0].name
     if len(matches) > 1:
         names = ", ".join(s.name for s in matches)
-        raise PermanentError(
+        # The user's to settle, not the service's: retrying cannot help.
+        raise StoreUnusable(
             f"{len(matches)} stores are named {wanted!r} ({names}); set [store] name to "
             "the resource name of the one to use"
         )
@@ -506,7 +509,7 @@ class GeminiStore:
         message = self._scrub(str(error.get("message") or "no message"))
         text = f"import of {display_name!r} failed on the server (code {code}): {message}"
         if isinstance(code, int) and code in TRANSIENT_RPC:
-            return TransientError(text, code=code)
+            return ImportRetryable(text, code=code)
         return PermanentError(text, code=code if isinstance(code, int) else None)
 
     def poll(self, upload: Upload) -> RemoteDocument | None:

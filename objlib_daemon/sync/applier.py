@@ -51,11 +51,11 @@ from objlib_daemon.state.models import (
     Orphan,
 )
 from objlib_daemon.stores.base import (
-    AuthError,
     PermanentError,
     RemoteDocument,
     Store,
     StoreError,
+    StoreUnusable,
     Upload,
 )
 from objlib_daemon.sync.planner import Action, Disk, Row, decide, needs_hash
@@ -200,6 +200,11 @@ class Applier:
         self.enricher = library.enricher or Enricher(
             db, library_id=library.library_id, rules=library.rules, skip=library.skip_enrichment
         )
+        # This library's documents no row holds, by (path, sha256): filled by
+        # recovery's one listing while a fresh or rebuilt database is drained
+        # (`Recovery.index_identities`), so a NEW file already in the store is
+        # adopted, not uploaded again. Empty in steady state.
+        self.by_identity: dict[tuple[str, str], list[RemoteDocument]] = {}
 
     # --- looking (read-only: the dry run runs exactly this) ----------------------------
 
@@ -210,16 +215,20 @@ class Applier:
         force: bool = False,
         keep_bytes: bool = False,
         disk: Disk | None = None,
+        retry: bool = False,
     ) -> Look:
         """Observe, hash when the planner needs it, decide. Writes nothing.
 
         `keep_bytes` reads the content into memory (for an upload); else a
         candidate is only hashed. `disk`: what a forced scan already hashed.
+        `retry`: a failed file is tried again even with the same content.
         """
         with self.db.reading() as s:
             row = row_of(s.get(File, path))
         if disk is not None:
-            action = decide(row, disk, force=force, enrichment_version=self.version)
+            action = decide(
+                row, disk, force=force, enrichment_version=self.version, retry=retry
+            )
             return Look(row, disk, paths.resolve(self.lib.root, path), action)
         try:
             disk, disk_path, problem = observe(self.lib.root, path, self.lib.eligibility)
@@ -229,18 +238,20 @@ class Applier:
         if disk.present and problem:
             return Look(row, disk, disk_path, Action.UNCHANGED, problem)
         snap = None
-        if needs_hash(row, disk, force=force):
+        if needs_hash(row, disk, force=force, retry=retry):
             snap = self._read(path, disk_path, keep_bytes=keep_bytes)
             disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
-        action = decide(row, disk, force=force, enrichment_version=self.version)
+        action = decide(row, disk, force=force, enrichment_version=self.version, retry=retry)
         return Look(row, disk, disk_path, action, snap=snap)
 
     # --- applying ------------------------------------------------------------------------
 
-    def start(self, path: str, *, force: bool = False, gen: int = 0) -> Result | Indexing:
+    def start(
+        self, path: str, *, force: bool = False, gen: int = 0, retry: bool = False
+    ) -> Result | Indexing:
         """Apply what the planner decides for `path`; an upload returns its `Indexing`
         (or, when the store finished it at once, its final Result)."""
-        look = self.look(path, force=force, keep_bytes=True)
+        look = self.look(path, force=force, keep_bytes=True, retry=retry)
         row, disk, action, snap = look.row, look.disk, look.action, look.snap
         hashed = snap is not None
         if look.problem:
@@ -261,6 +272,10 @@ class Applier:
             self._restore(path, disk)
             return Result(path, "restored", hashed)
         assert snap is not None and snap.data is not None
+        if action is Action.NEW and self.by_identity:
+            adopted = self._adopt_by_identity(path, disk)
+            if adopted is not None:
+                return adopted
         resumed = self._resume(path, snap.sha256, gen)
         if resumed is not None:
             return resumed
@@ -271,6 +286,28 @@ class Applier:
         # import): record it now, no poll.
         doc = RemoteDocument(name=ix.upload.document, display_name=ix.upload.display_name)
         return self.finish(ix, doc)
+
+    def _adopt_by_identity(self, path: str, disk: Disk) -> Result | None:
+        """Record the store's document of exactly this path and content instead of
+        uploading a second copy (the database was lost or rebuilt after it was
+        uploaded); further copies of it are duplicates, deleted."""
+        from objlib_daemon.sync.recovery import adoptable  # recovery builds on the applier
+
+        sha = str(disk.sha256)
+        docs = self.by_identity.pop((path, sha), [])
+        now = self.clock()
+        with self.db.session() as s:
+            f = s.get(File, path)
+            keep = next((d for d in docs if adoptable(d, f, attempts={}, disk_sha256=sha)), None)
+            if keep is None:
+                return None
+            why = "found in the store by its identity (path, sha256)"
+            self.adopt(s, path, keep.name, sha, why=why, now=now, disk=disk)
+            extra = [d.name for d in docs if d is not keep]
+            for name in extra:
+                self.orphan(s, name, path, "duplicate upload", now)
+        deleted = sum(self.retire(name) for name in extra)
+        return Result(path, "adopted", hashed=True, deleted=deleted)
 
     def _read(self, path: str, disk_path: Path, *, keep_bytes: bool) -> Snapshot:
         try:
@@ -413,11 +450,12 @@ class Applier:
                 text=what.text,
             )
         except PermanentError as exc:
-            if isinstance(exc, AuthError):
+            if isinstance(exc, StoreUnusable):
                 self.attempt_ended(intent.id)
                 raise  # not this file's fault: the drain stops and says so
-            with self.db.session() as s:
-                s.execute(delete(Intent).where(Intent.id == intent.id))
+            # An import refused in the upload's own answer may have left a FAILED
+            # document: the intent stays for recovery to find and delete it.
+            self.attempt_ended(intent.id, lost=True)
             disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
             self._record_failure(path, disk, f"the store refused it: {exc}")
             return Result(path, "failed", True, error=str(exc))
@@ -465,9 +503,7 @@ class Applier:
         with self.db.session() as s:
             intent = s.scalars(
                 select(Intent)
-                .where(
-                    Intent.path == path, Intent.sha256 == sha256, Intent.operation.is_not(None)
-                )
+                .where(Intent.path == path, Intent.sha256 == sha256, Intent.operation.is_not(None))
                 .order_by(Intent.id.desc())
                 .limit(1)
             ).first()
@@ -539,9 +575,13 @@ class Applier:
         return self.store.poll(ix.upload)
 
     def refused(self, ix: Indexing, error: StoreError) -> Result:
-        """The store finished the import with a permanent failure: record it."""
-        with self.db.session() as s:
-            s.execute(delete(Intent).where(Intent.id == ix.intent))
+        """The store finished the import with a permanent failure: record it.
+
+        The intent stays (its operation forgotten): the import may have left a
+        FAILED document, which recovery's next listing records and deletes
+        rather than leaving it for `verify` to call a crash leftover.
+        """
+        self.attempt_ended(ix.intent, lost=True)
         disk = Disk(True, ix.size, ix.mtime_ns, ix.sha256)
         self._record_failure(ix.path, disk, f"the store refused it: {error}")
         return Result(ix.path, "failed", True, error=str(error))
@@ -639,13 +679,22 @@ class Applier:
     # --- recovery and repair verbs ---------------------------------------------------
 
     def adopt(
-        self, s: Session, path: str, document: str, sha256: str, *, why: str, now: float
+        self,
+        s: Session,
+        path: str,
+        document: str,
+        sha256: str,
+        *,
+        why: str,
+        now: float,
+        disk: Disk | None = None,
     ) -> str | None:
         """Record an unrecorded finished upload as the file's document, in the caller's
         transaction; returns the superseded document (now an orphan), if any.
 
-        The row forgets its stat so the next look re-examines the file on disk
-        (it may have changed since), and the path is queued for that look.
+        Without `disk` the row forgets its stat so the next look re-examines the
+        file on disk (it may have changed since), and the path is queued for
+        that look; with `disk` (just hashed, this content) the row takes its stat.
         """
         row = s.get(File, path)
         superseded = None
@@ -656,11 +705,12 @@ class Applier:
             superseded = row.document
             s.merge(Orphan(document=superseded, path=path, reason="superseded", created_at=now))
         row.document, row.upload_sha256, row.sha256 = document, sha256, sha256
-        row.size = row.mtime_ns = None
+        row.size, row.mtime_ns = (disk.size, disk.mtime_ns) if disk else (None, None)
         row.state, row.missing_since, row.last_error, row.updated_at = INDEXED, None, None, now
         row.enrichment_version = self.version
         journal(s, "adopted", path, document, why)
-        queue.enqueue(s, [(path, queue.REPAIR)])
+        if disk is None:
+            queue.enqueue(s, [(path, queue.REPAIR)])
         return superseded
 
     def requeue(self, s: Session, path: str, document: str | None, why: str, now: float) -> list:

@@ -36,14 +36,15 @@ from objlib_daemon.config import Config
 from objlib_daemon.errors import VolumeUnavailable
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
-from objlib_daemon.state.db import Database, DiskFull
+from objlib_daemon.state.db import Database, DiskFull, StateError
 from objlib_daemon.state.models import Intent, PendingChange
 from objlib_daemon.stores.base import (
-    AuthError,
     CircuitOpen,
+    ImportRetryable,
     OperationLost,
     PermanentError,
     StoreError,
+    StoreUnusable,
     TransientError,
 )
 from objlib_daemon.sync.applier import Applier, Indexing, Result, Retry
@@ -157,6 +158,7 @@ class Drain:
             # left by a run that died or could not write its outcome (a full disk).
             queue.reset_inflight(s, keep=[ix.path for ix in resumed])
         self.recovery.resolve_quietly(busy={ix.intent for ix in resumed})
+        self.recovery.index_identities()
         heap: list[_Due] = []
         now = time.time()
         for ix in resumed:
@@ -173,7 +175,7 @@ class Drain:
             """Run one job; the coordinator hears of every job, whatever happens."""
             try:
                 out = job()
-            except DiskFull as exc:  # nothing can be recorded: stop, say so
+            except (DiskFull, StateError) as exc:  # nothing can be recorded: stop, say so
                 halt.set()
                 fatal.append(exc)
                 out = Result(path, "paused", error=str(exc))
@@ -234,6 +236,8 @@ class Drain:
         busy = {d.ix.intent for d in heap}
         if not halt.is_set() and self._has_leftovers(busy):
             self.recovery.resolve_quietly(busy=busy)
+        if not halt.is_set() and not stop.is_set():
+            self.recovery.identities_settled()
         if fatal:
             raise fatal[0]
         return counts
@@ -249,12 +253,13 @@ class Drain:
 
     # --- stage 1: look, act, upload --------------------------------------------------
 
-    def _start(
-        self, claim: queue.Claim, halt: threading.Event, fatal: list
-    ) -> Result | Indexing:
+    def _start(self, claim: queue.Claim, halt: threading.Event, fatal: list) -> Result | Indexing:
         try:
             out = self.applier.start(
-                claim.path, force=claim.reason == queue.FORCE, gen=claim.gen
+                claim.path,
+                force=claim.reason == queue.FORCE,
+                gen=claim.gen,
+                retry=claim.reason == queue.RETRY,
             )
         except Retry as exc:
             if exc.soon:  # still being written: look again once it has settled
@@ -270,7 +275,7 @@ class Drain:
             return Result(claim.path, "paused", error=str(exc))
         except TransientError as exc:
             return self._later(claim.path, claim.gen, str(exc), hint=exc.retry_after)
-        except (VolumeUnavailable, AuthError) as exc:
+        except (VolumeUnavailable, StoreUnusable) as exc:
             halt.set()
             fatal.append(exc)
             with self.db.session() as s:
@@ -291,10 +296,12 @@ class Drain:
         elapsed = time.time() - ix.started
         try:
             doc = self.applier.poll(ix)
-        except OperationLost as exc:
+        except (OperationLost, ImportRetryable) as exc:
+            # Over without a document to keep: the intent stays for recovery,
+            # which deletes whatever FAILED document the import left.
             self.applier.attempt_ended(ix.intent, lost=True)
             return self._later(ix.path, ix.gen, str(exc))
-        except AuthError as exc:
+        except StoreUnusable as exc:
             halt.set()
             fatal.append(exc)
             return Result(ix.path, "paused", error=str(exc))

@@ -13,24 +13,41 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
+
 from objlib_daemon.config import Config
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.state.db import Database
+from objlib_daemon.state.models import FAILED, File, PendingChange
 from objlib_daemon.stores.base import Store
 from objlib_daemon.sync.applier import Applier, Library, Result
 from objlib_daemon.sync.drain import Drain
 from objlib_daemon.sync.reconcile import Plan, Planned, Reconciler
 from objlib_daemon.sync.recovery import Recovery
 
+# How many outstanding files a pass names (the rest are counted).
+EXAMPLES = 5
+
+
+@dataclass
+class Outstanding:
+    """Files a pass left not in the store: failed, waiting, and a few named with why."""
+
+    failed: int = 0
+    waiting: int = 0
+    examples: list[str] = field(default_factory=list)
+
 
 @dataclass
 class PassResult:
-    """What one pass did: the scan's plan, the drain's counts, the sweeps'."""
+    """What one pass did: the scan's plan, the drain's counts, the sweeps', and what is
+    still outstanding afterwards (also from earlier passes)."""
 
     plan: Plan
     counts: Counter[str] = field(default_factory=Counter)
     cleaned: int = 0
     pruned: list[str] = field(default_factory=list)
+    outstanding: Outstanding = field(default_factory=Outstanding)
 
 
 class Engine:
@@ -94,6 +111,7 @@ class Engine:
         force: bool = False,
         allow_mass_missing: bool = False,
         cleanup_all: bool = False,
+        retry_failed: bool = False,
         prune_older: float | None = None,
         on_plan: Callable[[Plan], None] | None = None,
         on_result: Callable[[Result], None] | None = None,
@@ -108,7 +126,11 @@ class Engine:
         self.require_volume()
         cleaned = self.cleanup_orphans(everything=cleanup_all)
         plan = self.reconciler.reconcile(
-            force=force, allow_mass_missing=allow_mass_missing, vanished=False, keep_backoff=False
+            force=force,
+            allow_mass_missing=allow_mass_missing,
+            vanished=False,
+            keep_backoff=False,
+            retry_failed=retry_failed,
         )
         if on_plan is not None:
             on_plan(plan)
@@ -128,4 +150,23 @@ class Engine:
         if prune_older is not None and not (stop and stop.is_set()):
             result.pruned = self.prune(prune_older)
         self.db.trim_journal()
+        result.outstanding = self.outstanding()
         return result
+
+    def outstanding(self) -> Outstanding:
+        """Files not in the store as they are on disk, whatever this pass did:
+        failed ones (and why), and ones still queued (waiting for a retry or
+        indexing). A sync is complete only when both are zero."""
+        with self.db.session() as s:
+            failed = s.execute(
+                select(File.path, File.last_error).where(File.state == FAILED).order_by(File.path)
+            ).all()
+            waiting = s.execute(
+                select(PendingChange.path, PendingChange.last_error).order_by(PendingChange.path)
+            ).all()
+        return Outstanding(
+            failed=len(failed),
+            waiting=len(waiting),
+            examples=[f"{p}: {e or 'failed'}" for p, e in failed[:EXAMPLES]]
+            + [f"{p}: {e or 'queued'}" for p, e in waiting[: max(0, EXAMPLES - len(failed))]],
+        )

@@ -46,16 +46,23 @@ class Disk:
     sha256: str | None = None
 
 
-def needs_hash(row: Row | None, disk: Disk, *, force: bool) -> bool:
-    """Hash only candidates: new files, changed (size, mtime), or everything with --force."""
+def needs_hash(row: Row | None, disk: Disk, *, force: bool, retry: bool = False) -> bool:
+    """Hash only candidates: new files, changed (size, mtime), everything with --force,
+    and a failed file asked to be retried (`retry`)."""
     if not disk.present:
         return False
     if row is None or row.state in (PRUNED, MISSING, PENDING) or force:
         return True
+    if retry and row.state == FAILED:
+        return True
     return (row.size, row.mtime_ns) != (disk.size, disk.mtime_ns)
 
 
-def decide(row: Row | None, disk: Disk, *, force: bool, enrichment_version: str) -> Action:
+def decide(
+    row: Row | None, disk: Disk, *, force: bool, enrichment_version: str, retry: bool = False
+) -> Action:
+    """What to do now. `retry`: a failed file's refusal may have had an outside cause
+    that has since gone (a quota, a limit, the config): try its content again."""
     if not disk.present:
         if row is None or row.state in (MISSING, PRUNED):
             return Action.UNCHANGED
@@ -69,7 +76,7 @@ def decide(row: Row | None, disk: Disk, *, force: bool, enrichment_version: str)
         return Action.RESTORED if same_content else Action.MODIFIED
     if same_content and (not force or row.enrichment_version == enrichment_version):
         return Action.REFRESH
-    if row.state == FAILED and disk.sha256 == row.sha256 and not force:
+    if row.state == FAILED and disk.sha256 == row.sha256 and not (force or retry):
         return Action.STILL_FAILED
     if row.state == INDEXED or row.document:
         return Action.MODIFIED

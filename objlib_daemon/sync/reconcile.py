@@ -9,6 +9,7 @@ candidate, so the plan shown is the plan executed.
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import time
 from collections import Counter
@@ -27,7 +28,7 @@ from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.state import queue
 from objlib_daemon.state.background import BackgroundQuery
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import FAILED, INDEXED, PENDING, PRUNED
+from objlib_daemon.state.models import FAILED, INDEXED, PENDING, PRUNED, Meta
 from objlib_daemon.sync.applier import Applier, Library, Retry
 from objlib_daemon.sync.planner import Action, Disk
 
@@ -35,6 +36,10 @@ TRACKED = (INDEXED, PENDING, FAILED)
 # From this many rows a reconcile fetches them in a helper process during the
 # walk (state/background.py); fewer are not worth its start (~15 ms).
 BACKGROUND_ROWS = 5000
+# Database meta key: a fingerprint of the settings that can make the store or
+# the payload refuse a file (eligibility, metadata rules, enrichment); when it
+# changes, every failed file is tried again.
+FAILURE_SETTINGS = "failure_settings"
 
 
 @dataclass
@@ -248,11 +253,13 @@ class Reconciler:
         allow_mass_missing: bool = False,
         vanished: bool = True,
         keep_backoff: bool = True,
+        retry_failed: bool = False,
     ) -> Plan:
         """Scan and enqueue (vanished paths too unless the caller does it later).
 
         Paths backing off after failures keep their due time unless
         `keep_backoff` is off (a user's one-shot sync retries everything now).
+        Failed files are queued to be tried again as `_failed_due` says.
         """
         plan = self.scan_plan(force=force, allow_mass_missing=allow_mass_missing)
         reason = queue.FORCE if force else queue.SCAN
@@ -260,10 +267,37 @@ class Reconciler:
             queue.enqueue(
                 s, ((p, reason) for p in plan.candidates), keep_backoff=keep_backoff and not force
             )
+            if not keep_backoff:
+                queue.due_now(s)
+            retry = self._failed_due(s, every=retry_failed) - set(plan.vanished)
+            queue.enqueue(s, ((p, queue.RETRY) for p in sorted(retry)))
             self.db.set_meta(s, last_reconcile_at=str(time.time()))
         if vanished:
             self.enqueue_vanished(plan)
         return plan
+
+    def _failed_due(self, s: Session, *, every: bool) -> set[str]:
+        """Failed files whose refusal may have had a cause outside them that has gone:
+        all of them when asked (`sync --retry-failed`) or when the settings that
+        decide refusals changed since the last reconcile, else those failed for
+        longer than `[sync] retry_failed_after` (the daemon's reconciles make
+        that the slow schedule). Records the settings' fingerprint."""
+        settings = hashlib.sha256(
+            repr((self.config.library, self.config.metadata_rules, self.lib.enrichment_version))
+            .encode()
+        ).hexdigest()
+        recorded = s.get(Meta, FAILURE_SETTINGS)  # in this transaction: a second one would wait
+        changed = recorded is None or recorded.value != settings
+        if changed:
+            self.db.set_meta(s, **{FAILURE_SETTINGS: settings})
+        raw = s.connection().connection.driver_connection
+        cutoff = time.time() - self.config.sync.retry_failed_after
+        if every or changed:
+            rows = raw.execute("SELECT path FROM files WHERE state = ?", (FAILED,))
+        else:
+            query = "SELECT path FROM files WHERE state = ? AND updated_at <= ?"
+            rows = raw.execute(query, (FAILED, cutoff))
+        return {r[0] for r in rows}
 
     def enqueue_vanished(self, plan: Plan) -> None:
         """Vanished paths are due after the present ones, so moves resolve first."""

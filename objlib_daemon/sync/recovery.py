@@ -7,6 +7,12 @@ the store once for all of them and, for each of our documents at such a
 path, either adopts it (the applier records it) or records it as an orphan
 to delete. `adoptable` is the rule, shared with `objlibd verify --repair`.
 Intents whose import the drain is tracking are not recovery's business.
+
+A database lost, damaged or rebuilt (`objlibd init --rebuild`) has no row for
+documents the store holds. `init` counts them and flags the database; while
+it is flagged, each drain lists the store once (`index_identities`, never once
+per file) and the applier adopts a new file's document by its identity
+(library id, path, sha256) instead of uploading it again.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from dataclasses import replace
 from sqlalchemy import delete, select, update
 
 from objlib_daemon.logging import get_logger
+from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import PRUNED, File, Intent, PendingChange
+from objlib_daemon.state.models import PRUNED, File, Intent, Orphan, PendingChange
 from objlib_daemon.stores.base import ACTIVE, PENDING, RemoteDocument, TransientError
 from objlib_daemon.sync.applier import Applier
 
@@ -35,6 +42,9 @@ INTENT_GRACE = 20.0
 MAX_ATTEMPT = 3600.0
 # How often a listing looks again at a document still PENDING for an intent.
 PENDING_RECHECK = 60.0
+# Database meta key: set by `init` when the store holds documents of this
+# library that no row records; cleared once a drain empties the queue.
+ADOPT_META = "adopt_by_identity"
 
 
 def adoptable(
@@ -78,6 +88,59 @@ class Recovery:
         # keep (too young to call lost) are worth another listing.
         self._listed: set[int] = set()
         self.intent_recheck_at: float | None = None
+
+    # --- adoption by identity (a lost or rebuilt database) ---------------------------
+
+    def identity_index(self) -> dict[tuple[str, str], list[RemoteDocument]]:
+        """One listing: this library's ACTIVE documents no row or orphan holds, by
+        (path, sha256), oldest first (the one to keep; later ones are copies)."""
+        store = self.applier.store
+        assert store is not None
+        library_id = self.applier.lib.library_id
+        with self.db.session() as s:
+            held = set(s.scalars(select(File.document).where(File.document.is_not(None))))
+            held.update(s.scalars(select(Orphan.document)))
+        index: dict[tuple[str, str], list[RemoteDocument]] = {}
+        for doc in store.list():
+            path, sha = doc.metadata.get("path"), doc.metadata.get("sha256")
+            if (
+                doc.metadata.get("library_id") == library_id
+                and doc.state == ACTIVE
+                and doc.name not in held
+                and isinstance(path, str)
+                and isinstance(sha, str)
+            ):
+                index.setdefault((path, sha), []).append(doc)
+        for docs in index.values():
+            docs.sort(key=lambda d: d.create_time or "")
+        return index
+
+    def expect_adoption(self) -> int:
+        """At `init`: how many documents of ours the store holds unrecorded (one per
+        path and content); flags the database so the next drains adopt them."""
+        index = self.identity_index()
+        if index:
+            with self.db.session() as s:
+                self.db.set_meta(s, **{ADOPT_META: str(len(index))})
+        return len(index)
+
+    def index_identities(self) -> None:
+        """While the database is flagged, hand the applier the index of a listing made
+        for this drain (a failing listing propagates: uploading blind would duplicate)."""
+        if self.db.get_meta(ADOPT_META) is not None:
+            self.applier.by_identity = self.identity_index()
+
+    def identities_settled(self) -> None:
+        """After a drain that ran to its end: with nothing left queued, every file
+        the index could serve has been looked at; later drains list nothing."""
+        self.applier.by_identity = {}
+        if self.db.get_meta(ADOPT_META) is None:
+            return
+        with self.db.session() as s:
+            if queue.depth(s) == 0:
+                self.db.set_meta(s, **{ADOPT_META: None})
+
+    # --- intents ------------------------------------------------------------------------
 
     def resolve_quietly(self, busy: Collection[int] = ()) -> None:
         """A store that fails now leaves the intents for the next drain; never fatal."""

@@ -35,9 +35,11 @@ from sqlalchemy.orm import Session
 from objlib_daemon.library import paths
 from objlib_daemon.library.files import NotSettled, hash_file
 from objlib_daemon.library.volume import VolumeGuard
+from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
 from objlib_daemon.state.models import File, Intent, Orphan
 from objlib_daemon.stores.base import FAILED as DOC_FAILED
+from objlib_daemon.stores.base import PENDING as DOC_PENDING
 from objlib_daemon.stores.base import RemoteDocument, Store
 from objlib_daemon.sync.applier import Applier, Library, journal
 from objlib_daemon.sync.recovery import adoptable
@@ -52,9 +54,12 @@ UNRECORDED = "unrecorded"  # ours, not referenced by the database
 ABSENT = "absent"  # recorded for a file, not in the store
 FAILED = "failed"  # recorded, but the store says STATE_FAILED
 DUPLICATE = "duplicate"  # two or more of our documents for one path
+# Still indexing on the server (an upload in flight, or one the service never
+# finishes): reported, never deleted here, since an intent may be waiting on it.
+PENDING = "pending"
 PENDING_DELETION = "pending_deletion"  # a recorded orphan still in the store
 FOREIGN = "foreign"  # another library's, or made by hand: never touched
-KINDS = (UNRECORDED, ABSENT, FAILED, DUPLICATE, PENDING_DELETION, FOREIGN)
+KINDS = (UNRECORDED, ABSENT, FAILED, DUPLICATE, PENDING, PENDING_DELETION, FOREIGN)
 DRIFT = frozenset({UNRECORDED, ABSENT, FAILED, DUPLICATE})
 
 # What `repair` does with a finding (None: nothing, it is information only).
@@ -192,6 +197,9 @@ def audit(db: Database, store: Store, library: Library) -> Report:
             keep[row.path] = doc.name
             if doc.state == DOC_FAILED:
                 report.findings.append(_failed(row, doc.name))
+            elif doc.state == DOC_PENDING:
+                detail = "recorded for this file, but the store is still indexing it"
+                report.findings.append(Finding(PENDING, row.path, doc.name, detail))
         elif doc.name in orphans:
             report.findings.append(
                 Finding(
@@ -202,6 +210,13 @@ def audit(db: Database, store: Store, library: Library) -> Report:
                     DELETE,
                 )
             )
+        elif doc.state == DOC_FAILED:  # an import that failed on the server: retry the file
+            sha = _text(meta.get("sha256"))
+            detail = "an import the store marked FAILED: delete it and upload the file again"
+            report.findings.append(Finding(FAILED, path, doc.name, detail, DELETE, sha))
+        elif doc.state == DOC_PENDING:
+            detail = "not recorded and still indexing on the server: left for its upload"
+            report.findings.append(Finding(PENDING, path, doc.name, detail))
         else:
             strays.setdefault(path, []).append(doc)
 
@@ -227,8 +242,6 @@ def audit(db: Database, store: Store, library: Library) -> Report:
                 keep[path] = doc.name
             else:
                 detail = "ours but not in the database (crash leftover or superseded version)"
-                if doc.state == DOC_FAILED:
-                    detail += "; STATE_FAILED"
                 report.findings.append(Finding(UNRECORDED, path, doc.name, detail, DELETE, sha))
             if path:
                 live.setdefault(path, []).append(doc.name)
@@ -376,6 +389,11 @@ def _orphan(
         )
     journal(s, "stray", finding.path, document, finding.detail)
     to_delete.append(document)
+    if finding.kind == FAILED and finding.path:
+        # The upload that left it failed: its file is tried again (even a file
+        # recorded as failed with this content), and the drain decides how.
+        queue.enqueue(s, [(finding.path, queue.RETRY)])
+        result.requeued.append(finding.path)
 
 
 def _requeue(
