@@ -173,7 +173,8 @@ def test_corrupt_or_foreign_database_is_a_clear_error(lh):
         (lh.state_dir / f"objlibd.db{suffix}").unlink(missing_ok=True)
     db.write_bytes(b"this is not sqlite" * 100)
     result = lh.run("sync")
-    assert result.exit_code == 78 and "not a usable objlibd database" in result.stderr
+    assert result.exit_code == 78 and "is damaged" in result.stderr
+    assert "objlibd init --rebuild" in result.stderr
     db.unlink()
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE something_else (x)")

@@ -6,6 +6,7 @@ import os
 import re
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +100,8 @@ def init(
         path.write_text(new_config, encoding="utf-8")
         os.chmod(path, 0o600)
     wrote_config = new_config is not None
-    adoptable = expect_adoption(config)
+    # Counted for the root just recorded (a config may still name an older one).
+    adoptable = expect_adoption(replace(config, library=replace(config.library, root=root)))
     data = {
         "adoptable": adoptable,
         "database_set_aside": str(set_aside_as) if set_aside_as else None,
