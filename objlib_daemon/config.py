@@ -64,6 +64,30 @@ def parse_duration(value: str | int | float) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
+_SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_size(value: str | int) -> int:
+    """'100MB', '1 KiB', '2.5M' or a number of bytes → bytes.
+
+    Why both bases: File Search states its limit in decimal MB while file
+    managers often show binary units, so `MB`/`M` are powers of 1000 and
+    `MiB`/`Mi` powers of 1024; a plain integer is bytes, as it always was.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if not match or (match.group(3) and not match.group(2)):
+        raise ValueError(
+            f"not a size: {value!r} (use bytes as an integer, or e.g. 100MB, 512 KiB, 2.5M)"
+        )
+    number, prefix, binary = match.group(1), match.group(2).lower(), match.group(3)
+    return int(float(number) * (1024 if binary else 1000) ** _SIZE_POWERS[prefix])
+
+
 @dataclass(frozen=True)
 class MetadataRule:
     """One enrichment rule: a regex over the relative path with named groups.
@@ -209,15 +233,17 @@ class Config:
 
 # --- schema: section → key → (kind, validator) ----------------------------------
 
-_Kind = str  # "int", "float", "bool", "auto-bool", "str", "path", "duration", "globs", "choice:a|b"
+# "int", "size" (bytes, units allowed), "float", "bool", "auto-bool", "str", "path",
+# "duration", "globs", "choice:a|b"
+_Kind = str
 
 SCHEMA: dict[str, dict[str, _Kind]] = {
     "library": {
         "root": "path",
         "include": "globs",
         "exclude": "globs",
-        "min_size": "int",
-        "max_size": "int",
+        "min_size": "size",
+        "max_size": "size",
         "no_text": "choice:" + "|".join(NO_TEXT_CHOICES),
     },
     "store": {
@@ -339,6 +365,11 @@ def _coerce(where: str, kind: _Kind, value: Any, base: Path | None) -> Any:
         if not path.is_absolute() and base is not None:
             path = base / path
         return path
+    if kind == "size":
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     if kind == "duration":
         try:
             return parse_duration(value)
@@ -560,10 +591,17 @@ def schema_keys() -> list[str]:
     return keys
 
 
+# Every key with its default, commented out; shipped inside the package (and
+# linked from the repository's root) so the path `init` writes into a new
+# config exists on every install, not only in a source checkout.
+EXAMPLE = Path(__file__).with_name("config.example.toml")
+
+
 def render_minimal(root: Path, backend: str, store_name: str) -> str:
     """The config `objlibd init` writes when none exists."""
     return (
-        "# objlibd configuration; every key is described in config.example.toml\n"
+        f"# objlibd configuration; every key is described in {EXAMPLE}\n"
+        "# (`objlibd config show` prints the values in force and where each came from)\n"
         "[library]\n"
         f"root = {_toml_str(str(root))}\n\n"
         "[store]\n"

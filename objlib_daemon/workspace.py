@@ -11,8 +11,10 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from sqlalchemy import select
 
 from objlib_daemon.config import Config
 from objlib_daemon.enrichment.enricher import open_enricher
@@ -21,8 +23,9 @@ from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.metadata import with_defaults
 from objlib_daemon.library.volume import MARKER, MarkerError, read_marker, write_marker
 from objlib_daemon.state.db import Database
+from objlib_daemon.state.models import File
 from objlib_daemon.stores import LOCAL_DEFAULT_NAME, open_store
-from objlib_daemon.stores.base import Store
+from objlib_daemon.stores.base import SearchResult, Store
 from objlib_daemon.sync.applier import Library
 from objlib_daemon.sync.passes import Engine
 
@@ -38,6 +41,33 @@ class Workspace:
     @property
     def meta(self) -> dict[str, str]:
         return self.db.all_meta()
+
+    def search(self, query: str, *, limit: int, where: str | None) -> SearchResult:
+        """The store's search, each hit's `document` filled from the files table
+        when the store did not name it.
+
+        Why here: Gemini's grounding chunks carry the title, text and custom
+        metadata (our `path`) but, in the shape the API documents, not the
+        document's name; the database knows which document holds each path.
+        """
+        assert self.store is not None
+        result = self.store.search(query, limit=limit, where=where)
+        unnamed = {h.path for h in result.hits if not h.document and h.path}
+        if not unnamed:
+            return result
+        with self.db.reading() as s:
+            known = dict(
+                s.execute(
+                    select(File.path, File.document).where(
+                        File.path.in_(unnamed), File.document.is_not(None)
+                    )
+                ).all()
+            )
+        hits = [
+            replace(h, document=known[h.path]) if not h.document and h.path in known else h
+            for h in result.hits
+        ]
+        return replace(result, hits=hits)
 
     def close(self) -> None:
         if self.library.enricher is not None:

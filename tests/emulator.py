@@ -732,7 +732,8 @@ class GeminiEmulator:
         grounding_extras: also put the document name in retrievedContext.uri and
             .documentName (the real Gemini API documents neither for File Search;
             turn off to see the minimal shape: title, text, fileSearchStore,
-            customMetadata).
+            customMetadata; and groundingSupports without confidenceScores, as
+            newer models answer).
         hang_on_leading_space: a display name starting with whitespace leaves its
             operation pending forever (observed on the real service).
         request_latency: real seconds every request waits before it is
@@ -1738,9 +1739,10 @@ class GeminiEmulator:
                 }
                 if start:
                     segment["startIndex"] = start
-                supports.append(
-                    {"segment": segment, "groundingChunkIndices": [i], "confidenceScores": [0.9]}
-                )
+                support: dict[str, Any] = {"segment": segment, "groundingChunkIndices": [i]}
+                if self.grounding_extras:
+                    support["confidenceScores"] = [0.9]
+                supports.append(support)
         candidate: dict[str, Any] = {
             "content": {"parts": [{"text": answer}], "role": "model"},
             "finishReason": "STOP",

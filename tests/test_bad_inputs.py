@@ -445,6 +445,7 @@ def test_corrupt_or_foreign_database_stops_every_command(h, tmp_path, how, code,
 # A value of the wrong TOML type for each kind of key.
 WRONG_TYPE = {
     "int": "many",
+    "size": "5 parsecs",
     "float": "half",
     "bool": "yes",
     "auto-bool": "sometimes",
@@ -459,8 +460,8 @@ WRONG_VALUE: dict[str, list[Any]] = {
     "library.root": [""],
     "library.include": [[], [""]],
     "library.exclude": [[""]],
-    "library.min_size": [0, -1],
-    "library.max_size": [0, 100_000_001],
+    "library.min_size": [0, -1, "0 KiB", 1.5, "1.5.0MB"],
+    "library.max_size": [0, 100_000_001, "101MB", "1 XB"],
     "store.base_url": ["localhost:8080", "ftp://example.com"],
     "store.max_requests_per_minute": [-1],
     "store.concurrency": [0, 1000],

@@ -76,9 +76,10 @@ class LeakyKeyring(MemoryKeyring):
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     for var in credentials.ENV_VARS:
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no real ~/.config/objlibd/env is read
 
 
 @pytest.fixture
@@ -188,10 +189,14 @@ def test_set_rejects_blank_and_whitespace(use_keyring):
     assert backend.items == {}
 
 
-def test_set_without_keyring_says_to_use_the_environment(use_keyring):
+def test_set_without_keyring_writes_the_env_file_the_service_reads(use_keyring):
     use_keyring(keyring.backends.fail.Keyring())
-    with pytest.raises(ConfigurationError, match="export GEMINI_API_KEY"):
-        set_key(STORED)
+    where = set_key(STORED)
+    path = credentials.env_file()
+    assert str(path) in where and STORED not in where
+    assert path.read_text(encoding="utf-8") == f"GEMINI_API_KEY={STORED}\n"
+    assert resolve_api_key(environ={}) == (STORED, "env_file")
+    assert describe_source(environ={}).source == "env_file"
 
 
 def test_set_on_a_hanging_keyring_times_out(use_keyring):

@@ -224,7 +224,7 @@ def test_api_key_in_the_service_env_file(env: dict[str, Path]) -> None:
     env_file.chmod(0o644)
     result = run()
     assert SECRET not in result.output
-    assert "[ok]   api key: not in this shell" in result.output
+    assert f"[ok]   api key: from the service's env file {env_file}" in result.output
     assert_fails_with(result, "env file", "readable by others")
     assert f"chmod 600 {env_file}" in failed(result)[0]
     env_file.chmod(0o600)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from objlib_daemon import errors
 from objlib_daemon.cli import cli
 from objlib_daemon.config import from_dict
 from objlib_daemon.service import launchd, manager, systemd
@@ -343,10 +344,14 @@ def test_mount_bound_refuses_the_root_filesystem(
 
 
 def test_status_when_not_installed(setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15, finding 10: nothing installed was exit 1, "unexpected error"."""
     _unreachable(monkeypatch)
     result = CliRunner().invoke(cli, ["service", "status", "--systemd"])
-    assert result.exit_code == 1
-    assert "installed: no" in result.output
+    assert result.exit_code == errors.NO_DAEMON == 7, result.output
+    assert "installed: no, objlibd is not installed as a systemd service" in result.output
+    assert "`objlibd service install`" in result.output
+    data = CliRunner().invoke(cli, ["service", "status", "--systemd", "--json"])
+    assert data.exit_code == 7 and '"installed": false' in data.output
 
 
 def test_launchd_on_mount_replaces_the_daemon_agent(

@@ -1,8 +1,9 @@
 """`objlibd auth`: store, inspect and remove the Gemini API key.
 
-The key is read without echo (or from stdin for scripts), stored only in the
-system keyring, and never printed back, not even in part: `status` says where
-the key comes from, nothing more.
+The key is read without echo (or from stdin for scripts), stored in the
+system keyring (or, on a machine without one, in the service's 0600 env
+file), and never printed back, not even in part: `status` says where the key
+comes from, nothing more.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from objlib_daemon import credentials, errors
 
 @click.group()
 def auth() -> None:
-    """Manage the Gemini API key (system keyring or environment)."""
+    """Manage the Gemini API key (system keyring, the service's env file, or environment)."""
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _read_key(from_stdin: bool) -> str:
@@ -31,18 +37,14 @@ def _read_key(from_stdin: bool) -> str:
 @auth.command("set")
 @click.option("--stdin", "from_stdin", is_flag=True, help="Read the key from standard input.")
 def set_(from_stdin: bool) -> None:
-    """Store the API key in the system keyring (prompted without echo)."""
+    """Store the API key in the system keyring (prompted without echo); without a
+    keyring, in the env file the service reads."""
     key = _read_key(from_stdin)
     if not key:
         raise click.UsageError("no key given; nothing was stored")
-    credentials.set_key(key)
-    click.echo(f"API key stored in the system keyring (service {credentials.SERVICE!r}).")
-    status = credentials.describe_source()
-    if status.source and status.source != credentials.SOURCE_KEYRING:
-        click.echo(
-            f"note: {status.description} is set and takes precedence over the keyring.",
-            err=True,
-        )
+    where = credentials.set_key(key)
+    click.echo(f"API key stored in {where}.")
+    _warn(credentials.describe_source().warnings)
 
 
 @auth.command("status")
@@ -59,20 +61,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
         else:
             click.echo(info.description)
         click.echo(f"keyring: {info.keyring}")
-        for warning in info.warnings:
-            click.echo(f"warning: {warning}", err=True)
+        _warn(info.warnings)
     if not info.configured:
         ctx.exit(errors.CONFIG)
 
 
 @auth.command("clear")
 def clear() -> None:
-    """Remove the API key from the system keyring."""
+    """Remove the API key from the system keyring (or the env file `set` wrote)."""
     removed = credentials.clear_key()
     if removed:
-        click.echo("API key removed from the keyring.")
+        click.echo("API key removed.")
     else:
-        click.echo("No key was stored in the keyring.")
+        click.echo("No key was stored.")
     status = credentials.describe_source()
     if status.source and status.source != credentials.SOURCE_KEYRING:
         click.echo(f"note: a key is still provided by {status.description}.", err=True)

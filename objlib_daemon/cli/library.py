@@ -151,7 +151,7 @@ def _resolve_gemini_store(config: Config, name: str | None, create: bool) -> tup
     return resource, display
 
 
-def _status_text(data: dict[str, Any]) -> str:
+def _status_text(data: dict[str, Any], *, verbose: bool = False) -> str:
     lib, files, q = data["library"], data["files"], data["queue"]
     daemon = data.get("daemon")
     busy = data.get("lock_holder")
@@ -172,7 +172,10 @@ def _status_text(data: dict[str, Any]) -> str:
         f"orphans:   {data['orphans']}",
     ]
     for row in q.get("waiting") or []:  # absent from an older daemon's answer
-        lines.append(f"waiting:   {row['path']}: {row['why']}")
+        detail = ""
+        if verbose:
+            detail = f" (attempts {row['attempts']}, next {when(row['next_attempt_at'])})"
+        lines.append(f"waiting:   {row['path']}: {row['why']}{detail}")
     shown = len(q.get("waiting") or [])
     if q["pending"] > shown and shown:
         lines.append(f"           ... {q['pending'] - shown} more in `objlibd queue`")
@@ -241,8 +244,9 @@ def _daemon_lines(daemon: dict[str, Any]) -> list[str]:
     return lines
 
 
-def collect_status(config: Config) -> dict[str, Any]:
-    """Live state from a running daemon when there is one, else from the database."""
+def collect_status(config: Config, *, every: bool = False) -> dict[str, Any]:
+    """Live state from a running daemon when there is one, else from the database;
+    with `every`, all failed and waiting rows rather than the first few."""
     try:
         from objlib_daemon.daemon.control import request
     except ModuleNotFoundError:
@@ -250,18 +254,18 @@ def collect_status(config: Config) -> dict[str, Any]:
     from objlib_daemon.state.lock import holder
 
     if request is not None:
-        live = request(config, {"cmd": "status"})
+        live = request(config, {"cmd": "status", "every": every})
         if live is not None:
             live["lock_holder"] = holder(config.state_dir)
             return live
     from objlib_daemon.state.db import Database
-    from objlib_daemon.sync.status import database_status
+    from objlib_daemon.sync.status import SHOWN, database_status
     from objlib_daemon.workspace import check_matches
 
     db = Database(config.database_path, readonly=True)
     try:
         check_matches(config, db.all_meta())  # another library's database is no status
-        data = database_status(db)
+        data = database_status(db, shown=None if every else SHOWN)
     finally:
         db.close()
     data["daemon"] = None
@@ -279,22 +283,29 @@ def collect_status(config: Config) -> dict[str, Any]:
     default=None,
     help="Show it again every N seconds (default 2) until Ctrl-C: a live view of the daemon.",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Every failed and waiting file (not the first ten), with attempts and next try.",
+)
 @click.pass_obj
-def status(state: State, as_json: bool, watch: float | None) -> None:
+def status(state: State, as_json: bool, watch: float | None, verbose: int) -> None:
     """Files by state, queue, orphans, missing files, last sync, store and volume."""
     config = state.config()
+    detailed = bool(verbose or state.verbose)
     if watch is None:
-        data = collect_status(config)
-        emit(data, as_json, _status_text(data))
+        data = collect_status(config, every=detailed)
+        emit(data, as_json, _status_text(data, verbose=detailed))
         return
     clear = sys.stdout.isatty() and not as_json
     tick = threading.Event()
     try:
         while True:
-            data = collect_status(config)
+            data = collect_status(config, every=detailed)
             if clear:  # redraw in place on a terminal; a pipe gets one block per look
                 click.echo("\x1b[H\x1b[J", nl=False)
-            emit(data, as_json, _status_text(data) + ("" if clear else "\n"))
+            emit(data, as_json, _status_text(data, verbose=detailed) + ("" if clear else "\n"))
             tick.wait(watch)
     except KeyboardInterrupt:  # the way out of a watch: not an error
         return
@@ -333,7 +344,7 @@ def search(
     where = " AND ".join(clauses) or None
     ws = open_workspace(state.config())
     try:
-        result = ws.store.search(query, limit=limit, where=where)
+        result = ws.search(query, limit=limit, where=where)
     except PermanentError as exc:
         if where is None or exc.code != 400:
             raise

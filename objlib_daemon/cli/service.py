@@ -94,7 +94,9 @@ def uninstall(state: State, manager: str | None, dry_run: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def status_cmd(state: State, manager: str | None, as_json: bool) -> None:
-    """Installed? Up to date with this interpreter and config? Enabled and running?"""
+    """Installed? Up to date with this interpreter and config? Enabled and running?
+
+    Exit 7 when it is not installed or not running."""
     manager = manager or svc.default_manager()
     config: Config | None
     try:
@@ -103,9 +105,11 @@ def status_cmd(state: State, manager: str | None, as_json: bool) -> None:
         config = None
     data = svc.status(manager, config=config, config_path=state.config_path)
     emit(data, as_json, _status_text(data))
+    # Not installed, or installed and stopped, is an answer, not a crash: the
+    # "no daemon" code (7) lets a script tell it from a broken objlibd (1).
     running_or_unknown = data["active"] in (None, "active")
     if not (data["installed"] and running_or_unknown):
-        raise click.exceptions.Exit(errors.UNEXPECTED)
+        raise click.exceptions.Exit(errors.NO_DAEMON)
 
 
 @click.command()
@@ -167,7 +171,10 @@ def _status_text(data: dict[str, Any]) -> str:
             gone = "" if entry.get("program_exists") else " (MISSING: re-run install)"
             lines.append(f"{name + ':':<10} {entry['path']} -> {program}{gone}")
     if not data["installed"]:
-        lines.append("installed: no (`objlibd service install`)")
+        lines.append(
+            f"installed: no, objlibd is not installed as a {data['manager']} service "
+            "(`objlibd service install` installs it)"
+        )
     elif data.get("current") is False:
         lines.append("current:   no, differs from what `objlibd service install` writes now")
     if data["reachable"]:

@@ -1,8 +1,10 @@
 """`objlibd store`: create and list Gemini File Search stores.
 
 Creating a store is always an explicit user action (sync never creates one,
-gemini-file-search.md rule 10). These commands talk to Gemini whatever
-`[store] backend` says, so a user can prepare a store before switching.
+gemini-file-search.md rule 10). `create` and `list --gemini` talk to Gemini
+whatever `[store] backend` says, so a user can prepare a store before
+switching; a plain `list` on the local backend lists the local store and
+needs no Gemini key.
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ class StoreExists(StoreCommandError):
     exit_code = errors.USAGE
 
 
-def _store_config(ctx: click.Context) -> StoreConfig:
+def _config(ctx: click.Context) -> Config:
     obj = ctx.obj
     if obj is None:  # invoked on its own (tests): defaults, env base URL
-        return Config().store
-    config = obj["load_config"]()
-    return config.store
+        return Config()
+    config: Config = obj["load_config"]()
+    return config
+
+
+def _store_config(ctx: click.Context) -> StoreConfig:
+    return _config(ctx).store
 
 
 @contextmanager
@@ -91,19 +97,36 @@ def _as_dict(info: StoreInfo) -> dict[str, Any]:
 
 
 @store.command("list")
+@click.option(
+    "--gemini",
+    "gemini",
+    is_flag=True,
+    help="List the Gemini stores even when [store] backend is local.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def list_(ctx: click.Context, as_json: bool) -> None:
-    """List the File Search stores this API key can see."""
+def list_(ctx: click.Context, gemini: bool, as_json: bool) -> None:
+    """List the stores of the configured backend (the File Search stores this
+    API key can see, or the local store)."""
+    from objlib_daemon.stores import local_stores
     from objlib_daemon.stores.gemini import list_stores
 
-    with _client(ctx) as client:
-        stores = list_stores(client)
+    config = _config(ctx)
+    local = config.store.backend == "local" and not gemini
+    if local:
+        stores = local_stores(config.store, state_dir=config.state_dir)
+    else:
+        with _client(ctx) as client:
+            stores = list_stores(client)
     if as_json:
         click.echo(json.dumps([_as_dict(s) for s in stores], indent=2))
         return
     if not stores:
-        click.echo("No File Search stores. Create one with `objlibd store create NAME`.")
+        click.echo(
+            "No local store yet: `objlibd init --library PATH` creates it."
+            if local
+            else "No File Search stores. Create one with `objlibd store create NAME`."
+        )
         return
     width = max(len(s.name) for s in stores)
     for s in stores:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from objlib_daemon.state import queue
 from objlib_daemon.state.models import INFLIGHT, PendingChange
-from objlib_daemon.sync.status import database_status
+from objlib_daemon.sync.status import SHOWN, database_status
 
 if TYPE_CHECKING:
     from objlib_daemon.daemon.runner import Daemon
@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 def handle(d: Daemon, message: dict[str, Any]) -> dict[str, Any]:
     cmd = message["cmd"]
     if cmd == "status":
-        return {"ok": True, **live_status(d)}
+        # `status -v` asks for every failed and waiting row.
+        shown = None if message.get("every") else SHOWN
+        return {"ok": True, **live_status(d, shown=shown)}
     if cmd == "pause":
         d.pause()
         return {"ok": True, "state": d.state}
@@ -74,9 +76,9 @@ def reconcile_request(
     return answer
 
 
-def live_status(d: Daemon) -> dict[str, Any]:
+def live_status(d: Daemon, *, shown: int | None = SHOWN) -> dict[str, Any]:
     assert d.ro_db is not None and d.ws is not None
-    data = database_status(d.ro_db)
+    data = database_status(d.ro_db, shown=shown)
     with d.ro_db.session() as s:
         inflight = list(
             s.scalars(select(PendingChange.path).where(PendingChange.state == INFLIGHT).limit(50))

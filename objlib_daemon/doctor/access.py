@@ -9,32 +9,10 @@ recorded store whether it answers as itself.
 from __future__ import annotations
 
 import stat
-from pathlib import Path
 
 from objlib_daemon.config import Config
 from objlib_daemon.doctor.report import Check
 from objlib_daemon.errors import ObjlibError
-
-KEY_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
-
-
-def env_file() -> Path:
-    """The unit's optional EnvironmentFile (%h/.config/objlibd/env)."""
-    return Path.home() / ".config" / "objlibd" / "env"
-
-
-def _env_file_vars(path: Path) -> list[str]:
-    """Which key variables the service's env file sets (names only, never values)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return []
-    names = []
-    for line in lines:
-        name, sep, value = line.strip().removeprefix("export ").partition("=")
-        if sep and name.strip() in KEY_VARS and value.strip():
-            names.append(name.strip())
-    return names
 
 
 def check_credentials(config: Config, meta: dict[str, str], out: list[Check]) -> None:
@@ -42,38 +20,28 @@ def check_credentials(config: Config, meta: dict[str, str], out: list[Check]) ->
     backend = meta.get("store_backend") or config.store.backend
     if backend != "gemini":
         return
+    # Imported here: keyring is slow to import and only this check needs it.
     from objlib_daemon import credentials
 
     info = credentials.describe_source()
     warnings = "".join(f"; warning: {w}" for w in info.warnings)
-    in_file = _env_file_vars(env_file())
     if info.configured:
         note = ""
-        if info.source and info.source.startswith("env:") and not in_file:
+        if info.source and info.source.startswith("env:") and not credentials.env_file_vars():
             note = (
                 f" (only this shell's environment: a service sees it only from "
-                f"{env_file()} or the keyring)"
+                f"{credentials.env_file()} or the keyring)"
             )
         out.append(Check("api key", True, f"from {info.description}{note}{warnings}"))
-        return
-    if in_file:
-        out.append(
-            Check(
-                "api key",
-                True,
-                f"not in this shell, but {env_file()} sets {in_file[0]} for the service "
-                f"(keyring: {info.keyring}){warnings}",
-            )
-        )
         return
     out.append(
         Check(
             "api key",
             False,
-            f"no Gemini API key: neither {' nor '.join(KEY_VARS)} is set, keyring "
+            f"no Gemini API key: neither {' nor '.join(credentials.ENV_VARS)} is set, keyring "
             f"{info.keyring}{warnings}",
-            f"`objlibd auth set` (keyring), or GEMINI_API_KEY=... in {env_file()} "
-            "(chmod 600) for the service and in your shell for the CLI",
+            f"`objlibd auth set` (keyring, or {credentials.env_file()} where there is "
+            "none), or GEMINI_API_KEY=... in that file (chmod 600) for the service",
         )
     )
 
@@ -128,6 +96,8 @@ def check_store(config: Config, meta: dict[str, str], out: list[Check]) -> None:
 
 def check_env_file(out: list[Check]) -> None:
     """The service's env file may hold the API key: it must be private."""
+    from objlib_daemon.credentials import env_file
+
     path = env_file()
     try:
         mode = stat.S_IMODE(path.stat().st_mode)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from objlib_daemon.config import Config, ConfigError, load
+from objlib_daemon.config import EXAMPLE, Config, ConfigError, load
 from objlib_daemon.doctor.report import Check
 from objlib_daemon.errors import ConfigurationError, Mismatch
 from objlib_daemon.state.db import REBUILD, SCHEMA_VERSION, Database, StateError
@@ -39,7 +39,7 @@ def check_config(path: Path, out: list[Check]) -> Config | None:
                 False,
                 str(exc),
                 "correct that setting; every key is described in docs/configuration.md "
-                "and config.example.toml",
+                f"and {EXAMPLE}",
             )
         )
         return None

@@ -241,8 +241,9 @@ def next_due(session: Session) -> float | None:
     ).scalar()
 
 
-def waiting(session: Session, *, limit: int) -> list[PendingChange]:
-    """Rows held back with a reason (an error, `not tried: breaker open …`), oldest first."""
+def waiting(session: Session, *, limit: int | None) -> list[PendingChange]:
+    """Rows held back with a reason (an error, `not tried: breaker open …`), oldest
+    first; every one when `limit` is None."""
     return list(
         session.scalars(
             select(PendingChange)

@@ -5,9 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from objlib_daemon.config import StoreConfig
-from objlib_daemon.stores.base import Store
+from objlib_daemon.stores.base import Store, StoreInfo
 
 LOCAL_DEFAULT_NAME = "local"
+
+
+def local_stores(config: StoreConfig, *, state_dir: Path) -> list[StoreInfo]:
+    """The embedded store under `state_dir`, if one was created (by `init` or a sync).
+
+    Why not `open_store`: listing must not create the store's folder, and
+    needs no credentials, so `store list` works on a machine with no Gemini key.
+    """
+    directory = state_dir / "local-store"
+    if not directory.is_dir():
+        return []
+    from objlib_daemon.stores.local import LocalStore
+
+    with LocalStore(directory, name=config.name or LOCAL_DEFAULT_NAME) as store:
+        return [store.ensure()]
 
 
 def open_store(config: StoreConfig, *, backend: str, name: str, state_dir: Path) -> Store:

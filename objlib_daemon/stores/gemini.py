@@ -790,7 +790,9 @@ class GeminiStore:
                     display_name=display,
                     path=path,
                     snippet=(context.text or "").strip(),
-                    score=scores.get(index),
+                    # The service's confidence where it gives one (newer models
+                    # often do not); else the retrieval rank, 1, 1/2, 1/3, …
+                    score=scores.get(index, 1.0 / (len(hits) + 1)),
                     metadata=metadata,
                 )
             )

@@ -29,7 +29,9 @@ from objlib_daemon.state.models import (
 SHOWN = 10
 
 
-def database_status(db: Database) -> dict[str, Any]:
+def database_status(db: Database, *, shown: int | None = SHOWN) -> dict[str, Any]:
+    """The status; `shown` rows of failures and waiting changes, all of them if None
+    (`status -v`: a user chasing failures wants the whole list, not ten)."""
     meta = db.all_meta()
     with db.session() as s:
         by_state = dict(s.execute(select(File.state, func.count()).group_by(File.state)).all())
@@ -40,7 +42,7 @@ def database_status(db: Database) -> dict[str, Any]:
             .limit(1)
         ).first()
         failures = s.execute(
-            select(File.path, File.last_error).where(File.state == FAILED).limit(SHOWN)
+            select(File.path, File.last_error).where(File.state == FAILED).limit(shown)
         ).all()
         retrying = s.execute(
             select(func.count())
@@ -71,7 +73,7 @@ def database_status(db: Database) -> dict[str, Any]:
                 "why": r.last_error,
                 "next_attempt_at": r.next_attempt_at or None,
             }
-            for r in queue.waiting(s, limit=SHOWN)
+            for r in queue.waiting(s, limit=shown)
         ]
     root = meta.get("root")
     volume = probe(Path(root), meta.get("library_id", "")) if root else None
