@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from daemon_helpers import USER_NAMESPACE, bind_mount_works, user_namespace_works
-from harness import Harness
+from harness import Harness, real_paths
 from soak import (
     API_FAULTS,
     KILL_POINTS,
@@ -54,6 +54,7 @@ MOUNTS = os.environ.get("OBJLIBD_SOAK_MOUNTS", "")
 
 
 def _short(tmp_path: Path, unplugs: int) -> SoakOptions:
+    real_paths()  # the soak's library is made of the real paths: skip without them
     return SoakOptions(
         work=tmp_path,
         seed=SEED,
@@ -149,6 +150,7 @@ def test_short_soak_without_unplugs(tmp_path: Path) -> None:
 def test_state_dir_disk_full(tmp_path: Path) -> None:
     """The state dir on a small tmpfs that fills up while files change: no crash,
     no lost change, no corrupt database, and all converges once space is back."""
+    real_paths()  # the scenario's library is made of the real paths
     how, why_not = _mounts(tmp_path)
     if how is None:
         pytest.skip(f"mounting a tmpfs needs root or a user namespace ({why_not})")

@@ -20,7 +20,6 @@ from objlib_daemon.library.metadata import (
     with_defaults,
 )
 
-PATHS = real_paths()
 LIB = "lib-0123"
 SHA = "ab" * 32
 
@@ -34,7 +33,7 @@ def identity(path: str) -> dict:
 
 
 def test_the_real_path_list_is_there() -> None:
-    assert len(PATHS) == 1749
+    assert len(real_paths()) == 1749
 
 
 # One real example of each naming pattern, with the exact metadata expected.
@@ -207,7 +206,7 @@ EXAMPLES = [
     "path, expected", EXAMPLES, ids=[p.split("/")[-1][:40] for p, _ in EXAMPLES]
 )
 def test_each_naming_pattern_on_a_real_path(path: str, expected: dict) -> None:
-    assert path in PATHS, "examples must be real names from library-paths.txt"
+    assert path in real_paths(), "examples must be real names from library-paths.txt"
     got = meta(path)
     assert got == identity(path) | expected
     for key, value in got.items():  # numbers are floats, never ints or numeric strings
@@ -220,14 +219,14 @@ def test_a_lesson_titled_week_keeps_its_course() -> None:
         "Courses/Oral Communication - Basics | 2024/"
         "Oral Communication - Basics | 2024 - Lesson 01 - Week 1.txt"
     )
-    assert path in PATHS
+    assert path in real_paths()
     got = meta(path)
     assert got["course"] == "Oral Communication - Basics | 2024"
     assert (got["lesson"], got["week"], got["topic"]) == (1.0, 1.0, "Week 1")
 
 
 def test_every_real_path_enriches_within_limits() -> None:
-    for path in PATHS:
+    for path in real_paths():
         e = enrich(path, library_id=LIB, sha256=SHA)
         assert isinstance(e, Enrichment)
         assert len(e.metadata) <= 20, path
@@ -247,7 +246,7 @@ def test_every_real_path_enriches_within_limits() -> None:
 
 
 def test_every_course_path_has_category_and_course() -> None:
-    courses = [p for p in PATHS if p.startswith("Courses/")]
+    courses = [p for p in real_paths() if p.startswith("Courses/")]
     assert len(courses) == 780
     for path in courses:
         got = meta(path)
@@ -262,7 +261,7 @@ def test_every_course_path_has_category_and_course() -> None:
 
 
 def test_every_motm_file_has_a_date() -> None:
-    motm = [p for p in PATHS if p.split("/")[-1].startswith("MOTM_")]
+    motm = [p for p in real_paths() if p.split("/")[-1].startswith("MOTM_")]
     assert len(motm) == 468
     for path in motm:
         got = meta(path)
@@ -273,7 +272,7 @@ def test_every_motm_file_has_a_date() -> None:
 
 
 def test_every_episode_file_has_an_episode_number() -> None:
-    episodes = [p for p in PATHS if re.search(r"/Ep(?:isode|siode) \d+", p)]
+    episodes = [p for p in real_paths() if re.search(r"/Ep(?:isode|siode) \d+", p)]
     assert len(episodes) == 334
     for path in episodes:
         got = meta(path)
