@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session
 
@@ -123,21 +123,25 @@ def claim(session: Session, *, limit: int, now: float | None = None) -> list[Cla
     return [Claim(r.path, r.gen, r.attempts, r.reason) for r in rows]
 
 
-def complete(session: Session, claim_: Claim) -> bool:
-    """Delete the row if nothing re-enqueued it meanwhile; else make it due again."""
-    result = session.execute(
-        delete(PendingChange).where(
-            PendingChange.path == claim_.path, PendingChange.gen == claim_.gen
-        )
+def complete(session: Session, claims: Iterable[Claim]) -> None:
+    """Delete each row if nothing re-enqueued it meanwhile; else make it due again.
+
+    Many claims complete in one statement each way (a batch of a first sync):
+    the gen-checked delete runs per row, and the rows still there afterwards
+    are exactly those an event bumped meanwhile.
+    """
+    done = [{"p": c.path, "g": c.gen} for c in claims]
+    if not done:
+        return
+    table = PendingChange.__table__
+    session.execute(
+        delete(table).where(table.c.path == bindparam("p"), table.c.gen == bindparam("g")), done
     )
-    if result.rowcount:
-        return True
     session.execute(
         update(PendingChange)
-        .where(PendingChange.path == claim_.path)
+        .where(PendingChange.path.in_([d["p"] for d in done]))
         .values(state=QUEUED, attempts=0, last_error=None)
     )
-    return False
 
 
 def retry_later(session: Session, claim_: Claim, *, error: str, delay: float) -> None:

@@ -7,6 +7,7 @@ the same truths are tested on the embedded store and on Gemini.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
@@ -189,6 +190,10 @@ class Store(Protocol):
 
     backend: str
     name: str
+    # True: `upload` returns the finished document (Upload.document, no
+    # indexing to wait for) and the store is an `InstantStore`, so the sync
+    # records its uploads in batches instead of one transaction set per file.
+    instant: bool
 
     def ensure(self) -> StoreInfo:
         """Check the store exists and is reachable; never creates it."""
@@ -245,3 +250,12 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class InstantStore(Store, Protocol):
+    """A store whose imports finish inside `upload` (the embedded one)."""
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Uploads made inside commit together at its end, or none of them do
+        (a StoreError then): one commit per batch instead of per document."""
+        ...

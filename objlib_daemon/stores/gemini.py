@@ -328,6 +328,7 @@ class GeminiStore:
     """One File Search store, addressed by its resource name."""
 
     backend = "gemini"
+    instant = False  # imports index for seconds: the drain tracks them (sync/drain.py)
 
     def __init__(
         self,

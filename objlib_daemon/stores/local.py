@@ -16,7 +16,10 @@ Layout under `directory` (`<state_dir>/local-store`, 0700):
     blobs/<doc id>    the uploaded bytes, exactly as received
 
 Crash safety: content is written to a temp file and renamed into place before
-the row is inserted, so a row never exists without its content. A crash can
+the row is inserted, so a row never exists without its content. Inside
+`batch()` the rows of many uploads commit together (a first sync pays one
+commit per batch, not one per document); the content still comes first, and a
+batch that does not commit removes the content it wrote. A crash can
 leave a temp file or an unreferenced blob; neither is visible to `list()`, and
 both are swept on a later open once they are old enough not to belong to an
 upload still in flight in another process.
@@ -33,6 +36,8 @@ import threading
 import time
 import unicodedata
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -93,10 +98,23 @@ CREATE VIRTUAL TABLE IF NOT EXISTS documents_fts USING fts5(
 """
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """An uploaded document's row, its content already in `blob`."""
+
+    blob: Path
+    row: tuple[Any, ...]
+    meta_text: str
+    body: str
+
+
 class LocalStore:
     """A Store (see base.py) kept in a directory on this machine."""
 
     backend = "local"
+    # upload() returns the finished document, and uploads can share one
+    # transaction (`batch`): the sync records them in batches (sync/applier.py).
+    instant = True
 
     def __init__(self, directory: Path, name: str = "local") -> None:
         # Accept the resource name too: it is what `name` reports and what a
@@ -118,6 +136,8 @@ class LocalStore:
         # few worker threads never wait long. WAL lets another process (the CLI
         # searching) read while the daemon writes.
         self._lock = threading.Lock()
+        # A thread's open batch (`batch`): its uploads' rows, inserted at its end.
+        self._local = threading.local()
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             self.directory / "index.db", isolation_level=None, check_same_thread=False
         )
@@ -163,26 +183,21 @@ class LocalStore:
         final = self._blobs / doc_id
         temp = self._blobs / f"{_TEMP_PREFIX}{doc_id}"
         try:
-            with open(temp, "wb") as fh:
-                fh.write(payload)
+            _write(temp, payload)
             os.replace(temp, final)
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise StoreError(f"cannot write document content: {exc}") from exc
 
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        row = (doc_id, display_name, json.dumps(meta), mime_type, len(payload), created)
+        batch: list[_Pending] | None = getattr(self._local, "batch", None)
         try:
-            with self._lock, self._transaction() as db:
-                cur = db.execute(
-                    "INSERT INTO documents (doc_id, display_name, metadata, mime_type, size,"
-                    " create_time) VALUES (?, ?, ?, ?, ?, ?)",
-                    (doc_id, display_name, json.dumps(meta), mime_type, len(payload), created),
-                )
-                db.execute(
-                    "INSERT INTO documents_fts (rowid, display_name, meta, body)"
-                    " VALUES (?, ?, ?, ?)",
-                    (cur.lastrowid, display_name, meta_text, body),
-                )
+            if batch is not None:  # inserted, with the rest of its batch, at its end
+                batch.append(_Pending(final, row, meta_text, body))
+            else:
+                with self._lock, self._transaction() as db:
+                    self._insert(db, _Pending(final, row, meta_text, body))
         except sqlite3.Error as exc:
             final.unlink(missing_ok=True)
             raise StoreError(f"cannot record document: {exc}") from exc
@@ -192,6 +207,50 @@ class LocalStore:
             display_name=display_name,
             identity=identity_of(meta),
         )
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, doc: _Pending) -> None:
+        cur = db.execute(
+            "INSERT INTO documents (doc_id, display_name, metadata, mime_type, size,"
+            " create_time) VALUES (?, ?, ?, ?, ?, ?)",
+            doc.row,
+        )
+        db.execute(
+            "INSERT INTO documents_fts (rowid, display_name, meta, body) VALUES (?, ?, ?, ?)",
+            (cur.lastrowid, doc.row[1], doc.meta_text, doc.body),
+        )
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Uploads made inside (by this thread) are recorded together at its end.
+
+        A first sync of small files otherwise pays a commit per document. The
+        content of each upload is written at once, outside the store's lock
+        (other threads' uploads and searches go on); the rows are inserted in
+        one transaction when the batch ends, so a row still never exists
+        without its content. An upload that fails inside fails alone. If the
+        batch cannot commit (or an exception escapes it), none of its
+        documents exist, their content is removed, and a StoreError (or that
+        exception) is raised: the caller records none of them.
+        """
+        if getattr(self._local, "batch", None) is not None:
+            raise StoreError("local store batches do not nest")
+        self._local.batch = pending = []
+        try:
+            yield
+            self._local.batch = None
+            if pending:
+                with self._lock, self._transaction() as db:
+                    for doc in pending:
+                        self._insert(db, doc)
+        except BaseException as exc:
+            for doc in pending:
+                doc.blob.unlink(missing_ok=True)
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot record documents: {exc}") from exc
+            raise
+        finally:
+            self._local.batch = None
 
     def poll(self, upload: Upload) -> RemoteDocument | None:
         return self._imported(upload)
@@ -444,6 +503,18 @@ def _slug(display_name: str) -> str:
     ascii_name = unicodedata.normalize("NFKD", display_name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "", ascii_name.lower())[:_SLUG_MAX]
     return slug or "document"
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Create (or truncate) `path` holding `data`: raw calls, since `open()` adds a
+    stat, a tty check and a buffer to each of a first sync's thousands of blobs."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _query_terms(query: str) -> list[str]:

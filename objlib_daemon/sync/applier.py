@@ -11,6 +11,12 @@ An upload has two halves so that a worker's slot is held only while bytes go
 up (sync/drain.py): `start` uploads and returns an `Indexing` for the store to
 finish, `finish` records the document and only then retires the old one
 (design.md invariant 1: upload first).
+
+A store that finishes imports inside `upload` (`Store.instant`, the embedded
+one) takes a batch of files at once (`upload_batch`): each file is looked at
+and decided alone (`prepare`), then the batch's intents are written in one
+transaction, its uploads made in one store transaction, and its record in one
+more, so a first sync does not pay several commits per file.
 """
 
 from __future__ import annotations
@@ -20,21 +26,23 @@ import io
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import Select, delete, insert, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from objlib_daemon.config import MetadataRule
-from objlib_daemon.enrichment.enricher import Enricher
+from objlib_daemon.enrichment.enricher import Enricher, EnrichmentResult
 from objlib_daemon.errors import VolumeUnavailable
 from objlib_daemon.library import paths
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.files import NotSettled, Snapshot, hash_file, read_file
 from objlib_daemon.library.metadata import enrichment_version
-from objlib_daemon.library.payload import Refused, payload
+from objlib_daemon.library.payload import Payload, Refused, payload
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
@@ -51,6 +59,7 @@ from objlib_daemon.state.models import (
     Orphan,
 )
 from objlib_daemon.stores.base import (
+    InstantStore,
     PermanentError,
     RemoteDocument,
     Store,
@@ -139,6 +148,47 @@ class Look:
     snap: Snapshot | None = None  # hashed (with its bytes when read for an upload)
 
 
+@dataclass(frozen=True)
+class Planned:
+    """An upload the planner decided and `prepare` read the bytes for, not yet made."""
+
+    path: str
+    snap: Snapshot
+    new: bool  # no live document before
+    gen: int
+
+
+@dataclass(frozen=True)
+class Known:
+    """What a batch read for its paths in one snapshot, instead of a read per file:
+    their rows, and the paths with an earlier upload still indexing (`_resume`)."""
+
+    rows: dict[str, Row]
+    waiting: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _Sending:
+    """A planned upload with its metadata and the bytes the store gets."""
+
+    planned: Planned
+    enrichment: EnrichmentResult
+    what: Payload
+
+
+# The `files` columns the planner reads (`Row`'s fields, in order): selected as a
+# tuple, not loaded as an ORM object, since every look of every file reads one.
+_ROW = (
+    File.state,
+    File.size,
+    File.mtime_ns,
+    File.sha256,
+    File.upload_sha256,
+    File.document,
+    File.enrichment_version,
+)
+
+
 def journal(
     session: Session,
     action: str,
@@ -146,17 +196,20 @@ def journal(
     document: str | None = None,
     detail: str | None = None,
 ) -> None:
-    session.add(
-        JournalEntry(at=time.time(), path=path, action=action, document=document, detail=detail)
-    )
+    session.add(JournalEntry(**entry(action, path, document, detail)))
 
 
-def row_of(f: File | None) -> Row | None:
-    if f is None:
-        return None
-    return Row(
-        f.state, f.size, f.mtime_ns, f.sha256, f.upload_sha256, f.document, f.enrichment_version
-    )
+def entry(
+    action: str, path: str | None, document: str | None = None, detail: str | None = None
+) -> dict[str, object]:
+    """A journal row's values, for writing many in one statement (`_record`)."""
+    return {
+        "at": time.time(),
+        "path": path,
+        "action": action,
+        "document": document,
+        "detail": detail,
+    }
 
 
 def observe(root: Path, path: str, eligibility: Eligibility) -> tuple[Disk, Path, str | None]:
@@ -165,18 +218,30 @@ def observe(root: Path, path: str, eligibility: Eligibility) -> tuple[Disk, Path
     An OSError other than "not there" is not absence: it raises Retry, so a
     flaky read never turns into a missing mark.
     """
-    disk_path = paths.resolve(root, path)
-    try:
-        st = os.stat(disk_path, follow_symlinks=False)
-    except (FileNotFoundError, NotADirectoryError):
-        return Disk(present=False), disk_path, None
-    except OSError as exc:
-        raise Retry(f"cannot stat: {exc.strerror}") from None
+    disk_path = root / path
+    st = _lstat(disk_path)
+    if st is None:  # not under this spelling: maybe under another normalisation
+        spelled = paths.resolve(root, path)
+        st = _lstat(spelled) if spelled != disk_path else None
+        disk_path = spelled
+        if st is None:
+            return Disk(present=False), disk_path, None
     if not stat.S_ISREG(st.st_mode):
         return Disk(present=False), disk_path, "not a regular file"
     problem = None if eligibility.path_ok(path) else "excluded by the include/exclude globs"
     problem = problem or eligibility.size_problem(st.st_size)
     return Disk(True, st.st_size, st.st_mtime_ns), disk_path, problem
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    """The path's own stat (a symlink's, not its target's), None when absent; a stat
+    of the path as spelled first, since `paths.resolve` costs a call more."""
+    try:
+        return os.stat(path, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise Retry(f"cannot stat: {exc.strerror}") from None
 
 
 class Applier:
@@ -208,6 +273,24 @@ class Applier:
 
     # --- looking (read-only: the dry run runs exactly this) ----------------------------
 
+    @property
+    def instant(self) -> bool:
+        """The store finishes imports inside `upload`: the drain batches (`upload_batch`)."""
+        return self.store is not None and self.store.instant
+
+    def known(self, of: Iterable[str]) -> Known:
+        """The rows of paths `of`, and those with an upload still indexing, in one read."""
+        keys = list(of)
+        with self.db.reading() as s:
+            found = s.execute(select(File.path, *_ROW).where(File.path.in_(keys)))
+            rows = {r[0]: Row(*r[1:]) for r in found}
+            waiting = frozenset(
+                s.scalars(
+                    select(Intent.path).where(Intent.path.in_(keys), Intent.operation.is_not(None))
+                )
+            )
+        return Known(rows, waiting)
+
     def look(
         self,
         path: str,
@@ -216,19 +299,23 @@ class Applier:
         keep_bytes: bool = False,
         disk: Disk | None = None,
         retry: bool = False,
+        known: Known | None = None,
     ) -> Look:
         """Observe, hash when the planner needs it, decide. Writes nothing.
 
         `keep_bytes` reads the content into memory (for an upload); else a
         candidate is only hashed. `disk`: what a forced scan already hashed.
         `retry`: a failed file is tried again even with the same content.
+        `known`: the row as a batch read it.
         """
-        with self.db.reading() as s:
-            row = row_of(s.get(File, path))
+        if known is not None:
+            row = known.rows.get(path)
+        else:
+            with self.db.reading() as s:
+                found = s.execute(select(*_ROW).where(File.path == path)).first()
+            row = Row(*found) if found is not None else None
         if disk is not None:
-            action = decide(
-                row, disk, force=force, enrichment_version=self.version, retry=retry
-            )
+            action = decide(row, disk, force=force, enrichment_version=self.version, retry=retry)
             return Look(row, disk, paths.resolve(self.lib.root, path), action)
         try:
             disk, disk_path, problem = observe(self.lib.root, path, self.lib.eligibility)
@@ -251,7 +338,29 @@ class Applier:
     ) -> Result | Indexing:
         """Apply what the planner decides for `path`; an upload returns its `Indexing`
         (or, when the store finished it at once, its final Result)."""
-        look = self.look(path, force=force, keep_bytes=True, retry=retry)
+        planned = self.prepare(path, force=force, gen=gen, retry=retry)
+        if not isinstance(planned, Planned):
+            return planned
+        ix = self._upload(planned)
+        if isinstance(ix, Result) or not ix.upload.document:
+            return ix
+        # Finished in the upload's own answer (an instant import): record it now, no poll.
+        doc = RemoteDocument(name=ix.upload.document, display_name=ix.upload.display_name)
+        return self.finish(ix, doc)
+
+    def prepare(
+        self,
+        path: str,
+        *,
+        force: bool = False,
+        gen: int = 0,
+        retry: bool = False,
+        known: Known | None = None,
+    ) -> Result | Indexing | Planned:
+        """Apply what the planner decides for `path`, except an upload: that is
+        returned `Planned` (bytes read) for `start` or `upload_batch`, or resumed
+        when an earlier upload of the same content is still indexing."""
+        look = self.look(path, force=force, keep_bytes=True, retry=retry, known=known)
         row, disk, action, snap = look.row, look.disk, look.action, look.snap
         hashed = snap is not None
         if look.problem:
@@ -276,16 +385,11 @@ class Applier:
             adopted = self._adopt_by_identity(path, disk)
             if adopted is not None:
                 return adopted
-        resumed = self._resume(path, snap.sha256, gen)
-        if resumed is not None:
-            return resumed
-        ix = self._upload(path, snap, new=action is Action.NEW, gen=gen)
-        if isinstance(ix, Result) or not ix.upload.document:
-            return ix
-        # Finished in the upload's own answer (the embedded store, or an instant
-        # import): record it now, no poll.
-        doc = RemoteDocument(name=ix.upload.document, display_name=ix.upload.display_name)
-        return self.finish(ix, doc)
+        if known is None or path in known.waiting:
+            resumed = self._resume(path, snap.sha256, gen)
+            if resumed is not None:
+                return resumed
+        return Planned(path, snap, action is Action.NEW, gen)
 
     def _adopt_by_identity(self, path: str, disk: Disk) -> Result | None:
         """Record the store's document of exactly this path and content instead of
@@ -419,75 +523,176 @@ class Applier:
 
     # --- uploading: start ------------------------------------------------------------
 
-    def _upload(self, path: str, snap: Snapshot, *, new: bool, gen: int) -> Indexing | Result:
+    def _upload(self, planned: Planned) -> Indexing | Result:
         """Intent, upload, and the operation recorded: the file is now indexing."""
-        assert self.store is not None and snap.data is not None
-        up = self.enricher.for_upload(path, snap.sha256, snap.data)  # path rules + AI
-        enr = up.enrichment
-        try:
-            what = payload(path, snap.data, enr, no_text=self.lib.no_text)
-        except Refused as exc:  # corrupt, encrypted, or no text and held back
-            disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
-            self._record_failure(path, disk, str(exc))
-            return Result(path, "failed", True, error=str(exc), note=str(exc))
+        sending = self._sending(planned)
+        if isinstance(sending, Result):
+            return sending
         with self.db.session() as s:
-            intent = Intent(
-                path=path,
-                sha256=snap.sha256,
-                started_at=self.clock(),
-                size=snap.size,
-                mtime_ns=snap.mtime_ns,
-                version=up.version,  # with AI metadata, or pending it
-                gen=gen,
-            )
-            s.add(intent)
+            [intent] = self._intents(s, [sending])
         try:
-            upload = self.store.upload(
-                io.BytesIO(what.body),
-                display_name=enr.display_name,
-                metadata=what.metadata,
-                mime_type=what.mime_type,
-                text=what.text,
-            )
-        except PermanentError as exc:
-            if isinstance(exc, StoreUnusable):
-                self.attempt_ended(intent.id)
-                raise  # not this file's fault: the drain stops and says so
-            # An import refused in the upload's own answer may have left a FAILED
-            # document: the intent stays for recovery to find and delete it.
-            self.attempt_ended(intent.id, lost=True)
-            disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
-            self._record_failure(path, disk, f"the store refused it: {exc}")
-            return Result(path, "failed", True, error=str(exc))
-        except BaseException:
-            # The intent stays: the import may have happened, and recovery
-            # adopts or removes whatever it left.
-            self.attempt_ended(intent.id)
+            answer = self._send(sending)
+        except BaseException:  # an interrupt: the intent stays, as after a crash
+            self.attempt_ended(intent)
             raise
+        upload = self._answered(sending, intent, answer)
+        if isinstance(upload, Result):
+            return upload
+        enr = sending.enrichment.enrichment
         if not upload.document:  # indexing: durably, so a restart resumes the wait
             with self.db.session() as s:
                 s.execute(
                     update(Intent)
-                    .where(Intent.id == intent.id)
+                    .where(Intent.id == intent)
                     .values(
                         operation=upload.operation,
                         display_name=upload.display_name or enr.display_name,
                         retried=int(upload.retried),
                     )
                 )
-                queue.indexing(s, queue.Claim(path, gen, 0, ""))
+                queue.indexing(s, queue.Claim(planned.path, planned.gen, 0, ""))
+        return self._indexing(sending, intent, upload)
+
+    def upload_batch(self, batch: list[Planned]) -> dict[str, Result | Exception]:
+        """Upload planned files to an instant store and record them, three
+        transactions for the whole batch instead of several per file.
+
+        Crash safety as for one file: every intent is written before any
+        upload, the store commits the batch's documents together (content
+        first), and the record (rows, journal, intents, and the queue rows
+        completed with the gen check of `queue.complete`) is one transaction;
+        superseded documents are retired after it. A file refused or failing
+        on its own gets its own outcome: a Result, or the exception its
+        upload raised (its intent ended) for the caller to handle as for one
+        file. If the store cannot commit the batch, every file's outcome is
+        that error. An error writing the record is raised: the intents stay,
+        and recovery adopts the documents the store holds.
+        """
+        store = cast(InstantStore, self.store)
+        out: dict[str, Result | Exception] = {}
+        sending: list[_Sending] = []
+        for planned in batch:
+            prepared = self._sending(planned)
+            if isinstance(prepared, Result):
+                out[planned.path] = prepared
+            else:
+                sending.append(prepared)
+        if not sending:
+            return out
+        with self.db.session() as s:
+            intents = self._intents(s, sending)
+        answers: list[Upload | Exception] = []
+        try:
+            # Only the uploads inside: the store is held for the batch's length.
+            with store.batch():
+                answers = [self._send(x) for x in sending]
+        except Exception as exc:  # none of the batch's documents exist
+            self.attempt_ended(*intents)
+            return out | {x.planned.path: exc for x in sending}
+        done: list[Indexing] = []
+        for x, intent, answer in zip(sending, intents, answers, strict=True):
+            try:
+                upload = self._answered(x, intent, answer)
+            except Exception as exc:
+                out[x.planned.path] = exc
+                continue
+            if isinstance(upload, Result):
+                out[x.planned.path] = upload
+            else:
+                done.append(self._indexing(x, intent, upload))
+        if not done:
+            return out
+        now = self.clock()
+        with self.db.session() as s:
+            recorded = self._record(s, [(ix, ix.upload.document or "") for ix in done], now)
+            self._close_intents(s, done, now)
+            queue.complete(s, [queue.Claim(ix.path, ix.gen, 0, "") for ix in done])
+        for ix, (old, moved_from) in zip(done, recorded, strict=True):
+            out[ix.path] = self._retire_after(ix, old, moved_from)
+        return out
+
+    def _sending(self, planned: Planned) -> _Sending | Result:
+        """Metadata (path rules + AI) and the bytes to send; a file that cannot be
+        sent as its format says (corrupt, encrypted, no text and held) is failed."""
+        snap = planned.snap
+        assert self.store is not None and snap.data is not None
+        up = self.enricher.for_upload(planned.path, snap.sha256, snap.data)
+        try:
+            what = payload(planned.path, snap.data, up.enrichment, no_text=self.lib.no_text)
+        except Refused as exc:
+            disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
+            self._record_failure(planned.path, disk, str(exc))
+            return Result(planned.path, "failed", True, error=str(exc), note=str(exc))
+        return _Sending(planned, up, what)
+
+    def _intents(self, s: Session, sendings: list[_Sending]) -> list[int]:
+        """Write the intents of these uploads, before any is made; their ids, in order."""
+        now = self.clock()
+        rows = [
+            {
+                "path": x.planned.path,
+                "sha256": x.planned.snap.sha256,
+                "started_at": now,
+                "size": x.planned.snap.size,
+                "mtime_ns": x.planned.snap.mtime_ns,
+                "version": x.enrichment.version,  # with AI metadata, or pending it
+                "gen": x.planned.gen,
+                "retried": 0,
+            }
+            for x in sendings
+        ]
+        ids = s.scalars(insert(Intent).returning(Intent.id, sort_by_parameter_order=True), rows)
+        return list(ids)
+
+    def _send(self, sending: _Sending) -> Upload | Exception:
+        """The store's answer to one upload: an Upload, or the error it raised."""
+        assert self.store is not None
+        what = sending.what
+        try:
+            return self.store.upload(
+                io.BytesIO(what.body),
+                display_name=sending.enrichment.enrichment.display_name,
+                metadata=what.metadata,
+                mime_type=what.mime_type,
+                text=what.text,
+            )
+        except Exception as exc:
+            return exc
+
+    def _answered(
+        self, sending: _Sending, intent: int, answer: Upload | Exception
+    ) -> Upload | Result:
+        """A refusal is recorded as the file's failure; any other error ends the
+        attempt and is raised (the intent stays: the import may have happened,
+        and recovery adopts or removes whatever it left)."""
+        if isinstance(answer, Upload):
+            return answer
+        if isinstance(answer, PermanentError) and not isinstance(answer, StoreUnusable):
+            # An import refused in the upload's own answer may have left a FAILED
+            # document: the intent stays for recovery to find and delete it.
+            self.attempt_ended(intent, lost=True)
+            path, snap = sending.planned.path, sending.planned.snap
+            disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
+            self._record_failure(path, disk, f"the store refused it: {answer}")
+            return Result(path, "failed", True, error=str(answer))
+        # A StoreUnusable is not this file's fault: the drain stops and says so.
+        self.attempt_ended(intent)
+        raise answer
+
+    def _indexing(self, sending: _Sending, intent: int, upload: Upload) -> Indexing:
+        planned, snap = sending.planned, sending.planned.snap
         return Indexing(
-            intent=intent.id,
-            path=path,
+            intent=intent,
+            path=planned.path,
             sha256=snap.sha256,
             size=snap.size,
             mtime_ns=snap.mtime_ns,
-            version=up.version,
-            gen=gen,
+            version=sending.enrichment.version,
+            gen=planned.gen,
             upload=upload,
-            new=new,
+            new=planned.new,
             started=self.clock(),
-            note=what.note,
+            note=sending.what.note,
         )
 
     def _resume(self, path: str, sha256: str, gen: int) -> Indexing | None:
@@ -554,15 +759,15 @@ class Applier:
             new=new,
         )
 
-    def attempt_ended(self, intent: int, *, lost: bool = False) -> None:
-        """Note when an attempt that leaves its intent behind ended (best effort);
-        `lost`: its operation is gone too, so only a listing can settle it."""
+    def attempt_ended(self, *intents: int, lost: bool = False) -> None:
+        """Note when attempts that leave their intents behind ended (best effort);
+        `lost`: their operation is gone too, so only a listing can settle them."""
         values: dict = {"ended_at": self.clock()}
         if lost:
             values |= {"operation": None, "document": None}
         try:
             with self.db.session() as s:
-                s.execute(update(Intent).where(Intent.id == intent).values(**values))
+                s.execute(update(Intent).where(Intent.id.in_(intents)).values(**values))
         except Exception as exc:  # unknown end: the intent waits as a crash's would
             log.warning("could not note the end of an upload attempt", error=repr(exc))
 
@@ -588,7 +793,16 @@ class Applier:
 
     def finish(self, ix: Indexing, doc: RemoteDocument) -> Result:
         """Record the finished upload, then retire what it supersedes (upload first)."""
-        old, moved_from = self._record_upload(ix, doc.name)
+        now = self.clock()
+        with self.db.session() as s:
+            [(old, moved_from)] = self._record(s, [(ix, doc.name)], now)
+            self._close_intents(s, [ix], now)
+        return self._retire_after(ix, old, moved_from)
+
+    def _retire_after(
+        self, ix: Indexing, old: str | None, moved_from: list[tuple[str, str]]
+    ) -> Result:
+        """The upload is recorded: retire what it superseded, look at the file again."""
         action = "new" if ix.new else "modified"
         result = Result(ix.path, action, True, uploaded=1, note=ix.note)
         if old:
@@ -601,42 +815,103 @@ class Applier:
         self._recheck(ix)
         return result
 
-    def _record_upload(
-        self, ix: Indexing, document: str
-    ) -> tuple[str | None, list[tuple[str, str]]]:
-        """Point the row at the new document; the old one, and those of rows this
-        file moved from, become orphans. One commit; returns them to retire.
+    def _record(
+        self, s: Session, uploads: list[tuple[Indexing, str]], now: float
+    ) -> list[tuple[str | None, list[tuple[str, str]]]]:
+        """Point each row at its new document (`uploads`: (upload, document)), in the
+        caller's transaction; the old one, and those of rows the file moved from,
+        become orphans. Returns them to retire, per upload.
 
-        The intent stays when the store had to repeat the upload: the failed
-        attempt may have landed too, and recovery removes that copy.
+        Rows and journal entries are written a statement for all (a first sync
+        records a batch of thousands of files); a row moved from is looked for
+        only for content some row already holds, one query for all to know.
         """
-        now = self.clock()
-        with self.db.session() as s:
-            moved_from = self._moved_from(s, ix.path, ix.sha256, now)
-            f = s.get(File, ix.path)
-            if f is None:
-                f = File(path=ix.path, created_at=now)
-                s.add(f)
-            old = f.document if f.document != document else None
-            was_new = f.document is None
-            f.size, f.mtime_ns, f.sha256 = ix.size, ix.mtime_ns, ix.sha256
-            f.upload_sha256, f.document, f.enrichment_version = ix.sha256, document, ix.version
-            f.state, f.missing_since, f.last_error, f.attempts = INDEXED, None, None, 0
-            f.updated_at = now
+        paths = [ix.path for ix, _ in uploads]
+        current = dict(
+            s.execute(select(File.path, File.document).where(File.path.in_(paths))).all()
+        )
+        held = set(
+            s.scalars(
+                select(File.upload_sha256).where(
+                    File.upload_sha256.in_({ix.sha256 for ix, _ in uploads}),
+                    File.document.is_not(None),
+                )
+            )
+        )
+        rows: list[dict[str, object]] = []
+        entries: list[dict[str, object]] = []
+        out: list[tuple[str | None, list[tuple[str, str]]]] = []
+        for ix, document in uploads:
+            moved_from: list[tuple[str, str]] = []
+            if ix.sha256 in held:  # rows of this batch first: one may be what moved
+                self._write_rows(s, rows, entries)
+                moved_from = self._moved_from(s, ix.path, ix.sha256, now)
+            held.add(ix.sha256)
+            previous = current.get(ix.path)
+            old = previous if previous != document else None
             if old:
                 s.merge(Orphan(document=old, path=ix.path, reason="superseded", created_at=now))
-            if ix.upload.retried:
-                s.execute(
-                    update(Intent)
-                    .where(Intent.id == ix.intent)
-                    .values(ended_at=now, operation=None, document=None)
-                )
-            else:
-                s.execute(delete(Intent).where(Intent.id == ix.intent))
-            journal(s, "uploaded" if was_new else "replaced", ix.path, document, ix.sha256)
+            rows.append(
+                {
+                    "path": ix.path,
+                    "size": ix.size,
+                    "mtime_ns": ix.mtime_ns,
+                    "sha256": ix.sha256,
+                    "upload_sha256": ix.sha256,
+                    "document": document,
+                    "enrichment_version": ix.version,
+                    "state": INDEXED,
+                    "missing_since": None,
+                    "last_error": None,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            action = "uploaded" if previous is None else "replaced"
+            entries.append(entry(action, ix.path, document, ix.sha256))
             if ix.note:  # `status` lists a live document noted so (sync/status.py)
-                journal(s, NOTED, ix.path, document, ix.note)
-        return old, moved_from
+                entries.append(entry(NOTED, ix.path, document, ix.note))
+            out.append((old, moved_from))
+        self._write_rows(s, rows, entries)
+        return out
+
+    @staticmethod
+    def _write_rows(s: Session, rows: list[dict], entries: list[dict]) -> None:
+        """Upsert the recorded `files` rows (a row keeps its created_at) and add
+        their journal entries; both lists are emptied."""
+        if rows:
+            stmt = sqlite_insert(File)
+            keep = {"path", "created_at"}
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[File.path],
+                set_={k: stmt.excluded[k] for k in rows[0] if k not in keep},
+            )
+            s.execute(stmt, rows)
+            rows.clear()
+        if entries:
+            s.execute(insert(JournalEntry), entries)
+            entries.clear()
+
+    @staticmethod
+    def _close_intents(s: Session, recorded: list[Indexing], now: float) -> None:
+        """The recorded uploads' intents are done, except when the store had to
+        repeat an upload: the failed attempt may have landed too, and recovery
+        removes that copy (the intent stays, ended)."""
+        retried = [ix.intent for ix in recorded if ix.upload.retried]
+        if retried:
+            s.execute(
+                update(Intent)
+                .where(Intent.id.in_(retried))
+                .values(ended_at=now, operation=None, document=None)
+            )
+        done = [ix.intent for ix in recorded if not ix.upload.retried]
+        if done:
+            s.execute(
+                delete(Intent)
+                .where(Intent.id.in_(done))
+                .execution_options(synchronize_session=False)
+            )
 
     def _recheck(self, ix: Indexing) -> None:
         """A file changed while it was uploaded or indexed is queued again at once,
@@ -650,9 +925,7 @@ class Applier:
             with self.db.session() as s:
                 queue.enqueue(s, [(ix.path, queue.EVENT)])
 
-    def _moved_from(
-        self, s: Session, path: str, sha256: str, now: float
-    ) -> list[tuple[str, str]]:
+    def _moved_from(self, s: Session, path: str, sha256: str, now: float) -> list[tuple[str, str]]:
         """Rows holding the same content at a path that is gone: the file moved here.
         Returns (old path, its document) for each.
 
