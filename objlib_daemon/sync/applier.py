@@ -583,7 +583,7 @@ class Applier:
             intents = self._intents(s, sending)
         answers: list[Upload | Exception] = []
         try:
-            # Only the uploads inside: the store is held for the batch's length.
+            # Only the uploads inside: their rows are held until the batch ends.
             with store.batch():
                 answers = [self._send(x) for x in sending]
         except Exception as exc:  # none of the batch's documents exist
