@@ -1,19 +1,17 @@
 """Why a file waits for its AI metadata: reasons, the pending version mark, the report.
 
-Light on purpose (no SDK import): `objlibd status` reads this from the
-database alone, and status is meant to answer in about 100 ms.
+Light on purpose (no SDK import, and SQLAlchemy only inside the queries):
+`objlibd status` renders `enrichment_line` with a daemon answering on its
+socket, and status is meant to answer in about 100 ms.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from objlib_daemon.enrichment import cache
-from objlib_daemon.state.models import INDEXED, File
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 # A file uploaded without its AI metadata records `<rules version>` + PENDING +
 # reason (enricher.py): status groups by it without knowing the config.
@@ -54,6 +52,10 @@ def waiting_versions(s: Session) -> dict[str, int]:
     Grouped on the covering index ix_files_enrichment (a handful of distinct
     versions) and filtered here: a LIKE '%...%' would scan the whole table.
     """
+    from sqlalchemy import func, select
+
+    from objlib_daemon.state.models import INDEXED, File
+
     rows = s.execute(
         select(File.enrichment_version, File.state, func.count()).group_by(
             File.enrichment_version, File.state
@@ -64,6 +66,8 @@ def waiting_versions(s: Session) -> dict[str, int]:
 
 def enrichment_status(db: Any, now: float | None = None) -> dict[str, Any]:
     """Files waiting for AI metadata by reason, and the tokens spent (no config needed)."""
+    from objlib_daemon.enrichment import cache
+
     now = time.time() if now is None else now
     with db.reading() as s:
         versions = waiting_versions(s)
