@@ -170,6 +170,10 @@ class Drain:
             # left by a run that died or could not write its outcome (a full disk).
             queue.reset_inflight(s, keep=[ix.path for ix in resumed])
         self.recovery.resolve_quietly(busy={ix.intent for ix in resumed})
+        # Superseded documents a killed run recorded but never deleted (a batch
+        # retires its orphans after its one record): delete the due ones now, not
+        # an hour later, so a restart converges. A failing delete stays recorded.
+        self.applier.cleanup_orphans()
         self.recovery.index_identities()
         heap: list[_Due] = []
         now = time.time()
