@@ -1,7 +1,17 @@
-"""Configuration: TOML file → frozen dataclasses with defaults and validation.
+"""Configuration: a TOML file → frozen dataclasses, every key defined once.
 
-One schema (`SCHEMA`) drives parsing, validation, the documentation test and
-`config.example.toml`, so a key cannot exist in one place and not the others.
+A key is one dataclass field below, written with `setting()`: its type, its
+default, the kind of TOML value it reads (`Kind`) and the checks its value
+must pass (`Check`). Reading and validating a file, `objlibd config show` and
+the documentation test (docs/configuration.md and config.example.toml must
+name every key with its default, and no other) all go through `settings()`,
+so a key cannot exist in one place and not the others.
+
+Why dataclasses and not pydantic (installed with google-genai): every
+command reads the config, `objlibd status` included, and importing pydantic
+and building the models costs over 100 ms; the messages here also say, in
+the key's own terms, what it expects and what it got.
+
 Lookup order for the file: `--config`, `$OBJLIBD_CONFIG`, the platform's user
 config dir. The state dir: `$OBJLIBD_STATE_DIR`, else `[paths] state_dir`, else
 the platform's user state dir.
@@ -13,19 +23,148 @@ import difflib
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import platformdirs
 
+from objlib_daemon.units import parse_duration, parse_size
+
 APP = "objlibd"
 
+
+class ConfigError(Exception):
+    """The configuration is missing or invalid; the message says how to fix it."""
+
+
+# --- how a key reads its TOML value ----------------------------------------------
+
+
+class Kind(NamedTuple):
+    """A kind of value: `read(value, config folder)` returns the setting's
+    value, or raises ValueError saying what was expected."""
+
+    name: str
+    read: Callable[[Any, Path | None], Any]
+
+
+def _kind(
+    name: str,
+    expected: str,
+    accepts: Callable[[Any], bool],
+    convert: Callable[[Any], Any] | None = None,
+) -> Kind:
+    """A kind that takes the values `accepts` passes, as `convert` makes them."""
+
+    def read(value: Any, _folder: Path | None) -> Any:
+        if not accepts(value):
+            raise ValueError(f"expected {expected}, got {value!r}")
+        return convert(value) if convert else value
+
+    return Kind(name, read)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _path(value: Any, folder: Path | None) -> Path:
+    """`~` expanded; relative to the config file's folder."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a path string, got {value!r}")
+    path = Path(value).expanduser()
+    return folder / path if folder is not None and not path.is_absolute() else path
+
+
+def _regex(value: Any, _folder: Path | None) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regex: {exc}") from None
+    return value
+
+
+def choice(*options: str) -> Kind:
+    return _kind("choice", "one of " + ", ".join(options), lambda v: v in options)
+
+
+INT = _kind("int", "an integer", lambda v: _is_number(v) and isinstance(v, int))
+FLOAT = _kind("float", "a number", _is_number, float)
+BOOL = _kind("bool", "true or false", lambda v: isinstance(v, bool))
+# true or false, or "auto" (decided where it is used); held as a string.
+AUTO_BOOL = _kind(
+    "auto-bool",
+    'true, false or "auto"',
+    lambda v: isinstance(v, bool) or v == "auto",
+    lambda v: v if v == "auto" else str(v).lower(),
+)
+STR = _kind("str", "a string", lambda v: isinstance(v, str))
+GLOBS = _kind(
+    "globs",
+    "a list of glob strings",
+    lambda v: isinstance(v, list) and all(isinstance(g, str) and g for g in v),
+    tuple,
+)
+STR_TABLE = _kind(
+    "table",
+    "a table of strings",
+    lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+    dict,
+)
+SIZE = Kind("size", lambda v, _folder: parse_size(v))
+DURATION = Kind("duration", lambda v, _folder: parse_duration(v))
+PATH = Kind("path", _path)
+REGEX = Kind("regex", _regex)
+
+
+class Check(NamedTuple):
+    """A rule a read value must pass; `problem` says what a failing one lacks."""
+
+    ok: Callable[[Any], Any]
+    problem: str
+
+
+# Zero waits and zero attempts turn a failing call or file into a hot loop
+# against the API; zero sizes, slots or tokens can do nothing.
+POSITIVE = Check(lambda v: v > 0, "must be greater than 0")
+NOT_NEGATIVE = Check(lambda v: v >= 0, "must not be negative")
+CEILING = Check(lambda v: v >= 0, "must not be negative (0: no ceiling)")
+
+
+def at_most(limit: int, why: str = "") -> Check:
+    return Check(lambda v: v <= limit, f"at most {limit}{why}")
+
+
+# A key without a default (a metadata rule's `pattern`).
+REQUIRED: Any = MISSING
+
+
+def setting(default: Any, kind: Kind, *checks: Check, was: str | None = None) -> Any:
+    """A config key: a dataclass field with its default, the kind of value it
+    reads, the checks the value must pass and the name it was once written
+    under (`was`, still read as this key, so an older config keeps working)."""
+    metadata = {"kind": kind, "checks": checks, "was": was}
+    if default is REQUIRED:
+        return field(metadata=metadata)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# --- the settings ------------------------------------------------------------------
+
+# The largest document the store accepts (docs/configuration.md, library.max_size;
+# the stores use this number too): a bigger file could never be uploaded.
+MAX_DOCUMENT_BYTES = 100 * 1000 * 1000
+# Uploads at once: each is a thread holding a file in memory.
+MAX_CONCURRENCY = 32
+
 DEFAULT_INCLUDE = ("**/*.txt", "**/*.md", "**/*.pdf", "**/*.html", "**/*.docx", "**/*.epub")
-# What to do with a document that has no extractable text (a scanned PDF):
-# upload it anyway (default) or hold it back; either way it is reported.
-NO_TEXT_CHOICES = ("upload", "hold")
-# OS litter and volume metadata seen on FAT/exFAT/HFS+ sticks (platform-notes.md).
+# OS litter and volume metadata seen on FAT/exFAT/HFS+ sticks.
 DEFAULT_EXCLUDE = (
     "**/.*",
     "**/._*",
@@ -42,104 +181,80 @@ DEFAULT_EXCLUDE = (
 )
 
 
-class ConfigError(Exception):
-    """The configuration is missing or invalid; the message says how to fix it."""
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: str | int | float) -> float:
-    """'7d', '6h', '90s', '15m', '2w' or a number of seconds → seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"duration must not be negative: {value!r}")
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 6h, 7d)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
-_SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
-
-
-def parse_size(value: str | int) -> int:
-    """'100MB', '1 KiB', '2.5M' or a number of bytes → bytes.
-
-    Why both bases: File Search states its limit in decimal MB while file
-    managers often show binary units, so `MB`/`M` are powers of 1000 and
-    `MiB`/`Mi` powers of 1024; a plain integer is bytes, as it always was.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"not a size: {value!r}")
-    if isinstance(value, int):
-        return value
-    match = _SIZE.match(value) if isinstance(value, str) else None
-    if not match or (match.group(3) and not match.group(2)):
-        raise ValueError(
-            f"not a size: {value!r} (use bytes as an integer, or e.g. 100MB, 512 KiB, 2.5M)"
-        )
-    number, prefix, binary = match.group(1), match.group(2).lower(), match.group(3)
-    return int(float(number) * (1024 if binary else 1000) ** _SIZE_POWERS[prefix])
-
-
 @dataclass(frozen=True)
 class MetadataRule:
-    """One enrichment rule: a regex over the relative path with named groups.
+    """One enrichment rule (`[[metadata.rules]]`): a regex over the relative path
+    with named groups.
 
     `fields` maps metadata keys to templates (`{group}` placeholders) and
     literal values; a rule matching with `stop = true` ends the rule list.
     """
 
-    pattern: str
-    fields: dict[str, str] = field(default_factory=dict)
-    stop: bool = False
+    pattern: str = setting(REQUIRED, REGEX)
+    fields: dict[str, str] = setting({}, STR_TABLE)
+    stop: bool = setting(False, BOOL)
 
 
 @dataclass(frozen=True)
 class LibraryConfig:
-    root: Path | None = None
-    include: tuple[str, ...] = DEFAULT_INCLUDE
-    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
-    min_size: int = 1024
-    max_size: int = 100 * 1000 * 1000
-    no_text: str = "upload"
+    root: Path | None = setting(None, PATH)
+    include: tuple[str, ...] = setting(
+        DEFAULT_INCLUDE,
+        GLOBS,
+        Check(len, "must list at least one glob (an empty list tracks nothing)"),
+    )
+    exclude: tuple[str, ...] = setting(DEFAULT_EXCLUDE, GLOBS)
+    min_size: int = setting(1024, SIZE, POSITIVE)
+    max_size: int = setting(
+        MAX_DOCUMENT_BYTES,
+        SIZE,
+        POSITIVE,
+        at_most(MAX_DOCUMENT_BYTES, " (the store's limit per document)"),
+    )
+    # What to do with a document that has no extractable text (a scanned PDF):
+    # upload it anyway or hold it back; either way it is reported.
+    no_text: str = setting("upload", choice("upload", "hold"))
 
 
 @dataclass(frozen=True)
 class StoreConfig:
-    backend: str = "local"
-    name: str = ""
-    base_url: str = ""
-    model: str = "gemini-2.5-flash"
-    # 0: no ceiling; the limiter finds the rate from the service's 429s.
-    max_requests_per_minute: int = 0
+    backend: str = setting("local", choice("local", "gemini"))
+    name: str = setting("", STR)
+    base_url: str = setting(
+        "",
+        STR,
+        Check(
+            lambda v: not v or re.match(r"^https?://[^/\s]+", v),
+            "expected an http(s) URL such as https://host:port",
+        ),
+    )
+    model: str = setting("gemini-2.5-flash", STR)
+    # 0: no ceiling; the limiter finds the rate from the service's 429s. The
+    # old name was a fixed rate; the number is now the ceiling pacing never exceeds.
+    max_requests_per_minute: int = setting(0, INT, CEILING, was="requests_per_minute")
     # See docs/configuration.md ("How fast objlibd talks to the store").
-    concurrency: int = 4
-    operation_timeout: float = 300.0
-    breaker_threshold: int = 5
-    breaker_cooldown: float = 60.0
-    retry_attempts: int = 5
-    retry_initial: float = 1.0
+    concurrency: int = setting(4, INT, POSITIVE, at_most(MAX_CONCURRENCY))
+    operation_timeout: float = setting(300.0, DURATION, POSITIVE)
+    breaker_threshold: int = setting(5, INT, POSITIVE)
+    breaker_cooldown: float = setting(60.0, DURATION, POSITIVE)
+    retry_attempts: int = setting(5, INT, POSITIVE)
+    retry_initial: float = setting(1.0, DURATION, POSITIVE)
 
 
 @dataclass(frozen=True)
 class SyncConfig:
-    max_missing_count: int = 50
-    max_missing_fraction: float = 0.5
-    prune_after: float = 7 * 86400.0
-    skip_enrichment: bool = False
-    retry_base: float = 30.0
-    retry_max: float = 6 * 3600.0
+    max_missing_count: int = setting(50, INT, NOT_NEGATIVE)
+    max_missing_fraction: float = setting(
+        0.5, FLOAT, Check(lambda v: 0 < v <= 1, "must be in (0, 1]")
+    )
+    prune_after: float = setting(7 * 86400.0, DURATION)
+    skip_enrichment: bool = setting(False, BOOL)
+    retry_base: float = setting(30.0, DURATION, POSITIVE)
+    retry_max: float = setting(6 * 3600.0, DURATION, POSITIVE)
     # A file the store refused (too large, unsupported, its import failed) is
     # tried again this long after, in case the cause was outside it: a limit
     # since raised, a service fault. Daily: one upload a day per such file.
-    retry_failed_after: float = 24 * 3600.0
+    retry_failed_after: float = setting(24 * 3600.0, DURATION, POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -147,56 +262,66 @@ class EnrichmentConfig:
     """AI metadata from a Gemini model (enrichment/): when, which model, what it may cost."""
 
     # "auto": on when the store backend is gemini and an API key is present.
-    enabled: str = "auto"
+    enabled: str = setting("auto", AUTO_BOOL)
     # A small fast model: one call per new content, a few hundred output tokens.
-    model: str = "gemini-2.5-flash-lite"
+    model: str = setting(
+        "gemini-2.5-flash-lite",
+        STR,
+        Check(lambda v: v.strip(), "name a model, e.g. gemini-2.5-flash-lite"),
+    )
     # Input cut per document (longer texts are sampled; enrichment/text.py).
-    max_input_tokens: int = 8000
+    max_input_tokens: int = setting(8000, INT, POSITIVE)
     # Model tokens (prompt + output) per UTC day; 0 = no limit. Reaching it
     # pauses enrichment, never the sync: files upload with path-rule metadata.
-    max_daily_tokens: int = 20_000_000
+    max_daily_tokens: int = setting(20_000_000, INT, CEILING)
     # 0: no ceiling; the adaptive limiter (stores/pacing.py) finds the rate.
-    max_requests_per_minute: int = 0
+    max_requests_per_minute: int = setting(0, INT, CEILING)
     # USD per million tokens, for the estimates of `sync --dry-run` and `status`
     # (gemini-2.5-flash-lite list prices; gemini-embedding-001 for indexing).
-    input_price: float = 0.10
-    output_price: float = 0.40
-    indexing_price: float = 0.15
+    input_price: float = setting(0.10, FLOAT, NOT_NEGATIVE)
+    output_price: float = setting(0.40, FLOAT, NOT_NEGATIVE)
+    indexing_price: float = setting(0.15, FLOAT, NOT_NEGATIVE)
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    settle_seconds: float = 2.0
-    reconcile_interval: float = 6 * 3600.0
-    orphan_sweep_interval: float = 3600.0
-    auto_prune: bool = False
-    audit_interval: float = 7 * 86400.0
-    audit_repair: bool = False
-    volume_check_interval: float = 5.0
-    shutdown_timeout: float = 60.0
+    settle_seconds: float = setting(2.0, DURATION)
+    reconcile_interval: float = setting(6 * 3600.0, DURATION)
+    orphan_sweep_interval: float = setting(3600.0, DURATION)
+    auto_prune: bool = setting(False, BOOL)
+    audit_interval: float = setting(7 * 86400.0, DURATION)
+    audit_repair: bool = setting(False, BOOL)
+    volume_check_interval: float = setting(5.0, DURATION, POSITIVE)
+    shutdown_timeout: float = setting(60.0, DURATION)
 
 
 @dataclass(frozen=True)
 class PathsConfig:
-    state_dir: Path | None = None
-    runtime_dir: Path | None = None
+    state_dir: Path | None = setting(None, PATH)
+    runtime_dir: Path | None = setting(None, PATH)
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str = "info"
-    format: str = "auto"
+    level: str = setting("info", choice("debug", "info", "warning", "error"))
+    format: str = setting("auto", choice("auto", "json", "console"))
+
+
+def _section(cls: type) -> Any:
+    """A `[section]` of the file, held as an instance of `cls`."""
+    return field(default_factory=cls, metadata={"section": True})
 
 
 @dataclass(frozen=True)
 class Config:
-    library: LibraryConfig = field(default_factory=LibraryConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
-    sync: SyncConfig = field(default_factory=SyncConfig)
-    enrichment: EnrichmentConfig = field(default_factory=EnrichmentConfig)
-    daemon: DaemonConfig = field(default_factory=DaemonConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    library: LibraryConfig = _section(LibraryConfig)
+    store: StoreConfig = _section(StoreConfig)
+    sync: SyncConfig = _section(SyncConfig)
+    enrichment: EnrichmentConfig = _section(EnrichmentConfig)
+    daemon: DaemonConfig = _section(DaemonConfig)
+    paths: PathsConfig = _section(PathsConfig)
+    logging: LoggingConfig = _section(LoggingConfig)
+    # `[[metadata.rules]]`; None: none configured (the built-in rules alone).
     metadata_rules: tuple[MetadataRule, ...] | None = None
     source: Path | None = None
 
@@ -231,232 +356,135 @@ class Config:
         return self.library.root
 
 
-# --- schema: section → key → (kind, validator) ----------------------------------
-
-# "int", "size" (bytes, units allowed), "float", "bool", "auto-bool", "str", "path",
-# "duration", "globs", "choice:a|b"
-_Kind = str
-
-SCHEMA: dict[str, dict[str, _Kind]] = {
-    "library": {
-        "root": "path",
-        "include": "globs",
-        "exclude": "globs",
-        "min_size": "size",
-        "max_size": "size",
-        "no_text": "choice:" + "|".join(NO_TEXT_CHOICES),
-    },
-    "store": {
-        "backend": "choice:local|gemini",
-        "name": "str",
-        "base_url": "str",
-        "model": "str",
-        "max_requests_per_minute": "int",
-        "concurrency": "int",
-        "operation_timeout": "duration",
-        "breaker_threshold": "int",
-        "breaker_cooldown": "duration",
-        "retry_attempts": "int",
-        "retry_initial": "duration",
-    },
-    "sync": {
-        "max_missing_count": "int",
-        "max_missing_fraction": "float",
-        "prune_after": "duration",
-        "skip_enrichment": "bool",
-        "retry_base": "duration",
-        "retry_max": "duration",
-        "retry_failed_after": "duration",
-    },
-    "enrichment": {
-        "enabled": "auto-bool",
-        "model": "str",
-        "max_input_tokens": "int",
-        "max_daily_tokens": "int",
-        "max_requests_per_minute": "int",
-        "input_price": "float",
-        "output_price": "float",
-        "indexing_price": "float",
-    },
-    "daemon": {
-        "settle_seconds": "duration",
-        "reconcile_interval": "duration",
-        "orphan_sweep_interval": "duration",
-        "auto_prune": "bool",
-        "audit_interval": "duration",
-        "audit_repair": "bool",
-        "volume_check_interval": "duration",
-        "shutdown_timeout": "duration",
-    },
-    "paths": {"state_dir": "path", "runtime_dir": "path"},
-    "logging": {"level": "choice:debug|info|warning|error", "format": "choice:auto|json|console"},
+# `[section]` → its dataclass, in the file's order.
+SECTIONS: dict[str, Any] = {
+    f.name: f.default_factory for f in fields(Config) if f.metadata.get("section")
 }
-# Old key names still accepted, each read as its new name, so a config written
-# for an older objlibd keeps working; they are not in SCHEMA (not documented
-# as keys, only as renamed). `requests_per_minute` was a fixed rate; pacing is
-# adaptive now, and the number is the ceiling it never exceeds.
-DEPRECATED_KEYS = {("store", "requests_per_minute"): "max_requests_per_minute"}
-# `[[metadata.rules]]` is a list of tables, validated separately.
-LIST_SECTIONS = {"metadata": {"rules": ("pattern", "fields", "stop")}}
-
-_SECTION_TYPES = {
-    "library": LibraryConfig,
-    "store": StoreConfig,
-    "sync": SyncConfig,
-    "enrichment": EnrichmentConfig,
-    "daemon": DaemonConfig,
-    "paths": PathsConfig,
-    "logging": LoggingConfig,
-}
-
-_POSITIVE = {
-    "min_size",
-    "max_size",
-    "concurrency",
-    "breaker_threshold",
-    "retry_attempts",
-    "volume_check_interval",
-    # Zero waits turn a failing call or file into a hot loop against the API.
-    "operation_timeout",
-    "breaker_cooldown",
-    "retry_initial",
-    "retry_base",
-    "retry_max",
-    "max_input_tokens",
-    "retry_failed_after",
-}
-# The largest document the store accepts (gemini-file-search.md, limits; the
-# stores use this number too): a bigger file could never be uploaded.
-MAX_DOCUMENT_BYTES = 100 * 1000 * 1000
-# Uploads at once: each is a thread holding a file in memory.
-MAX_CONCURRENCY = 32
+# The one list of tables: `[[metadata.rules]]`.
+RULES = "metadata.rules"
 
 
-def _coerce(where: str, kind: _Kind, value: Any, base: Path | None) -> Any:
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{where}: expected {expected}, got {value!r}")
+# --- reading ----------------------------------------------------------------------
 
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad("a number")
-        return float(value)
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if kind == "auto-bool":
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if value != "auto":
-            raise bad('true, false or "auto"')
-        return value
-    if kind == "str":
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    if kind == "path":
-        if not isinstance(value, str) or not value:
-            raise bad("a path string")
-        path = Path(value).expanduser()
-        if not path.is_absolute() and base is not None:
-            path = base / path
-        return path
-    if kind == "size":
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of a table, as its field defines it."""
+
+    table: str  # "store", or "metadata.rules[2]" while reading one rule
+    key: str
+    default: Any  # REQUIRED when it has none
+    kind: Kind
+    checks: tuple[Check, ...]
+    was: str | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.table}.{self.key}"
+
+    def read(self, value: Any, folder: Path | None = None) -> Any:
+        """`value` as written in the file → the setting's value, or a ConfigError
+        naming the key, what it expects and what it got."""
         try:
-            return parse_size(value)
+            result = self.kind.read(value, folder)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    if kind == "duration":
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    if kind == "globs":
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise bad("a list of glob strings")
-        return tuple(value)
-    if kind.startswith("choice:"):
-        choices = kind.removeprefix("choice:").split("|")
-        if value not in choices:
-            raise bad("one of " + ", ".join(choices))
-        return value
-    raise AssertionError(kind)
+            raise ConfigError(f"{self.name}: {exc}") from None
+        for check in self.checks:
+            if not check.ok(result):
+                raise ConfigError(f"{self.name}: {check.problem}, got {value!r}")
+        return result
 
 
-def _parse_rules(raw: Any) -> tuple[MetadataRule, ...]:
+def _settings(table: str, cls: Any) -> list[Setting]:
+    return [
+        Setting(
+            table,
+            f.name,
+            f.default if f.default_factory is MISSING else f.default_factory(),
+            **f.metadata,
+        )
+        for f in fields(cls)
+    ]
+
+
+def settings() -> list[Setting]:
+    """Every key the file may hold: each section's, then a metadata rule's."""
+    return [s for t, cls in [*SECTIONS.items(), (RULES, MetadataRule)] for s in _settings(t, cls)]
+
+
+def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
+    """Validate a parsed TOML document and build a `Config`."""
+    folder = source.parent if source else None
+    tables = [*SECTIONS, RULES.split(".")[0]]
+    unknown = set(data) - set(tables)
+    if unknown:
+        raise ConfigError(
+            f"unknown section(s) {', '.join(sorted(unknown))}"
+            + _did_you_mean(unknown, tables)
+            + "; valid: "
+            + ", ".join(sorted(tables))
+        )
+    sections = {
+        name: _read_table(f"[{name}]", _settings(name, cls), cls, data.get(name, {}), folder)
+        for name, cls in SECTIONS.items()
+    }
+    library = sections["library"]
+    if library.min_size > library.max_size:
+        raise ConfigError("library.min_size must not exceed library.max_size")
+    rules = _read_rules(data["metadata"], folder) if "metadata" in data else None
+    return Config(**sections, metadata_rules=rules, source=source)
+
+
+def _read_table(label: str, known: list[Setting], cls: Any, raw: Any, folder: Path | None) -> Any:
+    """One TOML table → `cls`, each key read by its setting; a key not
+    written keeps its default, an unknown one is an error with a guess."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label} must be a table")
+    raw = _renamed(raw, known)
+    keys = [s.key for s in known]
+    unknown = set(raw) - set(keys)
+    if unknown:
+        raise ConfigError(
+            f"{label}: unknown key(s) {', '.join(sorted(unknown))}"
+            + _did_you_mean(unknown, keys)
+            + f"; valid: {', '.join(keys)}"
+        )
+    values = {}
+    for s in known:
+        if s.key in raw:
+            values[s.key] = s.read(raw[s.key], folder)
+        elif s.default is REQUIRED:
+            raise ConfigError(f"{label}: `{s.key}` is required")
+    return cls(**values)
+
+
+def _read_rules(raw: Any, folder: Path | None) -> tuple[MetadataRule, ...]:
     if not isinstance(raw, dict) or set(raw) - {"rules"}:
         raise ConfigError("[metadata]: only `[[metadata.rules]]` tables are allowed")
     rules = raw.get("rules", [])
     if not isinstance(rules, list):
         raise ConfigError("[[metadata.rules]] must be a list of tables")
-    parsed = []
-    for i, rule in enumerate(rules):
-        where = f"metadata.rules[{i}]"
-        if not isinstance(rule, dict) or "pattern" not in rule:
-            raise ConfigError(f"{where}: each rule needs a `pattern`")
-        unknown = set(rule) - {"pattern", "fields", "stop"}
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-        try:
-            re.compile(rule["pattern"])
-        except (re.error, TypeError) as exc:
-            raise ConfigError(f"{where}.pattern: not a valid regex: {exc}") from None
-        fields_ = rule.get("fields", {})
-        if not isinstance(fields_, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in fields_.items()
-        ):
-            raise ConfigError(f"{where}.fields: expected a table of strings")
-        stop = rule.get("stop", False)
-        if not isinstance(stop, bool):
-            raise ConfigError(f"{where}.stop: expected true or false")
-        parsed.append(MetadataRule(pattern=rule["pattern"], fields=dict(fields_), stop=stop))
-    return tuple(parsed)
-
-
-def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
-    """Validate a parsed TOML document and build a `Config`."""
-    base = source.parent if source else None
-    unknown = set(data) - set(SCHEMA) - set(LIST_SECTIONS)
-    if unknown:
-        raise ConfigError(
-            f"unknown section(s) {', '.join(sorted(unknown))}"
-            + _did_you_mean(unknown, [*SCHEMA, *LIST_SECTIONS])
-            + "; valid: "
-            + ", ".join(sorted([*SCHEMA, *LIST_SECTIONS]))
+    return tuple(
+        _read_table(
+            f"{RULES}[{i}]", _settings(f"{RULES}[{i}]", MetadataRule), MetadataRule, rule, folder
         )
-    sections: dict[str, Any] = {}
-    for name, keys in SCHEMA.items():
-        raw = data.get(name, {})
-        if not isinstance(raw, dict):
-            raise ConfigError(f"[{name}] must be a table")
-        raw = _renamed(name, raw)
-        bad_keys = set(raw) - set(keys)
-        if bad_keys:
-            raise ConfigError(
-                f"[{name}]: unknown key(s) {', '.join(sorted(bad_keys))}"
-                + _did_you_mean(bad_keys, list(keys))
-                + f"; valid: {', '.join(keys)}"
-            )
-        values = {}
-        for key, value in raw.items():
-            coerced = _coerce(f"{name}.{key}", keys[key], value, base)
-            if key in _POSITIVE and coerced <= 0:
-                raise ConfigError(f"{name}.{key}: must be greater than 0, got {value!r}")
-            values[key] = coerced
-        sections[name] = replace(_SECTION_TYPES[name](), **values)
-    cfg = Config(**sections, source=source)
-    _check_values(cfg)
-    if "metadata" in data:
-        cfg = replace(cfg, metadata_rules=_parse_rules(data["metadata"]))
-    return cfg
+        for i, rule in enumerate(rules)
+    )
+
+
+def _renamed(raw: dict[str, Any], known: list[Setting]) -> dict[str, Any]:
+    """`raw` with keys written under an old name (`was`) read as their new name."""
+    for s in known:
+        if s.was is None or s.was not in raw:
+            continue
+        if s.key in raw:
+            raise ConfigError(f"{s.table}.{s.was} is the old name of {s.name}; set only one")
+        raw = {(s.key if key == s.was else key): value for key, value in raw.items()}
+    return raw
 
 
 def _did_you_mean(unknown: set[str], valid: list[str]) -> str:
-    """` (did you mean retry_base?)` for typos close to a valid name, else ``."""
+    """` (did you mean: retry_bse → retry_base?)` for typos close to a valid name, else ``."""
     guesses = [
         f"{bad} → {match[0]}"
         for bad in sorted(unknown)
@@ -471,77 +499,22 @@ def effective(path: Path) -> list[tuple[str, Any, str]]:
     For `objlibd config show`."""
     cfg = load(path)
     in_file = tomllib.loads(path.read_text(encoding="utf-8"))
-    rows: list[tuple[str, Any, str]] = []
-    for section, keys in SCHEMA.items():
-        written = _renamed(section, in_file.get(section, {}))
-        for key in keys:
-            value = getattr(getattr(cfg, section), key)
-            rows.append((f"{section}.{key}", value, "file" if key in written else "default"))
     overrides = {
         "paths.state_dir": ("OBJLIBD_STATE_DIR", cfg.state_dir),
         "paths.runtime_dir": ("OBJLIBD_RUNTIME_DIR", cfg.runtime_dir),
     }
-    for i, (key, _value, source) in enumerate(rows):
-        if key in overrides:
-            env, resolved = overrides[key]
-            rows[i] = (key, resolved, f"env {env}" if os.environ.get(env) else source)
+    rows: list[tuple[str, Any, str]] = []
+    for name, cls in SECTIONS.items():
+        known = _settings(name, cls)
+        written = _renamed(in_file.get(name, {}), known)
+        for s in known:
+            value = getattr(getattr(cfg, name), s.key)
+            source = "file" if s.key in written else "default"
+            if s.name in overrides:
+                env, value = overrides[s.name]
+                source = f"env {env}" if os.environ.get(env) else source
+            rows.append((s.name, value, source))
     return rows
-
-
-def _renamed(section: str, raw: dict[str, Any]) -> dict[str, Any]:
-    """`raw` with deprecated key names replaced by their new names."""
-    for (where, old), new in DEPRECATED_KEYS.items():
-        if where != section or old not in raw:
-            continue
-        if new in raw:
-            raise ConfigError(f"{section}.{old} is the old name of {section}.{new}; set only one")
-        raw = {(new if key == old else key): value for key, value in raw.items()}
-    return raw
-
-
-def _check_values(cfg: Config) -> None:
-    """Values of the right type that still cannot work, each named with its key."""
-    if not cfg.library.include:
-        raise ConfigError("library.include: an empty list tracks nothing; list at least one glob")
-    if cfg.library.max_size > MAX_DOCUMENT_BYTES:
-        raise ConfigError(
-            f"library.max_size: at most {MAX_DOCUMENT_BYTES} (the store's limit per document), "
-            f"got {cfg.library.max_size}"
-        )
-    if cfg.library.min_size > cfg.library.max_size:
-        raise ConfigError("library.min_size must not exceed library.max_size")
-    if cfg.store.max_requests_per_minute < 0:
-        raise ConfigError(
-            "store.max_requests_per_minute: must not be negative (0: no ceiling), "
-            f"got {cfg.store.max_requests_per_minute}"
-        )
-    if cfg.store.concurrency > MAX_CONCURRENCY:
-        raise ConfigError(
-            f"store.concurrency: at most {MAX_CONCURRENCY}, got {cfg.store.concurrency}"
-        )
-    url = cfg.store.base_url
-    if url and not re.match(r"^https?://[^/\s]+", url):
-        raise ConfigError(
-            f"store.base_url: expected an http(s) URL such as https://host:port, got {url!r}"
-        )
-    if cfg.sync.max_missing_count < 0:
-        raise ConfigError(
-            f"sync.max_missing_count: must not be negative, got {cfg.sync.max_missing_count}"
-        )
-    if not 0 < cfg.sync.max_missing_fraction <= 1:
-        raise ConfigError("sync.max_missing_fraction must be in (0, 1]")
-    enr = cfg.enrichment
-    for key in (
-        "max_daily_tokens",
-        "max_requests_per_minute",
-        "input_price",
-        "output_price",
-        "indexing_price",
-    ):
-        if getattr(enr, key) < 0:
-            raise ConfigError(f"enrichment.{key}: must not be negative, got {getattr(enr, key)}")
-    if not enr.model.strip():
-        raise ConfigError("enrichment.model: name a model, e.g. gemini-2.5-flash-lite")
 
 
 def default_config_path() -> Path:
@@ -584,13 +557,6 @@ def parse(text: str, path: Path) -> Config:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def schema_keys() -> list[str]:
-    """Every `section.key` the code accepts (the docs test checks each is documented)."""
-    keys = [f"{s}.{k}" for s, ks in SCHEMA.items() for k in ks]
-    keys += [f"{s}.{k}.{f}" for s, ls in LIST_SECTIONS.items() for k, fs in ls.items() for f in fs]
-    return keys
-
-
 # Every key with its default, commented out; shipped inside the package (and
 # linked from the repository's root) so the path `init` writes into a new
 # config exists on every install, not only in a source checkout.
@@ -613,11 +579,3 @@ def render_minimal(root: Path, backend: str, store_name: str) -> str:
 def _toml_str(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
-
-
-def dataclass_defaults() -> dict[str, dict[str, Any]]:
-    """Defaults per section, for docs and `doctor`."""
-    return {
-        name: {f.name: getattr(cls(), f.name) for f in fields(cls)}
-        for name, cls in _SECTION_TYPES.items()
-    }

@@ -500,13 +500,15 @@ def _toml(data: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _section_settings() -> list[config_module.Setting]:
+    return [s for s in config_module.settings() if s.table in config_module.SECTIONS]
+
+
 def _cases() -> list[tuple[str, Any]]:
     cases = []
-    for section, keys in config_module.SCHEMA.items():
-        for key, kind in keys.items():
-            name = f"{section}.{key}"
-            cases.append((name, WRONG_TYPE[kind.split(":")[0]]))
-            cases += [(name, v) for v in WRONG_VALUE.get(name, [])]
+    for setting in _section_settings():
+        cases.append((setting.name, WRONG_TYPE[setting.kind.name]))
+        cases += [(setting.name, v) for v in WRONG_VALUE.get(setting.name, [])]
     return cases
 
 
@@ -533,9 +535,14 @@ def test_each_config_key_with_a_wrong_type_or_value(h, key, value) -> None:
 
 
 def test_every_schema_key_has_a_wrong_type_case() -> None:
-    kinds = {kind.split(":")[0] for keys in config_module.SCHEMA.values() for kind in keys.values()}
-    assert kinds <= set(WRONG_TYPE)
-    assert set(WRONG_VALUE) <= set(config_module.schema_keys())
+    assert {s.kind.name for s in _section_settings()} <= set(WRONG_TYPE)
+    assert set(WRONG_VALUE) <= {s.name for s in _section_settings()}
+
+
+def test_every_default_passes_its_own_checks() -> None:
+    for setting in config_module.settings():
+        if setting.default not in (None, config_module.REQUIRED):
+            assert all(check.ok(setting.default) for check in setting.checks), setting.name
 
 
 def test_config_limits_match_the_store() -> None:

@@ -9,10 +9,11 @@ import sqlite3
 import pytest
 from harness import Harness, real_paths
 
-from objlib_daemon.config import LibraryConfig, parse_duration
+from objlib_daemon.config import LibraryConfig
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.scan import scan
 from objlib_daemon.state.db import SCHEMA_VERSION
+from objlib_daemon.units import parse_duration
 
 
 @pytest.fixture
@@ -60,10 +61,13 @@ def test_missing_and_invalid_config_exit_78_with_a_fix(lh):
 
 
 def test_durations():
+    """One parser for the config, `--older-than` and RetryInfo's "1.5s"."""
     assert parse_duration("7d") == 7 * 86400
     assert parse_duration("90s") == parse_duration(90) == 90
-    with pytest.raises(ValueError):
-        parse_duration("soon")
+    assert parse_duration("1.5s") == 1.5
+    for bad in ("soon", "-5s", -1, True, None):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
 
 
 def test_eligibility_globs_litter_and_size():

@@ -1,8 +1,10 @@
 """The docs cannot drift from the code: every config key is documented and in the example.
 
-config.SCHEMA is the single source (`schema_keys()`); docs/configuration.md
-must name each key as `section.key`, and config.example.toml must hold each
-one, commented out with its default. "Uncommenting" the example is defined
+The config's fields are the single source (`config.settings()`): each key's
+row in docs/configuration.md shows its default (the first `literal` in the
+default column, read as the key reads it; "none" or "required" for keys
+without one), config.example.toml holds each one commented out with its
+default, and neither names a key the code does not have. "Uncommenting" the example is defined
 here: a line `# key = value` or `# [section]` / `# [[metadata.rules]]` loses
 its `# `; prose comments never start with `word =` or `[`, so they stay.
 """
@@ -50,30 +52,59 @@ def example() -> dict:
     return tomllib.loads(uncomment(EXAMPLE.read_text(encoding="utf-8")))
 
 
-def test_every_key_is_documented() -> None:
-    text = CONFIG_DOC.read_text(encoding="utf-8")
-    missing = [k for k in config.schema_keys() if f"`{k}`" not in text]
-    assert not missing, f"docs/configuration.md lacks {missing}"
+# A row of a key table: | `section.key` | default | effect |
+KEY_ROW = re.compile(r"^\| `([a-z_.]+)` \| ([^|]+) \|", re.MULTILINE)
+
+
+def names() -> set[str]:
+    return {s.name for s in config.settings()}
+
+
+def test_every_key_is_documented_with_its_default() -> None:
+    rows = dict(KEY_ROW.findall(CONFIG_DOC.read_text(encoding="utf-8")))
+    wrong = [(s.name, rows.get(s.name)) for s in config.settings() if not shows_default(s, rows)]
+    assert not wrong, f"docs/configuration.md: rows missing or defaults wrong: {wrong}"
+
+
+def shows_default(setting: config.Setting, rows: dict[str, str]) -> bool:
+    cell = rows.get(setting.name)
+    if cell is None:
+        return False
+    if setting.default is config.REQUIRED:
+        return "required" in cell
+    if setting.default is None:
+        return cell.startswith("none")
+    literal = re.search(r"`([^`]+)`", cell)
+    if not literal:
+        return False
+    return setting.read(tomllib.loads(f"v = {literal[1]}")["v"]) == setting.default
+
+
+def test_the_default_check_sees_a_wrong_default() -> None:
+    """The row check reads what the docs say (else the test above passes vacuously)."""
+    retry_max = next(s for s in config.settings() if s.name == "sync.retry_max")
+    assert shows_default(retry_max, {"sync.retry_max": '`"6h"`'})
+    assert not shows_default(retry_max, {"sync.retry_max": '`"5h"`'})
+    assert not shows_default(retry_max, {"sync.retry_max": "six hours"})
+    assert not shows_default(retry_max, {})
 
 
 def test_no_documented_key_is_unknown() -> None:
     """A key removed from the code must leave the docs too."""
     text = CONFIG_DOC.read_text(encoding="utf-8")
-    sections = "|".join([*config.SCHEMA, *config.LIST_SECTIONS])
-    named = set(re.findall(rf"`((?:{sections})\.[a-z_.]+)`", text))
-    assert named <= set(config.schema_keys()), named - set(config.schema_keys())
+    tables = "|".join({name.split(".")[0] for name in names()})
+    named = set(re.findall(rf"`((?:{tables})\.[a-z_.]+)`", text))
+    assert named <= names(), named - names()
 
 
 def test_every_key_is_in_the_example(example: dict) -> None:
-    assert flatten(example) == set(config.schema_keys())
+    assert flatten(example) == names()
 
 
 def test_example_parses_as_shipped() -> None:
     """Everything commented out: the file loads and every value is the default."""
     cfg = config.load(EXAMPLE)
-    assert cfg.library == config.LibraryConfig()
-    assert cfg.store == config.StoreConfig()
-    assert cfg.metadata_rules is None
+    assert cfg == config.Config(source=EXAMPLE.resolve())
 
 
 def test_example_validates_uncommented(example: dict, tmp_path: Path) -> None:
@@ -87,11 +118,10 @@ def test_example_validates_uncommented(example: dict, tmp_path: Path) -> None:
 def test_example_values_are_the_defaults(example: dict) -> None:
     """`# key = value` shows the default (keys whose default is "none" show a sample)."""
     cfg = config.from_dict(example)
-    for section, defaults in config.dataclass_defaults().items():
-        for key, default in defaults.items():
-            if default is None:
-                continue
-            assert getattr(getattr(cfg, section), key) == default, f"{section}.{key}"
+    for setting in config.settings():
+        if setting.table in config.SECTIONS and setting.default is not None:
+            value = getattr(getattr(cfg, setting.table), setting.key)
+            assert value == setting.default, setting.name
 
 
 def test_example_metadata_rule_works(example: dict) -> None:

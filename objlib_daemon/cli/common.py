@@ -14,8 +14,9 @@ from typing import Any
 
 import click
 
-from objlib_daemon.config import Config, load, parse_duration, resolve_config_path
+from objlib_daemon.config import Config, load, resolve_config_path
 from objlib_daemon.timefmt import utc_iso
+from objlib_daemon.units import parse_duration
 
 
 class State:

@@ -10,12 +10,12 @@ import click
 
 from objlib_daemon.cli.common import State, duration, emit, interruptible, summary_line
 from objlib_daemon.cli.progress import for_terminal
-from objlib_daemon.config import parse_duration
 from objlib_daemon.enrichment.cost import estimate
 from objlib_daemon.enrichment.pending import enrichment_line, enrichment_status
 from objlib_daemon.errors import INTERRUPTED, SOME_FAILED
 from objlib_daemon.state import queue
 from objlib_daemon.state.lock import library_lock
+from objlib_daemon.units import parse_duration
 from objlib_daemon.workspace import open_workspace
 
 SUMMARY_KEYS = [

@@ -16,6 +16,7 @@ printed by a caller cannot resurrect the original text either.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -36,6 +37,7 @@ from objlib_daemon.stores.base import (
     StoreError,
     TransientError,
 )
+from objlib_daemon.units import parse_duration
 
 try:  # The SDK's transport: httpx2 in google-genai 3.4, httpx in older releases.
     import httpx2 as _httpx2
@@ -113,28 +115,13 @@ def _detail_list(exc: genai_errors.APIError) -> list[dict[str, Any]]:
     return [d for d in details if isinstance(d, dict)]
 
 
-def parse_duration(value: Any) -> float | None:
-    """A protobuf Duration as JSON ("1.5s") or as {"seconds", "nanos"} → seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return max(0.0, float(value))
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)s?\s*", value)
-        return float(match.group(1)) if match else None
-    if isinstance(value, dict):
-        try:
-            return max(0.0, float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9)
-        except (TypeError, ValueError):
-            return None
-    return None
-
-
 def retry_delay(exc: genai_errors.APIError) -> float | None:
     """The server's advice on when to retry: `RetryInfo.retryDelay`, else `Retry-After`."""
     for detail in _detail_list(exc):
         if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
-            delay = parse_duration(detail.get("retryDelay", detail.get("retry_delay")))
-            if delay is not None:
-                return delay
+            # A protobuf Duration in its JSON form ("1.5s"); a malformed one is no advice.
+            with contextlib.suppress(ValueError):
+                return parse_duration(detail.get("retryDelay"))
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
     if headers is not None:
@@ -142,11 +129,9 @@ def retry_delay(exc: genai_errors.APIError) -> float | None:
             value = headers.get("retry-after")
         except Exception:  # a foreign response type; the advice is optional
             value = None
-        if value:
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None
+        if value:  # seconds; the HTTP-date form is no advice here
+            with contextlib.suppress(ValueError):
+                return parse_duration(value)
     return None
 
 
