@@ -4,8 +4,9 @@ A key is one dataclass field below, written with `setting()`: its type, its
 default, the kind of TOML value it reads (`Kind`) and the checks its value
 must pass (`Check`). Reading and validating a file, `objlibd config show` and
 the documentation test (docs/configuration.md and config.example.toml must
-name every key with its default, and no other) all go through `settings()`,
-so a key cannot exist in one place and not the others.
+name every key with its default, and no other; tests/test_docs.py) all read
+the fields, so a key cannot exist in one place and not the others. Adding a
+key: a field here, a row in docs/configuration.md, a line in the example.
 
 Why dataclasses and not pydantic (installed with google-genai): every
 command reads the config, `objlibd status` included, and importing pydantic
@@ -132,7 +133,7 @@ class Check(NamedTuple):
 # against the API; zero sizes, slots or tokens can do nothing.
 POSITIVE = Check(lambda v: v > 0, "must be greater than 0")
 NOT_NEGATIVE = Check(lambda v: v >= 0, "must not be negative")
-CEILING = Check(lambda v: v >= 0, "must not be negative (0: no ceiling)")
+CEILING = Check(NOT_NEGATIVE.ok, "must not be negative (0: no ceiling)")
 
 
 def at_most(limit: int, why: str = "") -> Check:
