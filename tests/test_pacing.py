@@ -1,4 +1,5 @@
-"""The adaptive (AIMD) rate limiter, on an injected clock: no real sleeping.
+"""The adaptive (AIMD) rate limiter, on an injected clock: no real sleeping; the
+server's advice on when to retry (RetryInfo, Retry-After), read from the SDK's errors.
 
 And, against the emulator through the real SDK, that 429s slow the limiter
 down without opening the circuit breaker.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import threading
 
+import httpx2
 import pytest
 from emulator import Fault, GeminiEmulator
+from google.genai import errors as genai_errors
 
 from objlib_daemon.config import StoreConfig
 from objlib_daemon.stores import pacing
@@ -90,6 +93,32 @@ def test_retry_info_holds_every_request_until_it_has_passed():
     lim.acquire()
     assert clock.now >= held_from + 7.0
     assert clock.waits[-2] == pytest.approx(7.0)
+
+
+def _rate_limited(retry_delay: object = None, retry_after: str | None = None) -> Exception:
+    """A 429 as the SDK raises it: RetryInfo in the body, Retry-After as a header."""
+    details = (
+        []
+        if retry_delay is None
+        else [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}]
+    )
+    headers = {} if retry_after is None else {"retry-after": retry_after}
+    body = {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": details}}
+    return genai_errors.ClientError(429, body, httpx2.Response(429, headers=headers))
+
+
+@pytest.mark.parametrize(
+    ("retry_delay", "retry_after", "advice"),
+    [
+        ("1.5s", "30", 1.5),  # RetryInfo first, in its JSON form
+        ("soon", "30", 30.0),  # a malformed RetryInfo is no advice
+        (None, "7", 7.0),
+        (None, "Wed, 21 Oct 2026 07:28:00 GMT", None),  # the date form is not read
+        (None, None, None),
+    ],
+)
+def test_the_server_s_advice_on_when_to_retry(retry_delay, retry_after, advice):
+    assert pacing.retry_delay(_rate_limited(retry_delay, retry_after)) == advice
 
 
 def test_never_above_the_ceiling_and_it_starts_there():
