@@ -397,6 +397,7 @@ class Setting:
 
 
 def _settings(table: str, cls: Any) -> list[Setting]:
+    """The keys of `table`, from the fields of `cls`."""
     return [
         Setting(
             table,
@@ -416,7 +417,7 @@ def settings() -> list[Setting]:
 def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
     """Validate a parsed TOML document and build a `Config`."""
     folder = source.parent if source else None
-    tables = [*SECTIONS, RULES.split(".")[0]]
+    tables = [*SECTIONS, "metadata"]
     unknown = set(data) - set(tables)
     if unknown:
         raise ConfigError(
@@ -426,8 +427,7 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
             + ", ".join(sorted(tables))
         )
     sections = {
-        name: _read_table(f"[{name}]", _settings(name, cls), cls, data.get(name, {}), folder)
-        for name, cls in SECTIONS.items()
+        name: _read_table(cls, name, data.get(name, {}), folder) for name, cls in SECTIONS.items()
     }
     library = sections["library"]
     if library.min_size > library.max_size:
@@ -436,9 +436,11 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
     return Config(**sections, metadata_rules=rules, source=source)
 
 
-def _read_table(label: str, known: list[Setting], cls: Any, raw: Any, folder: Path | None) -> Any:
-    """One TOML table → `cls`, each key read by its setting; a key not
+def _read_table(cls: Any, table: str, raw: Any, folder: Path | None) -> Any:
+    """TOML table `table` → `cls`, each key read by its setting; a key not
     written keeps its default, an unknown one is an error with a guess."""
+    label = f"[{table}]" if table in SECTIONS else table
+    known = _settings(table, cls)
     if not isinstance(raw, dict):
         raise ConfigError(f"{label} must be a table")
     raw = _renamed(raw, known)
@@ -466,10 +468,7 @@ def _read_rules(raw: Any, folder: Path | None) -> tuple[MetadataRule, ...]:
     if not isinstance(rules, list):
         raise ConfigError("[[metadata.rules]] must be a list of tables")
     return tuple(
-        _read_table(
-            f"{RULES}[{i}]", _settings(f"{RULES}[{i}]", MetadataRule), MetadataRule, rule, folder
-        )
-        for i, rule in enumerate(rules)
+        _read_table(MetadataRule, f"{RULES}[{i}]", rule, folder) for i, rule in enumerate(rules)
     )
 
 
