@@ -158,14 +158,14 @@ def setting(default: Any, kind: Kind, *checks: Check, was: str | None = None) ->
 
 # --- the settings ------------------------------------------------------------------
 
-# The largest document the store accepts (docs/configuration.md, library.max_size;
+# The largest document the store accepts (docs/gemini-file-search.md, limits;
 # the stores use this number too): a bigger file could never be uploaded.
 MAX_DOCUMENT_BYTES = 100 * 1000 * 1000
 # Uploads at once: each is a thread holding a file in memory.
 MAX_CONCURRENCY = 32
 
 DEFAULT_INCLUDE = ("**/*.txt", "**/*.md", "**/*.pdf", "**/*.html", "**/*.docx", "**/*.epub")
-# OS litter and volume metadata seen on FAT/exFAT/HFS+ sticks.
+# OS litter and volume metadata seen on FAT/exFAT/HFS+ sticks (docs/platform-notes.md).
 DEFAULT_EXCLUDE = (
     "**/.*",
     "**/._*",
