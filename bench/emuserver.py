@@ -6,6 +6,7 @@ to objlibd. Commands (one JSON object per line, one answer per line):
 
     {"op": "create_store", "name": "x"}          -> {"store": "fileSearchStores/..."}
     {"op": "latency", "seconds": 0.1}            -> every request waits that long (0: off)
+    {"op": "generation", "seconds": 2}           -> a structured answer takes that much longer
     {"op": "throttle", "rate": 20}               -> 429 + RetryInfo above 20 requests/s (0: off)
     {"op": "clear"}                              -> empty the request log
     {"op": "log"}                                -> {"requests": [[method, path, phase], ...]}
@@ -38,6 +39,8 @@ def main() -> None:
             answer["store"] = emu.create_store(msg["name"])
         elif op == "latency":
             emu.request_latency = float(msg["seconds"])
+        elif op == "generation":
+            emu.generation_latency = float(msg["seconds"])
         elif op == "throttle":
             emu.rate_limit = float(msg["rate"]) or None
         elif op == "clear":

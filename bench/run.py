@@ -3,7 +3,7 @@
     python bench/run.py                 # full run (make bench): minutes, see docs/benchmarks.md
     python bench/run.py --quick         # every benchmark at small sizes, < 1 min (make bench-quick)
     python bench/run.py --only 1,2      # a subset: 1-2 walk/hash, 3/6/7/8 daemon, 4/5/9 emulator,
-                                        #   10-12 the pipeline at realistic indexing (issue 11)
+                                        #   10-13 the pipeline at realistic indexing (issue 11)
 
 Every number is a median of several runs, reported as a ratio to a baseline
 measured in the same run. The quick mode asserts only correctness (nothing
@@ -33,7 +33,7 @@ GROUPS = {
     "api": {"4", "5"},
     "daemon": {"3", "6", "7", "8"},
     "pacing": {"9"},
-    "pipeline": {"10", "11", "12"},
+    "pipeline": {"10", "11", "12", "13"},
 }
 BEGIN = "<!-- bench:results:begin -->"
 END = "<!-- bench:results:end -->"

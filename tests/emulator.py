@@ -32,7 +32,8 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -717,6 +718,7 @@ class GeminiEmulator:
         seed: int | None = None,
         request_latency: float = 0.0,
         rate_limit: float | None = None,
+        generation_latency: float = 0.0,
     ) -> None:
         """
         api_key: the one key accepted on JSON calls.
@@ -746,6 +748,9 @@ class GeminiEmulator:
             a short burst passes. Upload byte requests (to an upload session
             URL, with no key) are not API calls and are not counted. None = no
             limit.
+        generation_latency: real seconds a structured-output generateContent
+            (AI enrichment's question) takes beyond `request_latency`: the
+            model reading a document and writing its answer, seconds for real.
         """
         self.api_key = api_key
         self._clock = clock
@@ -760,6 +765,11 @@ class GeminiEmulator:
         self.hang_on_leading_space = hang_on_leading_space
         self.request_latency = request_latency
         self.rate_limit = rate_limit
+        self.generation_latency = generation_latency
+        # Requests being handled at once, by kind ("upload", "generate", ...), and
+        # the most seen: how many the client really had in flight.
+        self._in_flight: Counter[str] = Counter()
+        self.peak_in_flight: Counter[str] = Counter()
         self._tokens: float | None = None  # rate-limit bucket; None: full
         self._tokens_at = 0.0
         self._rng = random.Random(seed)
@@ -956,6 +966,7 @@ class GeminiEmulator:
     def clear_log(self) -> None:
         with self._lock:
             self._log.clear()
+            self.peak_in_flight.clear()
 
     def add_fault(self, fault: Fault) -> Fault:
         with self._lock:
@@ -1192,28 +1203,41 @@ class GeminiEmulator:
             else:
                 self._describe(ctx, rest)
         record.phase = ctx.phase
-        self._sleep(self.request_latency)
-        if not (is_upload and "upload_id" in query):
-            self._take_rate_token(record)
+        with self._counted(ctx.kind):
+            self._sleep(self.request_latency)
+            if not (is_upload and "upload_id" in query):
+                self._take_rate_token(record)
 
-        terminal, latencies, flags = self._match_faults(ctx)
-        for f in latencies:
-            self._sleep(f.latency)
-        if terminal is not None:
-            record.fault = terminal.kind
-            reply = self._fault_reply(terminal, ctx, session, headers, body, flags)
-            if reply is not None:
-                return reply
-        elif flags:
-            record.fault = ",".join(f.kind for f in flags)
+            terminal, latencies, flags = self._match_faults(ctx)
+            for f in latencies:
+                self._sleep(f.latency)
+            if terminal is not None:
+                record.fault = terminal.kind
+                reply = self._fault_reply(terminal, ctx, session, headers, body, flags)
+                if reply is not None:
+                    return reply
+            elif flags:
+                record.fault = ",".join(f.kind for f in flags)
 
-        if is_upload and "upload_id" in query:
-            return self._upload_bytes(query["upload_id"], session, headers, body, ctx, flags)
+            if is_upload and "upload_id" in query:
+                return self._upload_bytes(query["upload_id"], session, headers, body, ctx, flags)
 
-        self._check_key(headers, query)
-        if is_upload:
-            return self._upload_start(version, rest, headers, payload, flags)
-        return self._route(method, rest, query, payload, flags)
+            self._check_key(headers, query)
+            if is_upload:
+                return self._upload_start(version, rest, headers, payload, flags)
+            return self._route(method, rest, query, payload, flags)
+
+    @contextlib.contextmanager
+    def _counted(self, kind: str) -> Iterator[None]:
+        """Count requests of `kind` being handled at once (`peak_in_flight`)."""
+        with self._lock:
+            self._in_flight[kind] += 1
+            self.peak_in_flight[kind] = max(self.peak_in_flight[kind], self._in_flight[kind])
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[kind] -= 1
 
     def _take_rate_token(self, record: RequestRecord) -> None:
         """Spend one request of `rate_limit`, or raise the real API's 429."""
@@ -1712,6 +1736,7 @@ class GeminiEmulator:
                     "* GenerateContentRequest.generation_config.response_mime_type: "
                     "response_schema requires response_mime_type to be application/json",
                 )
+            self._sleep(self.generation_latency)
             return self._structured(model, question, schema, flags)
         stores, top_k, predicate = self._file_search_tool(payload.get("tools"))
         hits: list[tuple[_Doc, str]] = []

@@ -144,6 +144,26 @@ def test_retry_info_holds_the_model_not_the_uploads(g):
     g.converged()
 
 
+def test_the_model_is_asked_ahead_while_uploads_keep_their_bound(emulator, tmp_path):
+    """A model answer takes seconds: more files wait for it at once than
+    `[store] concurrency`, and never more than that many send bytes at once."""
+    # At the model pacing's starting rate (2/s) answers of 1.5 s overlap by three.
+    emulator.generation_latency = 1.5
+    h = Harness(tmp_path, "gemini", emulator)
+    h.env["GEMINI_API_KEY"] = emulator.api_key
+    assert h.init().exit_code == 0
+    config = h.config_path.read_text()
+    h.config_path.write_text(config.replace("[store]\n", "[store]\nconcurrency = 2\n", 1))
+    for i in range(12):
+        h.write(f"Notes/note {i:02d}.txt", f"Note {i} on the law of identity. ".encode() * 40)
+    summary = h.sync()
+    assert summary["uploaded"] == 12 and summary["enrichment"]["waiting"] == 0
+    assert generate_calls(h) == 12
+    assert emulator.peak_in_flight["generate"] > 2, emulator.peak_in_flight
+    assert emulator.peak_in_flight["upload"] <= 2, emulator.peak_in_flight
+    assert all(set(doc.metadata) >= AI_KEYS for (doc,) in h.docs_by_path().values())
+
+
 @pytest.mark.parametrize(
     ("kind", "reason", "words"),
     [

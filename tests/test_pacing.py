@@ -8,6 +8,7 @@ down without opening the circuit breaker.
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx2
 import pytest
@@ -147,23 +148,47 @@ def test_no_increase_while_the_rate_is_not_what_holds_requests_back():
     assert lim.rate == 2.0
 
 
-def test_threads_get_distinct_evenly_spaced_slots():
-    clock = Clock()
-    lim = limiter(clock)
-    delays: list[float] = []
+def test_threads_waiting_together_are_sent_one_interval_apart():
+    lim = AdaptiveLimiter(ceiling_per_minute=1200)  # 20/s, the real clock
+    sent: list[float] = []
     lock = threading.Lock()
 
     def take() -> None:
-        delay, _ticket = lim.reserve()
+        lim.acquire()
         with lock:
-            delays.append(delay)
+            sent.append(time.monotonic())
 
-    threads = [threading.Thread(target=take) for _ in range(20)]
+    threads = [threading.Thread(target=take) for _ in range(10)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(delays) == [0.5 * i for i in range(20)]
+    sent.sort()
+    assert len(sent) == 10
+    assert min(b - a for a, b in zip(sent, sent[1:], strict=False)) >= 0.05 - 0.005  # timer slack
+
+
+def test_a_rate_raised_while_requests_wait_applies_to_them():
+    lim = AdaptiveLimiter()  # from the starting 2/s: four waiters would take 2 s
+    ticket = lim.acquire()
+    done: list[float] = []
+    started = time.monotonic()
+    threads = [
+        threading.Thread(target=lambda: (lim.acquire(), done.append(time.monotonic())))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    # Successes while requests wait: slow start raises the rate (once a thread
+    # waits, which nothing announces: hence the short naps).
+    while lim.rate < 10 and time.monotonic() - started < 0.4:
+        lim.succeeded(ticket)
+        time.sleep(0.001)
+    assert lim.rate >= 10
+    for t in threads:
+        t.join()
+    # The first waiter keeps the slot it saw (0.5 s); the rest follow at 1/10 s.
+    assert max(done) - started < 0.5 + 3 * 0.1 + 0.5  # booked ahead at 2/s: 2.0 s
 
 
 def test_429s_slow_the_store_down_without_opening_the_breaker():

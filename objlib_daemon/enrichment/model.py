@@ -36,13 +36,29 @@ class _SkippingLimiter(AdaptiveLimiter):
 
     AdaptiveLimiter holds every later request until the RetryInfo delay has
     passed, sleeping in the caller; here the caller is an upload worker, so
-    the delay is noted in `hold_until` instead and `analyse` asks nothing
-    until then: uploads go on without AI metadata (the sweep catches up).
+    the delay is noted in `hold_until` instead and nothing is asked until
+    then: uploads go on without AI metadata (the sweep catches up). A request
+    already waiting for its send slot when the 429 came is not sent either.
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.hold_until = 0.0  # time.monotonic()
+
+    def acquire(self) -> int:
+        self.check_hold()
+        ticket = super().acquire()
+        self.check_hold()
+        return ticket
+
+    def check_hold(self) -> None:
+        held = self.hold_until - time.monotonic()
+        if held > 0:
+            raise EnrichmentFailed(
+                "rate_limited",
+                f"the model service asked to wait {held:.0f}s more (RetryInfo)",
+                retry_after=held,
+            )
 
     def throttled(self, ticket: int, retry_after: float | None) -> None:
         if retry_after:
@@ -82,13 +98,6 @@ class GeminiAnalyst:
 
     def analyse(self, text: str) -> tuple[Analysis, Usage]:
         """One structured-output request; raises EnrichmentFailed on any failure."""
-        held = self.limiter.hold_until - time.monotonic()
-        if held > 0:
-            raise EnrichmentFailed(
-                "rate_limited",
-                f"the model service asked to wait {held:.0f}s more (RetryInfo)",
-                retry_after=held,
-            )
         try:
             response = self.pacer.call(
                 "models.generate_content",

@@ -280,8 +280,11 @@ class AdaptiveLimiter:
     delay holds every request until it has passed. Requests are spaced
     evenly (no burst): a burst is what trips a rate limit.
 
-    Thread-safe: callers reserve a send slot under the lock and sleep outside
-    it, so threads go in arrival order and nobody sleeps holding the lock.
+    Thread-safe: a caller takes the next send time under the lock when it has
+    come, else sleeps (outside the lock) until it and looks again. Nobody
+    books a time far ahead, so a rate raised while many wait applies to all of
+    them at once (with slots booked in advance, 16 waiters at the starting
+    2/s were spaced 0.5 s apart whatever the rate became meanwhile).
     `acquire` returns a ticket; the outcome is reported with it, so that the
     429s of requests admitted before a cut, which arrive together, cut once.
     """
@@ -309,22 +312,17 @@ class AdaptiveLimiter:
         self._binding_at = -math.inf
         self.throttled_count = 0
 
-    def reserve(self) -> tuple[float, int]:
-        """Take the next send slot: (seconds to wait until it, ticket)."""
-        with self._lock:
-            now = self._clock()
-            slot = max(now, self._next)
-            self._next = slot + 1.0 / self.rate
-            if slot > now:
-                self._binding_at = now
-            return slot - now, self._generation
-
     def acquire(self) -> int:
         """Block until a request may be sent; return its ticket for `succeeded`/`throttled`."""
-        delay, ticket = self.reserve()
-        if delay > 0:
-            self._sleep(delay)
-        return ticket
+        while True:
+            with self._lock:
+                now = self._clock()
+                wait = self._next - now
+                if wait <= 0:
+                    self._next = now + 1.0 / self.rate
+                    return self._generation
+                self._binding_at = now
+            self._sleep(wait)
 
     def succeeded(self, ticket: int) -> None:
         """A request admitted with `ticket` was accepted: raise the rate if it is binding."""
@@ -533,8 +531,10 @@ class Pacer:
         return classify(exc, self.secrets)
 
     def _once(self, what: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
-        trial = self.breaker.before_call() if self.breaker is not None else False
+        # The send slot first, then the breaker: a wait for the slot can be
+        # long, and the breaker's answer is wanted at the moment of sending.
         ticket = self.limiter.acquire() if self.limiter is not None else 0
+        trial = self.breaker.before_call() if self.breaker is not None else False
         error: StoreError | None = None
         try:
             result = fn(*args, **kwargs)

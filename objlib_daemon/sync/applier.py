@@ -27,6 +27,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -278,6 +279,11 @@ class Applier:
         """The store finishes imports inside `upload`: the drain batches (`upload_batch`)."""
         return self.store is not None and self.store.instant
 
+    @property
+    def asks_model(self) -> bool:
+        """An upload of new content may first wait seconds for the model (AI enrichment)."""
+        return self.enricher.ai and self.enricher.analyst is not None
+
     def known(self, of: Iterable[str]) -> Known:
         """The rows of paths `of`, and those with an upload still indexing, in one read."""
         keys = list(of)
@@ -334,14 +340,24 @@ class Applier:
     # --- applying ------------------------------------------------------------------------
 
     def start(
-        self, path: str, *, force: bool = False, gen: int = 0, retry: bool = False
+        self,
+        path: str,
+        *,
+        force: bool = False,
+        gen: int = 0,
+        retry: bool = False,
+        slot: AbstractContextManager[object] | None = None,
     ) -> Result | Indexing:
         """Apply what the planner decides for `path`; an upload returns its `Indexing`
-        (or, when the store finished it at once, its final Result)."""
+        (or, when the store finished it at once, its final Result).
+
+        `slot` is held only while the bytes go up: the caller's bound on
+        concurrent uploads, which the model's answer is not made to wait in.
+        """
         planned = self.prepare(path, force=force, gen=gen, retry=retry)
         if not isinstance(planned, Planned):
             return planned
-        ix = self._upload(planned)
+        ix = self._upload(planned, slot or nullcontext())
         if isinstance(ix, Result) or not ix.upload.document:
             return ix
         # Finished in the upload's own answer (an instant import): record it now, no poll.
@@ -523,18 +539,19 @@ class Applier:
 
     # --- uploading: start ------------------------------------------------------------
 
-    def _upload(self, planned: Planned) -> Indexing | Result:
+    def _upload(self, planned: Planned, slot: AbstractContextManager[object]) -> Indexing | Result:
         """Intent, upload, and the operation recorded: the file is now indexing."""
         sending = self._sending(planned)
         if isinstance(sending, Result):
             return sending
-        with self.db.session() as s:
-            [intent] = self._intents(s, [sending])
-        try:
-            answer = self._send(sending)
-        except BaseException:  # an interrupt: the intent stays, as after a crash
-            self.attempt_ended(intent)
-            raise
+        with slot:
+            with self.db.session() as s:
+                [intent] = self._intents(s, [sending])
+            try:
+                answer = self._send(sending)
+            except BaseException:  # an interrupt: the intent stays, as after a crash
+                self.attempt_ended(intent)
+                raise
         upload = self._answered(sending, intent, answer)
         if isinstance(upload, Result):
             return upload

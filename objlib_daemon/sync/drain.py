@@ -3,10 +3,11 @@ not with its indexing.
 
 Two stages, one coordinator (the caller's thread):
 
-- upload workers (`[store] concurrency` threads) claim due rows (the fresh
-  lane first: a save never waits behind a bulk pass) and let the applier look
-  and act. An upload holds its worker only while the bytes go up; then the
-  row is *indexing*, durably (its intent holds the operation).
+- upload workers claim due rows (the fresh lane first: a save never waits
+  behind a bulk pass) and let the applier look and act. At most `[store]
+  concurrency` of them send bytes at once, and only while the bytes go up;
+  then the row is *indexing*, durably (its intent holds the operation). With
+  AI enrichment, `ASKING` more workers wait for the model's answers meanwhile.
 - the indexing tracker polls every outstanding import once it is likely done
   (after the indexing time observed so far, `IndexingClock`), from a small
   pool, and lets the applier finish it: record the document, then retire
@@ -71,6 +72,14 @@ MIN_POLLS = 4
 # in memory, so it is sent early once they reach BATCH_BYTES.
 BATCH = 256
 BATCH_BYTES = 32 << 20
+# Workers beyond `[store] concurrency` while AI enrichment is on: the model
+# reads each new content before its upload (its metadata goes with the
+# bytes), about 2 s a document, so with only the upload workers a first sync
+# ran at the model's pace (1.5 files/s at concurrency 4). 16 answers in flight
+# keep up with the uploads at 150 ms per request; the model's own adaptive
+# pacing (enrichment/) still bounds the request rate, and only `concurrency`
+# workers send at once.
+ASKING = 16
 
 
 class IndexingClock:
@@ -181,14 +190,17 @@ class Drain:
             ix.started = now
             heapq.heappush(heap, _Due(now, next(self._seq), ix))
         tracked = {ix.intent for ix in resumed}
-        workers = concurrency or self.config.store.concurrency
-        batch = 1
+        senders = concurrency or self.config.store.concurrency
+        slots = threading.BoundedSemaphore(senders)
+        workers, batch = senders, 1
         if self.applier.instant:
             # No transfer to overlap: a batch is Python work under the GIL, and
             # a second one beside it only contends (20,000 files: 14.9 s with
             # one, 20.4 s and 1.5x the CPU with two).
             workers, batch = 1, BATCH
-        pollers = max(2, min(8, workers))
+        elif self.applier.asks_model:
+            workers += ASKING
+        pollers = max(2, min(8, senders))
         running = polling = 0
         drained = False
         last_claim = 0.0
@@ -211,7 +223,7 @@ class Drain:
         def upload(claims: list[queue.Claim]) -> None:
             paths = [c.path for c in claims]
             if batch == 1:
-                guarded("w", paths, lambda: [self._start(claims[0], halt, fatal)])
+                guarded("w", paths, lambda: [self._start(claims[0], slots, halt, fatal)])
             else:
                 guarded("w", paths, lambda: self._start_batch(claims, halt, fatal))
 
@@ -283,13 +295,20 @@ class Drain:
 
     # --- stage 1: look, act, upload --------------------------------------------------
 
-    def _start(self, claim: queue.Claim, halt: threading.Event, fatal: list) -> Result | Indexing:
+    def _start(
+        self,
+        claim: queue.Claim,
+        slots: threading.BoundedSemaphore,
+        halt: threading.Event,
+        fatal: list,
+    ) -> Result | Indexing:
         try:
             out = self.applier.start(
                 claim.path,
                 force=claim.reason == queue.FORCE,
                 gen=claim.gen,
                 retry=claim.reason == queue.RETRY,
+                slot=slots,
             )
         except Exception as exc:
             return self._failed(claim, exc, halt, fatal)

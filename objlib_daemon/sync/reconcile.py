@@ -283,8 +283,9 @@ class Reconciler:
         longer than `[sync] retry_failed_after` (the daemon's reconciles make
         that the slow schedule). Records the settings' fingerprint."""
         settings = hashlib.sha256(
-            repr((self.config.library, self.config.metadata_rules, self.lib.enrichment_version))
-            .encode()
+            repr(
+                (self.config.library, self.config.metadata_rules, self.lib.enrichment_version)
+            ).encode()
         ).hexdigest()
         recorded = s.get(Meta, FAILURE_SETTINGS)  # in this transaction: a second one would wait
         changed = recorded is None or recorded.value != settings
