@@ -125,3 +125,47 @@ def test_dependencies_point_one_way(folder: str) -> None:
                 names = [a.name for a in node.names]
             for name in names:
                 assert not name.startswith(FORBIDDEN[folder]), f"{path}: imports {name}"
+
+
+README = PACKAGE.parent / "README.md"
+
+
+def readme_layout() -> str:
+    """The README's layout block: the ```-fenced block that starts `objlib_daemon/`."""
+    text = README.read_text(encoding="utf-8")
+    for block in text.split("```")[1::2]:
+        if block.lstrip("\n").startswith("objlib_daemon/"):
+            return block
+    raise AssertionError("README.md has no layout block starting `objlib_daemon/`")
+
+
+def test_the_readme_layout_matches_the_tree() -> None:
+    """A newcomer finds every package and top-level module in the README's
+    layout, and nothing there that the tree does not hold."""
+    named = {
+        word.rstrip("/")
+        for line in readme_layout().splitlines()[1:]
+        if line.startswith("  ") and not line.startswith("   ")
+        for word in [line.split()[0]]
+    }
+    tree = {
+        p.name
+        for p in PACKAGE.iterdir()
+        if (p.is_dir() and (p / "__init__.py").exists())
+        or (p.suffix == ".py" and p.name not in ("__init__.py", "__main__.py"))
+    }
+    assert named == tree, (
+        f"in the tree, not in the README: {sorted(tree - named)}; "
+        f"in the README, not in the tree: {sorted(named - tree)}"
+    )
+
+
+@pytest.mark.parametrize(
+    "package",
+    sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()),
+)
+def test_each_package_says_its_one_job(package: str) -> None:
+    tree = ast.parse((PACKAGE / package / "__init__.py").read_text(encoding="utf-8"))
+    doc = ast.get_docstring(tree)
+    assert doc, f"objlib_daemon/{package}/__init__.py has no docstring naming its job"
+    assert len(doc.splitlines()[0]) <= 100
