@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 from sqlalchemy import Select, delete, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -111,6 +111,26 @@ class Result:
     note: str | None = None  # said in the sync summary even without -v (e.g. no text layer)
     # A move: the path the content was at, shown as `old → new` (issue 15, finding 7).
     moved_from: str | None = None
+
+
+class Gate(Protocol):
+    """What the caller of `start` lets through: `check` raises to hand the row
+    back (the drain stopped), `slot` bounds the uploads sending at once."""
+
+    def check(self) -> None: ...
+
+    def slot(self) -> AbstractContextManager[object]: ...
+
+
+class _Open:
+    def check(self) -> None:
+        return None
+
+    def slot(self) -> AbstractContextManager[object]:
+        return nullcontext()
+
+
+_OPEN = _Open()
 
 
 @dataclass
@@ -346,18 +366,19 @@ class Applier:
         force: bool = False,
         gen: int = 0,
         retry: bool = False,
-        slot: AbstractContextManager[object] | None = None,
+        gate: Gate | None = None,
     ) -> Result | Indexing:
         """Apply what the planner decides for `path`; an upload returns its `Indexing`
         (or, when the store finished it at once, its final Result).
 
-        `slot` is held only while the bytes go up: the caller's bound on
-        concurrent uploads, which the model's answer is not made to wait in.
+        `gate` (the drain's) may hand the row back before the model is asked
+        and bounds the uploads in flight: its slot is held only while the
+        bytes go up, so no upload waits in it for the model's answer.
         """
         planned = self.prepare(path, force=force, gen=gen, retry=retry)
         if not isinstance(planned, Planned):
             return planned
-        ix = self._upload(planned, slot or nullcontext())
+        ix = self._upload(planned, gate or _OPEN)
         if isinstance(ix, Result) or not ix.upload.document:
             return ix
         # Finished in the upload's own answer (an instant import): record it now, no poll.
@@ -539,12 +560,13 @@ class Applier:
 
     # --- uploading: start ------------------------------------------------------------
 
-    def _upload(self, planned: Planned, slot: AbstractContextManager[object]) -> Indexing | Result:
+    def _upload(self, planned: Planned, gate: Gate) -> Indexing | Result:
         """Intent, upload, and the operation recorded: the file is now indexing."""
+        gate.check()
         sending = self._sending(planned)
         if isinstance(sending, Result):
             return sending
-        with slot:
+        with gate.slot():
             with self.db.session() as s:
                 [intent] = self._intents(s, [sending])
             try:

@@ -32,8 +32,9 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 
@@ -132,6 +133,30 @@ class IndexingClock:
             self.estimate = min(self.ceiling, max(self.floor, self.estimate))
 
 
+class _HandedBack(Exception):
+    """The drain stopped before an upload began."""
+
+
+@dataclass
+class _Gate:
+    """The drain's `applier.Gate`: hands a row back once the drain stops (before
+    the model is asked, and again once a send slot is free), and bounds the
+    uploads sending at once to `[store] concurrency`."""
+
+    slots: threading.BoundedSemaphore
+    stops: tuple[threading.Event, ...]
+
+    def check(self) -> None:
+        if any(e.is_set() for e in self.stops):
+            raise _HandedBack
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self.slots:
+            self.check()
+            yield
+
+
 @dataclass(order=True)
 class _Due:
     at: float
@@ -149,6 +174,8 @@ class Drain:
         self.config = config
         self.clock = IndexingClock()
         self._seq = itertools.count()
+        # Why rows wait untried while the breaker holds this drain (queue.hold).
+        self._holding: str | None = None
 
     def backoff(self, attempts: int, hint: float | None = None) -> float:
         base = self.config.sync.retry_base * 2 ** min(attempts, 20)
@@ -170,6 +197,7 @@ class Drain:
         """
         stop = stop or threading.Event()
         halt = threading.Event()
+        self._holding = None
         fatal: list[BaseException] = []
         counts: Counter[str] = Counter()
         events: SimpleQueue[tuple[str, list[Result | Indexing]]] = SimpleQueue()
@@ -223,7 +251,7 @@ class Drain:
         def upload(claims: list[queue.Claim]) -> None:
             paths = [c.path for c in claims]
             if batch == 1:
-                guarded("w", paths, lambda: [self._start(claims[0], slots, halt, fatal)])
+                guarded("w", paths, lambda: self._start(claims[0], slots, (stop, halt), fatal))
             else:
                 guarded("w", paths, lambda: self._start_batch(claims, halt, fatal))
 
@@ -299,22 +327,30 @@ class Drain:
         self,
         claim: queue.Claim,
         slots: threading.BoundedSemaphore,
-        halt: threading.Event,
+        stops: tuple[threading.Event, threading.Event],
         fatal: list,
-    ) -> Result | Indexing:
+    ) -> list[Result | Indexing]:
+        """Look at and act on one row; [] when the drain stopped (or halted)
+        before its upload began: the row goes back to the queue, not tried."""
         try:
             out = self.applier.start(
                 claim.path,
                 force=claim.reason == queue.FORCE,
                 gen=claim.gen,
                 retry=claim.reason == queue.RETRY,
-                slot=slots,
+                gate=_Gate(slots, stops),
             )
+        except _HandedBack:
+            with self.db.session() as s:
+                queue.release(s, [claim])
+                if stops[1].is_set() and self._holding:  # halted by the breaker: say so
+                    queue.hold(s, self._holding)
+            return []
         except Exception as exc:
-            return self._failed(claim, exc, halt, fatal)
+            return [self._failed(claim, exc, stops[1], fatal)]
         if isinstance(out, Result):
             self._complete([claim])
-        return out
+        return [out]
 
     def _start_batch(
         self, claims: list[queue.Claim], halt: threading.Event, fatal: list
@@ -392,9 +428,10 @@ class Drain:
         if isinstance(exc, CircuitOpen):
             halt.set()
             since = utc_iso(exc.opened_at or time.time())
+            self._holding = f"not tried: breaker open since {since} ({exc})"
             with self.db.session() as s:
                 queue.release(s, [claim])
-                queue.hold(s, f"not tried: breaker open since {since} ({exc})")
+                queue.hold(s, self._holding)
             return Result(claim.path, "paused", error=str(exc))
         if isinstance(exc, TransientError):
             return self._later(claim.path, claim.gen, str(exc), hint=exc.retry_after)
