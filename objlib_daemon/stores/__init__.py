@@ -25,9 +25,7 @@ def needs_api_key(backend: str) -> bool:
     return backend == "gemini"
 
 
-def open_store(
-    backend: str, name: str, *, state_dir: Path, api_key: str, remote: Remote
-) -> Store:
+def open_store(backend: str, name: str, *, state_dir: Path, api_key: str, remote: Remote) -> Store:
     """Build the store recorded in the database (`name` is its resource name)."""
     if backend == "local":
         from objlib_daemon.stores.local import LocalStore

@@ -145,9 +145,7 @@ class GeminiAdmin:
         if not display_name:
             raise PermanentError("a store needs a non-empty display name")
         if len(display_name) > MAX_DISPLAY_NAME:
-            raise PermanentError(
-                f"store display name is longer than {MAX_DISPLAY_NAME} characters"
-            )
+            raise PermanentError(f"store display name is longer than {MAX_DISPLAY_NAME} characters")
         try:
             store = self.pacer.call(
                 "file_search_stores.create",
