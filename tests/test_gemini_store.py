@@ -99,7 +99,7 @@ def make_store(
     sleeps = Sleeps(emu)
     name = store_name or emu.create_store("library")
     pacer = Pacer(attempts=attempts, breaker=breaker, sleep=sleeps, rng=lambda: 0.5)
-    store = GeminiStore(key, name, remote(cfg), pacer=pacer, sleep=sleeps)
+    store = GeminiStore(key, name, remote(cfg), pacer=pacer)
     return store, sleeps
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import shlex  # a suggested command must work when pasted: `store create 'My Library'`
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO
 
@@ -130,10 +129,11 @@ class GeminiAdmin:
 
     backend = "gemini"
 
-    def __init__(self, api_key: str, base_url: str = "", *, pacer: Pacer | None = None) -> None:
+    def __init__(self, api_key: str, base_url: str = "") -> None:
         self.client = make_client(api_key, base_url)  # raises AuthError without a key
-        self.pacer = pacer if pacer is not None else Pacer()
-        self.pacer.add_secret(api_key.strip())
+        # Retries with backoff, and the key scrubbed from messages; no rate
+        # limiter or breaker: these are a user's few one-off calls.
+        self.pacer = Pacer(secrets=(api_key.strip(),))
 
     def create(self, display_name: str) -> str:
         """Create a File Search store; return its server-assigned resource name.
@@ -327,9 +327,8 @@ class GeminiStore:
         remote: Remote,
         *,
         pacer: Pacer | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        """`pacer` and `sleep` replace the pacing `remote` describes (tests: no real sleeps)."""
+        """`pacer` replaces the pacing `remote` describes (tests: no real sleeps)."""
         if not store_name.startswith(STORE_PREFIX):
             raise StoreNotFound(
                 f"{store_name!r} is not a store resource name (fileSearchStores/...); "
@@ -343,13 +342,10 @@ class GeminiStore:
         self.client = make_client(key, remote.base_url)
         if pacer is None:
             pacer = Pacer(
-                limiter=AdaptiveLimiter(
-                    ceiling_per_minute=remote.max_requests_per_minute, sleep=sleep
-                ),
+                limiter=AdaptiveLimiter(ceiling_per_minute=remote.max_requests_per_minute),
                 breaker=CircuitBreaker(remote.breaker_threshold, remote.breaker_cooldown),
                 attempts=remote.retry_attempts,
                 base_delay=remote.retry_initial,
-                sleep=sleep,
             )
         pacer.add_secret(key)
         self.pacer = pacer
