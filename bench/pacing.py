@@ -21,7 +21,7 @@ from api import Emulator
 from common import Metric, Results, check
 
 from objlib_daemon.config import StoreConfig
-from objlib_daemon.connect import remote
+from objlib_daemon.connect import remote_settings
 from objlib_daemon.stores.base import StoreError
 from objlib_daemon.stores.gemini import GeminiStore
 
@@ -60,7 +60,7 @@ def bench_pacing(
         store = GeminiStore(
             "test-key",
             emu.create_store("objlibd-bench-pacing"),
-            remote(StoreConfig(base_url=emu.url)),
+            remote_settings(StoreConfig(base_url=emu.url)),
         )
         up = store.upload(
             io.BytesIO(b"paced " * 400), display_name="p.txt", metadata={}, mime_type="text/plain"

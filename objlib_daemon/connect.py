@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from objlib_daemon import stores
 from objlib_daemon.config import Config, StoreConfig
-from objlib_daemon.stores.base import Remote, Store, StoreAdmin
+from objlib_daemon.stores.base import RemoteSettings, Store, StoreAdmin
 
 
-def remote(store: StoreConfig) -> Remote:
+def remote_settings(store: StoreConfig) -> RemoteSettings:
     """The [store] settings a remote backend takes, as plain values."""
-    return Remote(
+    return RemoteSettings(
         base_url=store.base_url,
         model=store.model,
         concurrency=store.concurrency,
@@ -47,7 +47,7 @@ def open_store(config: Config, *, backend: str, name: str) -> Store:
         name,
         state_dir=config.state_dir,
         api_key=api_key(backend),
-        remote=remote(config.store),
+        settings=remote_settings(config.store),
     )
 
 

@@ -18,7 +18,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from objlib_daemon.config import StoreConfig
-from objlib_daemon.connect import remote
+from objlib_daemon.connect import remote_settings
 from objlib_daemon.stores import base
 from objlib_daemon.stores.base import (
     AuthError,
@@ -99,7 +99,7 @@ def make_store(
     sleeps = Sleeps(emu)
     name = store_name or emu.create_store("library")
     pacer = Pacer(attempts=attempts, breaker=breaker, sleep=sleeps, rng=lambda: 0.5)
-    store = GeminiStore(key, name, remote(cfg), pacer=pacer)
+    store = GeminiStore(key, name, remote_settings(cfg), pacer=pacer)
     return store, sleeps
 
 
@@ -683,7 +683,7 @@ def test_missing_key_is_an_auth_error(emu, cfg):
     with pytest.raises(AuthError, match="objlibd auth set"):
         make_client("  ", cfg.base_url)
     with pytest.raises(AuthError, match="objlibd auth set"):
-        GeminiStore("", "fileSearchStores/x", remote(cfg))
+        GeminiStore("", "fileSearchStores/x", remote_settings(cfg))
     # What the server says to a request without a key (the SDK cannot send one).
     store, sleeps = make_store(emu, cfg)
     emu.add_fault(Fault(status=403, message=UNREGISTERED_CALLER_MESSAGE))
@@ -694,7 +694,7 @@ def test_missing_key_is_an_auth_error(emu, cfg):
 
 def test_store_requires_a_resource_name(cfg):
     with pytest.raises(StoreNotFound, match="not a store resource name"):
-        GeminiStore(KEY, "My Library", remote(cfg))
+        GeminiStore(KEY, "My Library", remote_settings(cfg))
 
 
 @pytest.mark.parametrize("how", ["limit", "fault"])
@@ -876,7 +876,7 @@ def test_store_paces_its_own_calls(emu, cfg):
 
     limiter = AdaptiveLimiter(ceiling_per_minute=30, clock=clock, sleep=sleep)
     name = emu.create_store("paced")
-    store = GeminiStore(KEY, name, remote(cfg), pacer=Pacer(limiter=limiter, sleep=sleep))
+    store = GeminiStore(KEY, name, remote_settings(cfg), pacer=Pacer(limiter=limiter, sleep=sleep))
     for _ in range(3):
         store.get("nope")
     assert waits == [2.0, 2.0]  # at the ceiling from the start, and never above it
@@ -884,7 +884,7 @@ def test_store_paces_its_own_calls(emu, cfg):
 
 def test_the_default_store_paces_adaptively_under_its_ceiling(emu, cfg):
     store = GeminiStore(
-        KEY, emu.create_store("x"), remote(replace(cfg, max_requests_per_minute=90))
+        KEY, emu.create_store("x"), remote_settings(replace(cfg, max_requests_per_minute=90))
     )
     assert isinstance(store.pacer.limiter, AdaptiveLimiter)
     assert store.pacer.limiter.ceiling == 1.5

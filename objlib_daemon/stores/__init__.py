@@ -1,7 +1,8 @@
-"""The remote side: one store protocol, two backends (embedded `local`, `gemini`).
+"""The remote side: two protocols (a store's documents, and the stores themselves) and
+two backends (embedded `local`, `gemini`).
 
 Callers build stores only through the two factories here, from plain values
-(an API key they resolved, `Remote` from their config, paths and names), so no
+(an API key they resolved, `RemoteSettings` from their config, paths and names), so no
 caller imports a backend module and no backend reads the config or the
 credentials. Backends are imported on first use: `local` needs no SDK.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from objlib_daemon.stores.base import Remote, Store, StoreAdmin
+from objlib_daemon.stores.base import RemoteSettings, Store, StoreAdmin
 
 LOCAL_DEFAULT_NAME = "local"
 
@@ -25,7 +26,9 @@ def needs_api_key(backend: str) -> bool:
     return backend == "gemini"
 
 
-def open_store(backend: str, name: str, *, state_dir: Path, api_key: str, remote: Remote) -> Store:
+def open_store(
+    backend: str, name: str, *, state_dir: Path, api_key: str, settings: RemoteSettings
+) -> Store:
     """Build the store recorded in the database (`name` is its resource name)."""
     if backend == "local":
         from objlib_daemon.stores.local import LocalStore
@@ -34,7 +37,7 @@ def open_store(backend: str, name: str, *, state_dir: Path, api_key: str, remote
     if backend == "gemini":
         from objlib_daemon.stores.gemini import GeminiStore
 
-        return GeminiStore(api_key, name, remote)
+        return GeminiStore(api_key, name, settings)
     raise ValueError(f"unknown store backend {backend!r}")
 
 

@@ -5,7 +5,7 @@ The sync engine only ever talks to `Store` (as rclone's `fs.Fs`), and the CLI's
 `store` commands only to `StoreAdmin`, so the same truths are tested on the
 embedded store and on Gemini, and no caller names a backend module. Nothing
 here reads the config or the credentials: the caller resolves both and hands
-over plain values (`Remote`, an API key), so a store can be built from anything.
+over plain values (`RemoteSettings`, an API key), so a store can be built from anything.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ class StoreInfo:
 
 
 @dataclass(frozen=True)
-class Remote:
+class RemoteSettings:
     """Where a remote backend answers and how hard to push it, as plain values.
 
     The caller fills it from its config ([store] in docs/configuration.md);

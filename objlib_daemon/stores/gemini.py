@@ -28,8 +28,8 @@ from objlib_daemon.stores.base import (
     MetadataValue,
     OperationLost,
     PermanentError,
-    Remote,
     RemoteDocument,
+    RemoteSettings,
     SearchHit,
     SearchResult,
     StoreError,
@@ -324,33 +324,33 @@ class GeminiStore:
         self,
         api_key: str,
         store_name: str,
-        remote: Remote,
+        settings: RemoteSettings,
         *,
         pacer: Pacer | None = None,
     ) -> None:
-        """`pacer` replaces the pacing `remote` describes (tests: no real sleeps)."""
+        """`pacer` replaces the pacing `settings` describe (tests: no real sleeps)."""
         if not store_name.startswith(STORE_PREFIX):
             raise StoreNotFound(
                 f"{store_name!r} is not a store resource name (fileSearchStores/...); "
                 "resolve it with GeminiAdmin.resolve() first"
             )
         self.name = store_name.rstrip("/")
-        self.model = remote.model
+        self.model = settings.model
         key = (api_key or "").strip()
         # Held for the store's lifetime: a collected client closes its
         # connection and everything it returned stops working (rule 8).
-        self.client = make_client(key, remote.base_url)
+        self.client = make_client(key, settings.base_url)
         if pacer is None:
             pacer = Pacer(
-                limiter=AdaptiveLimiter(ceiling_per_minute=remote.max_requests_per_minute),
-                breaker=CircuitBreaker(remote.breaker_threshold, remote.breaker_cooldown),
-                attempts=remote.retry_attempts,
-                base_delay=remote.retry_initial,
+                limiter=AdaptiveLimiter(ceiling_per_minute=settings.max_requests_per_minute),
+                breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown),
+                attempts=settings.retry_attempts,
+                base_delay=settings.retry_initial,
             )
         pacer.add_secret(key)
         self.pacer = pacer
         # Uploads are the long calls; `concurrency` bounds how many run at once.
-        self._upload_slots = threading.BoundedSemaphore(max(1, remote.concurrency))
+        self._upload_slots = threading.BoundedSemaphore(max(1, settings.concurrency))
         # Polls so far of each unfinished operation (see `poll`); only a
         # counter, so losing it (a restart) costs a few extra polls, no more.
         self._polls: dict[str, int] = {}
