@@ -21,6 +21,7 @@ from api import Emulator
 from common import Metric, Results, check
 
 from objlib_daemon.config import StoreConfig
+from objlib_daemon.connect import remote_settings
 from objlib_daemon.stores.base import StoreError
 from objlib_daemon.stores.gemini import GeminiStore
 
@@ -57,14 +58,16 @@ def bench_pacing(
     emu = Emulator()
     try:
         store = GeminiStore(
-            StoreConfig(backend="gemini", base_url=emu.url),
             "test-key",
             emu.create_store("objlibd-bench-pacing"),
+            remote_settings(StoreConfig(base_url=emu.url)),
         )
         up = store.upload(
             io.BytesIO(b"paced " * 400), display_name="p.txt", metadata={}, mime_type="text/plain"
         )
-        document = store.wait(up).name
+        done = store.poll(up)  # the emulator indexes at once: done in the upload's answer
+        assert done is not None, "the bench emulator should index at once"
+        document = done.name
         emu.call("clear")
         emu.call("latency", seconds=latency)
         emu.call("throttle", rate=rate)

@@ -31,6 +31,8 @@ from typing import Any, NamedTuple
 
 import platformdirs
 
+# The largest document the store accepts: a bigger file could never be uploaded.
+from objlib_daemon.stores.base import MAX_DOCUMENT_BYTES
 from objlib_daemon.units import parse_duration, parse_size
 
 APP = "objlibd"
@@ -158,9 +160,6 @@ def setting(default: Any, kind: Kind, *checks: Check, was: str | None = None) ->
 
 # --- the settings ------------------------------------------------------------------
 
-# The largest document the store accepts (docs/gemini-file-search.md, limits;
-# the stores use this number too): a bigger file could never be uploaded.
-MAX_DOCUMENT_BYTES = 100 * 1000 * 1000
 # Uploads at once: each is a thread holding a file in memory.
 MAX_CONCURRENCY = 32
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from objlib_daemon import connect
 from objlib_daemon.config import Config
 from objlib_daemon.enrichment.enricher import open_enricher
 from objlib_daemon.errors import ConfigurationError, Mismatch
@@ -24,7 +25,7 @@ from objlib_daemon.library.metadata import with_defaults
 from objlib_daemon.library.volume import MARKER, MarkerError, read_marker, write_marker
 from objlib_daemon.state.db import Database
 from objlib_daemon.state.models import File
-from objlib_daemon.stores import LOCAL_DEFAULT_NAME, open_store
+from objlib_daemon.stores import LOCAL_DEFAULT_NAME
 from objlib_daemon.stores.base import SearchResult, Store
 from objlib_daemon.sync.applier import Library
 from objlib_daemon.sync.passes import Engine
@@ -135,11 +136,8 @@ def open_workspace(
         library = library_from(config, meta, db, skip_enrichment=skip_enrichment)
         store = None
         if with_store:
-            store = open_store(
-                config.store,
-                backend=meta["store_backend"],
-                name=meta.get("store_name", ""),
-                state_dir=config.state_dir,
+            store = connect.open_store(
+                config, backend=meta["store_backend"], name=meta.get("store_name", "")
             )
         return Workspace(config, db, library, store, Engine(db, store, library, config))
     except BaseException:

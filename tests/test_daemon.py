@@ -80,6 +80,11 @@ def test_each_kind_of_change_converges(make_env, backend: str) -> None:
     env.init()
     env.start()
     env.wait_converged()
+    breaker = env.status()["daemon"]["breaker"]  # the store's own health, each backend
+    if backend == "local":
+        assert breaker is None
+    else:
+        assert breaker["state"] == "closed"
 
     write(env.root / "c.txt", "gamma")  # create
     env.wait_converged()

@@ -158,10 +158,11 @@ def test_a_book_uploads_as_text_within_the_metadata_limit() -> None:
 
 def test_emulator_refuses_epub_uploads(emulator) -> None:
     from objlib_daemon.config import StoreConfig
+    from objlib_daemon.connect import remote_settings
     from objlib_daemon.stores.gemini import GeminiStore
 
     cfg = StoreConfig(backend="gemini", base_url=emulator.url, retry_attempts=1)
-    store = GeminiStore(cfg, emulator.api_key, emulator.create_store("formats"))
+    store = GeminiStore(emulator.api_key, emulator.create_store("formats"), remote_settings(cfg))
     with pytest.raises(base.PermanentError) as raised:
         store.upload(
             io.BytesIO(documents.epub([("One", "text")])),

@@ -18,6 +18,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from objlib_daemon.config import StoreConfig
+from objlib_daemon.connect import remote_settings
 from objlib_daemon.stores import base
 from objlib_daemon.stores.base import (
     AuthError,
@@ -31,13 +32,10 @@ from objlib_daemon.stores.base import (
 )
 from objlib_daemon.stores.gemini import (
     DOCUMENT_CHECK_POLL,
+    GeminiAdmin,
     GeminiStore,
-    OperationTimeout,
-    create_store,
     fit_display_name,
-    list_stores,
     make_client,
-    resolve_store,
 )
 from objlib_daemon.stores.pacing import (
     STORAGE_RETRY_AFTER,
@@ -101,8 +99,13 @@ def make_store(
     sleeps = Sleeps(emu)
     name = store_name or emu.create_store("library")
     pacer = Pacer(attempts=attempts, breaker=breaker, sleep=sleeps, rng=lambda: 0.5)
-    store = GeminiStore(cfg, key, name, pacer=pacer, sleep=sleeps, clock=emu.now)
+    store = GeminiStore(key, name, remote_settings(cfg), pacer=pacer)
     return store, sleeps
+
+
+def indexed(emu: GeminiEmulator, store: GeminiStore, up: base.Upload) -> base.RemoteDocument:
+    """The import's document once `poll` says it is done (polled each emulator second)."""
+    return polls_until_done(store, up, emu, step=1.0)[0]
 
 
 def upload(store: GeminiStore, data: bytes = b"some text " * 200, **kw) -> base.Upload:
@@ -118,7 +121,7 @@ def upload(store: GeminiStore, data: bytes = b"some text " * 200, **kw) -> base.
 def test_every_request_uses_v1beta_and_carries_the_key(emu, cfg):
     store, _ = make_store(emu, cfg)
     store.ensure()
-    doc = store.wait(upload(store))
+    doc = indexed(emu, store, upload(store))
     assert store.get(doc.name) is not None
     list(store.list())
     store.search("text")
@@ -136,7 +139,7 @@ def test_non_ascii_and_long_display_names_upload(emu, cfg):
     names = ["Über die Ästhetik – 日本語 ñ.md", ("é" + "x" * 245 + ".txt")]
     assert len(names[1]) == 250
     for name in names:
-        store.wait(upload(store, display_name=name, mime_type="text/plain"))
+        indexed(emu, store, upload(store, display_name=name, mime_type="text/plain"))
     assert sorted(d["displayName"] for d in emu.documents()) == sorted(names)
 
 
@@ -150,7 +153,9 @@ def test_display_names_are_stripped_and_cut_to_the_limit():
 def test_large_file_uploads_in_8mib_chunks(emu, cfg):
     store, _ = make_store(emu, cfg)
     data = bytes(range(256)) * (17 * MIB // 256)
-    doc = store.wait(upload(store, data=data, display_name="big.pdf", mime_type="application/pdf"))
+    doc = indexed(
+        emu, store, upload(store, data=data, display_name="big.pdf", mime_type="application/pdf")
+    )
     byte_requests = [r for r in emu.find_requests("POST", r"^/upload/") if r.phase != "start"]
     assert [r.phase for r in byte_requests] == ["chunk", "chunk", "finalize"]
     assert [r.body_size for r in byte_requests] == [8 * MIB, 8 * MIB, MIB]
@@ -160,12 +165,12 @@ def test_large_file_uploads_in_8mib_chunks(emu, cfg):
 def test_metadata_is_sent_as_string_number_and_list(emu, cfg):
     store, _ = make_store(emu, cfg)
     meta = {"path": "Ö/ä.md", "sha256": "abc", "year": 1987, "weight": 2.5, "tags": ["x", "ÿ"]}
-    doc = store.wait(upload(store, display_name="ä.md", metadata=meta))
+    doc = indexed(emu, store, upload(store, display_name="ä.md", metadata=meta))
     start = emu.find_requests("POST", r"uploadToFileSearchStore$", phase="start")[0]
     sent = {m["key"]: m for m in start.json["customMetadata"]}
     assert set(sent) == set(meta)
     assert emu.metadata(emu.documents()[0]) == meta
-    assert doc.metadata == {"path": "Ö/ä.md", "sha256": "abc"}  # wait() reports the identity
+    assert doc.metadata == {"path": "Ö/ä.md", "sha256": "abc"}  # poll() reports the identity
     got = store.get(doc.name)
     assert got is not None and got.metadata == {**meta, "year": 1987.0}  # the server: all
     assert isinstance(got.metadata["year"], float)
@@ -183,25 +188,13 @@ def test_invalid_metadata_is_refused_before_sending(emu, cfg):
 # --- waiting ---------------------------------------------------------------------
 
 
-def test_wait_polls_with_backoff_on_the_emulator_clock(emu, cfg):
-    emu.indexing_delay = 30.0
-    store, sleeps = make_store(emu, cfg)
-    up = upload(store)
-    assert up.document is None
-    doc = store.wait(up)
-    assert doc.state == base.ACTIVE
-    assert doc.name == emu.documents()[0]["name"]
-    assert sleeps[:5] == [0.5, 1.0, 2.0, 4.0, 8.0]
-    assert max(sleeps) == 10.0  # capped
-    assert 30.0 <= sum(sleeps) < 45.0
-
-
-def test_wait_returns_at_once_when_the_upload_finished_in_its_answer(emu, cfg):
+def test_poll_answers_at_once_when_the_upload_finished_in_its_answer(emu, cfg):
     store, sleeps = make_store(emu, cfg)
     up = upload(store)
     assert up.document is not None
     emu.clear_log()
-    assert store.wait(up).name == up.document
+    doc = store.poll(up)
+    assert doc is not None and doc.name == up.document
     assert emu.requests == [] and sleeps == []
 
 
@@ -245,25 +238,23 @@ def test_never_done_operation_returns_the_document_soon_after_it_is_active(emu, 
     assert len(gets) == len(emu.find_requests("GET", r"/operations/")) - (DOCUMENT_CHECK_POLL - 1)
 
 
-def test_never_done_wait_costs_seconds_not_the_timeout(emu, cfg):
+def test_never_done_costs_a_few_polls_not_the_timeout(emu, cfg):
     emu.add_fault(Fault(kind="never_done", times=None))
-    store, sleeps = make_store(emu, replace(cfg, operation_timeout=300.0))
-    doc = store.wait(upload(store))
+    store, _ = make_store(emu, cfg)
+    doc = indexed(emu, store, upload(store))
     assert doc.name == emu.documents()[0]["name"]
-    assert sum(sleeps) == 0.5 + 1.0  # found on the third poll
+    assert len(emu.find_requests("GET", r"/operations/")) == DOCUMENT_CHECK_POLL
 
 
 def test_a_document_stuck_pending_is_never_returned(emu, cfg):
     """F5: an import whose document stays PENDING (the leading-space hang) is not done."""
     emu.add_fault(Fault(kind="never_done", times=None))
-    store, _ = make_store(emu, replace(cfg, operation_timeout=60.0))
+    store, _ = make_store(emu, cfg)
     up = upload(store)
     emu.set_state(emu.documents()[0]["name"], "STATE_PENDING")
     for _ in range(10):
         assert store.poll(up) is None
         emu.advance(5.0)
-    with pytest.raises(OperationTimeout):
-        store.wait(up)
 
 
 def test_the_emulators_leading_space_hang_never_completes(emu, cfg):
@@ -293,7 +284,7 @@ def test_a_failed_document_behind_a_silent_operation_is_permanent(emu, cfg):
     up = upload(store)
     emu.set_state(emu.documents()[0]["name"], "STATE_FAILED")
     with pytest.raises(PermanentError, match="FAILED"):
-        store.wait(up)
+        indexed(emu, store, up)
 
 
 def test_a_document_with_another_identity_is_not_taken_for_the_upload(emu, cfg):
@@ -369,7 +360,7 @@ def test_bare_document_ids_are_normalised(emu, cfg):
     full = emu.documents()[0]["name"]
     assert up.document == full
     emu.indexing_delay = 5.0
-    doc = store.wait(upload(store, display_name="two.md"))  # done later, via polling
+    doc = indexed(emu, store, upload(store, display_name="two.md"))  # done later, via polling
     assert doc.name.startswith(store.name + "/documents/")
     assert emu.document(doc.name) is not None
     assert store.document_name("abc-123") == f"{store.name}/documents/abc-123"
@@ -380,7 +371,7 @@ def test_an_operation_failing_with_invalid_argument_is_permanent(emu, cfg):
     emu.add_fault(Fault(kind="operation_error", message="Unsupported file.", rpc_code=3))
     store, _ = make_store(emu, cfg)
     with pytest.raises(PermanentError, match="Unsupported file"):
-        store.wait(upload(store))
+        indexed(emu, store, upload(store))
 
 
 @pytest.mark.parametrize("code", [13, 14])
@@ -407,7 +398,7 @@ def test_an_html_200_on_finalize_after_the_upload_landed_is_transient(emu, cfg):
     up = upload(store)
     assert up.retried
     assert len(emu.documents()) == 2  # the landed copy and the retry
-    doc = store.wait(up)
+    doc = indexed(emu, store, up)
     assert doc.name == emu.documents()[-1]["name"]
     emu.add_fault(Fault(phase="finalize", kind="html_200"))
     with pytest.raises(TransientError, match="not the API's JSON"):
@@ -430,11 +421,11 @@ def test_an_html_200_on_operations_get_is_transient_and_polling_recovers(emu, cf
 
 def test_an_html_200_anywhere_is_retried_by_the_pacer(emu, cfg):
     store, _ = make_store(emu, cfg)
-    doc = store.wait(upload(store))
+    doc = indexed(emu, store, upload(store))
     emu.add_fault(Fault(method="GET", kind="html_200", times=2))
     assert store.get(doc.name) is not None
     emu.add_fault(Fault(phase="start", kind="html_200"))
-    assert store.wait(upload(store, display_name="two.md")).state == base.ACTIVE
+    assert indexed(emu, store, upload(store, display_name="two.md")).state == base.ACTIVE
 
 
 def test_a_store_deleted_on_the_server_is_a_store_error_everywhere(emu, cfg):
@@ -444,7 +435,7 @@ def test_a_store_deleted_on_the_server_is_a_store_error_everywhere(emu, cfg):
     store, _ = make_store(emu, cfg)
     up = upload(store)
     emu.clear_log()
-    client = make_client(cfg, KEY)
+    client = make_client(KEY, cfg.base_url)
     client.file_search_stores.delete(name=store.name, config={"force": True})
     with pytest.raises(StoreNotFound, match="objlibd store create"):
         upload(store)
@@ -470,7 +461,7 @@ def test_a_404_on_an_upload_session_is_not_taken_for_a_missing_store(emu, cfg):
 
 def test_delete_uses_force_and_gone_is_success(emu, cfg):
     store, _ = make_store(emu, cfg)
-    doc = store.wait(upload(store))
+    doc = indexed(emu, store, upload(store))
     store.delete(doc.name)
     assert emu.documents() == []
     store.delete(doc.name)  # 404: already gone
@@ -485,7 +476,7 @@ def test_a_404_on_delete_is_believed_only_once_a_get_says_404_too(emu, cfg):
     """The delete happened and its answer was lost (replayed as 404): one GET
     confirms the document is gone, and nothing is deleted twice."""
     store, _ = make_store(emu, cfg)
-    doc = store.wait(upload(store))
+    doc = indexed(emu, store, upload(store))
     emu.add_fault(Fault(kind="delete_then_404"))
     store.delete(doc.name)
     assert emu.document(doc.name) is None
@@ -498,7 +489,7 @@ def test_a_spurious_404_on_delete_is_checked_and_the_delete_retried(emu, cfg):
     document would be forgotten as gone and live on as a duplicate. The GET
     finds it, and the pacer retries the delete with its backoff."""
     store, sleeps = make_store(emu, cfg)
-    doc = store.wait(upload(store))
+    doc = indexed(emu, store, upload(store))
     emu.add_fault(Fault(kind="spurious_404_delete", times=2))
     store.delete(doc.name)
     assert emu.document(doc.name) is None
@@ -511,7 +502,7 @@ def test_a_delete_that_keeps_answering_404_on_a_live_document_is_an_error(emu, c
     """Never confirmed: after the pacer's last attempt the caller gets a transient
     error (it keeps the document recorded as an orphan), never "gone"."""
     store, _ = make_store(emu, cfg, attempts=3)
-    doc = store.wait(upload(store))
+    doc = indexed(emu, store, upload(store))
     emu.add_fault(Fault(kind="spurious_404_delete", times=None))
     with pytest.raises(TransientError, match="still there"):
         store.delete(doc.name)
@@ -522,7 +513,7 @@ def test_a_delete_that_keeps_answering_404_on_a_live_document_is_an_error(emu, c
 def test_a_gone_answer_whose_check_is_refused_is_not_success(emu, cfg):
     """Only a 404 on the GET means gone: a 403 there leaves the delete unconfirmed."""
     store, _ = make_store(emu, cfg)
-    doc = store.wait(upload(store))
+    doc = indexed(emu, store, upload(store))
     emu.add_fault(Fault(method="DELETE", status=403, message="Permission denied or may not exist"))
     emu.add_fault(Fault(method="GET", path="/documents/", status=403, message="Permission denied"))
     with pytest.raises(PermanentError, match="could not confirm"):
@@ -531,7 +522,7 @@ def test_a_gone_answer_whose_check_is_refused_is_not_success(emu, cfg):
 
 def test_delete_with_a_missing_key_is_not_success(emu, cfg):
     store, _ = make_store(emu, cfg)
-    doc = store.wait(upload(store))
+    doc = indexed(emu, store, upload(store))
     emu.add_fault(Fault(method="DELETE", status=403, message=UNREGISTERED_CALLER_MESSAGE))
     with pytest.raises(AuthError):
         store.delete(doc.name)
@@ -575,7 +566,7 @@ def test_list_retries_one_page_not_the_whole_listing(emu, cfg):
 
 def test_ensure_reports_the_store_and_never_creates_one(emu, cfg):
     store, _ = make_store(emu, cfg)
-    store.wait(upload(store))
+    indexed(emu, store, upload(store))
     info = store.ensure()
     assert info.name == store.name and info.display_name == "library" and info.documents == 1
     missing, _ = make_store(emu, cfg, store_name="fileSearchStores/gone-000000000000")
@@ -584,34 +575,36 @@ def test_ensure_reports_the_store_and_never_creates_one(emu, cfg):
     assert len(emu.stores()) == 1
 
 
-def test_store_functions(emu, cfg):
-    client = make_client(cfg, KEY)
-    name = create_store(client, "Physics Library")
+def test_the_admin_creates_resolves_and_lists_stores(emu, cfg):
+    admin = GeminiAdmin(KEY, cfg.base_url)
+    name = admin.create("Physics Library")
     assert name.startswith("fileSearchStores/")
-    assert resolve_store(client, "Physics Library") == name
-    assert resolve_store(client, name) == name
-    assert resolve_store(client, name.split("/", 1)[1]) == name
-    assert [s.display_name for s in list_stores(client)] == ["Physics Library"]
+    assert admin.resolve("Physics Library") == name
+    assert admin.resolve(name) == name
+    assert admin.resolve(name.split("/", 1)[1]) == name
+    assert [s.display_name for s in admin.list()] == ["Physics Library"]
     with pytest.raises(StoreNotFound) as info:
-        resolve_store(client, "Nope")
+        admin.resolve("Nope")
     assert "objlibd store create" in str(info.value)
     assert "objlibd init --create-store" in str(info.value)
-    create_store(client, "Physics Library")
+    with pytest.raises(StoreNotFound, match="cannot see it"):
+        admin.resolve("fileSearchStores/gone-000000000000")
+    admin.create("Physics Library")
     with pytest.raises(PermanentError, match="2 stores"):
-        resolve_store(client, "Physics Library")
+        admin.resolve("Physics Library")
 
 
 def test_store_listing_pages(emu, cfg):
     for i in range(23):
         emu.create_store(f"s{i}")
-    assert len(list_stores(make_client(cfg, KEY))) == 23
+    assert len(GeminiAdmin(KEY, cfg.base_url).list()) == 23
 
 
 def test_create_store_is_not_retried(emu, cfg):
-    client = make_client(cfg, KEY)
+    admin = GeminiAdmin(KEY, cfg.base_url)
     emu.add_fault(Fault(method="POST", path=r"/fileSearchStores$", status=503))
     with pytest.raises(TransientError, match="store list"):
-        create_store(client, "x")
+        admin.create("x")
     assert len(emu.find_requests("POST", r"/fileSearchStores$")) == 1
 
 
@@ -621,7 +614,7 @@ def test_create_store_is_not_retried(emu, cfg):
 def test_429_with_retry_info_waits_the_advertised_delay(emu, cfg):
     store, sleeps = make_store(emu, cfg)
     emu.add_fault(Fault(phase="start", kind="retry_info", retry_delay=2.5))
-    store.wait(upload(store))
+    indexed(emu, store, upload(store))
     assert sleeps == [2.5]
     starts = emu.find_requests("POST", phase="start")
     assert [r.status for r in starts] == [429, 200]
@@ -630,7 +623,7 @@ def test_429_with_retry_info_waits_the_advertised_delay(emu, cfg):
 
 def test_503_then_success(emu, cfg):
     store, sleeps = make_store(emu, cfg)
-    doc = store.wait(upload(store))
+    doc = indexed(emu, store, upload(store))
     emu.add_fault(Fault(method="GET", path=r"/documents/", status=503, times=2))
     assert store.get(doc.name) is not None
     assert sleeps == [0.75, 1.5]  # 1 s then 2 s ceilings: half fixed + rng 0.5 of the rest
@@ -639,7 +632,7 @@ def test_503_then_success(emu, cfg):
 def test_503_at_finalize_retries_the_whole_upload(emu, cfg):
     store, sleeps = make_store(emu, cfg)
     emu.add_fault(Fault(phase="finalize", status=503))
-    doc = store.wait(upload(store))
+    doc = indexed(emu, store, upload(store))
     assert len(sleeps) == 1
     assert [d["name"] for d in emu.documents()] == [doc.name]
 
@@ -647,7 +640,7 @@ def test_503_at_finalize_retries_the_whole_upload(emu, cfg):
 def test_connection_reset_is_retried(emu, cfg):
     store, sleeps = make_store(emu, cfg)
     emu.add_fault(Fault(phase="start", kind="reset"))
-    doc = store.wait(upload(store))
+    doc = indexed(emu, store, upload(store))
     assert emu.document(doc.name) is not None
     assert len(sleeps) == 1
     assert [r.status for r in emu.find_requests("POST", phase="start")] == [None, 200]
@@ -663,7 +656,7 @@ def test_a_400_for_one_document_is_permanent_and_not_retried(emu, cfg):
     assert not isinstance(info.value, TransientError)
     assert sleeps == []
     assert len(emu.find_requests("POST", phase="start")) == 1
-    store.wait(upload(store, display_name="good.md"))  # the next document is fine
+    indexed(emu, store, upload(store, display_name="good.md"))  # the next document is fine
 
 
 def test_transient_errors_give_up_after_the_attempts(emu, cfg):
@@ -688,9 +681,9 @@ def test_wrong_key_is_an_auth_error_without_the_key(emu, cfg):
 
 def test_missing_key_is_an_auth_error(emu, cfg):
     with pytest.raises(AuthError, match="objlibd auth set"):
-        make_client(cfg, "  ")
+        make_client("  ", cfg.base_url)
     with pytest.raises(AuthError, match="objlibd auth set"):
-        GeminiStore(cfg, "", "fileSearchStores/x")
+        GeminiStore("", "fileSearchStores/x", remote_settings(cfg))
     # What the server says to a request without a key (the SDK cannot send one).
     store, sleeps = make_store(emu, cfg)
     emu.add_fault(Fault(status=403, message=UNREGISTERED_CALLER_MESSAGE))
@@ -700,8 +693,8 @@ def test_missing_key_is_an_auth_error(emu, cfg):
 
 
 def test_store_requires_a_resource_name(cfg):
-    with pytest.raises(StoreNotFound, match="resolve_store"):
-        GeminiStore(cfg, KEY, "My Library")
+    with pytest.raises(StoreNotFound, match="not a store resource name"):
+        GeminiStore(KEY, "My Library", remote_settings(cfg))
 
 
 @pytest.mark.parametrize("how", ["limit", "fault"])
@@ -883,14 +876,16 @@ def test_store_paces_its_own_calls(emu, cfg):
 
     limiter = AdaptiveLimiter(ceiling_per_minute=30, clock=clock, sleep=sleep)
     name = emu.create_store("paced")
-    store = GeminiStore(cfg, KEY, name, pacer=Pacer(limiter=limiter, sleep=sleep))
+    store = GeminiStore(KEY, name, remote_settings(cfg), pacer=Pacer(limiter=limiter, sleep=sleep))
     for _ in range(3):
         store.get("nope")
     assert waits == [2.0, 2.0]  # at the ceiling from the start, and never above it
 
 
 def test_the_default_store_paces_adaptively_under_its_ceiling(emu, cfg):
-    store = GeminiStore(replace(cfg, max_requests_per_minute=90), KEY, emu.create_store("x"))
+    store = GeminiStore(
+        KEY, emu.create_store("x"), remote_settings(replace(cfg, max_requests_per_minute=90))
+    )
     assert isinstance(store.pacer.limiter, AdaptiveLimiter)
     assert store.pacer.limiter.ceiling == 1.5
     assert store.health()["pacing"]["ceiling_per_minute"] == 90
@@ -917,19 +912,14 @@ def test_search_maps_hits_back_to_library_paths(emu, cfg):
     assert generate.path == f"/v1beta/models/{cfg.model}:generateContent"
 
 
-def test_search_without_metadata_uses_the_path_resolver(emu, cfg):
+def test_search_without_metadata_names_no_path(emu, cfg):
+    """The caller maps such a hit to a file (workspace.py), not the store."""
     emu.grounding_extras = False
     name = emu.create_store("plain")
     emu.add_document(name, "entropy.md", {}, b"Entropy measures disorder.")
-    store = GeminiStore(
-        cfg,
-        KEY,
-        name,
-        pacer=Pacer(sleep=lambda s: None),
-        path_resolver={"entropy.md": "physics/entropy.md"}.get,
-    )
+    store, _ = make_store(emu, cfg, store_name=name)
     hits = store.search("entropy disorder").hits
-    assert [(h.path, h.document) for h in hits] == [("physics/entropy.md", "")]
+    assert [(h.display_name, h.path, h.document) for h in hits] == [("entropy.md", None, "")]
 
 
 def test_finalize_then_503_leaves_a_recognisable_duplicate(emu, cfg):
@@ -937,6 +927,6 @@ def test_finalize_then_503_leaves_a_recognisable_duplicate(emu, cfg):
     identity metadata, so the audit / orphan sweep can recognise and remove the extra."""
     store, _ = make_store(emu, cfg)
     emu.add_fault(Fault(kind="finalize_then_503"))
-    doc = store.wait(upload(store))
+    doc = indexed(emu, store, upload(store))
     copies = [d for d in store.list() if d.metadata.get("sha256") == "h1"]
     assert len(copies) == 2 and copies[-1].name == doc.name

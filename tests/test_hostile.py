@@ -260,7 +260,7 @@ def test_an_upload_landing_after_the_first_look_is_not_left_behind(ws, monkeypat
         metadata=enr.metadata,
         mime_type="text/plain",
     )
-    late_doc = ws.store.wait(late).name
+    late_doc = ws.store.poll(late).name  # the local store: done at once
     assert ws.engine.recovery.resolve_intents() == 0  # not due for another look yet
     monkeypatch.setattr(engine_module, "INTENT_GRACE", 0.0)
     ws.engine.recovery.intent_recheck_at = 0.0

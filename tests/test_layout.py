@@ -6,6 +6,10 @@
   fails here, before it can race the applier.
 - Dependencies point one way: `stores/` and `library/` never import each
   other or `daemon/`; `sync/` never imports `daemon/` or `cli/`.
+- No backend leaks: `cli/` and `daemon/` reach the stores only through
+  `objlib_daemon.stores` (the factories) and `stores.base` (the protocols),
+  never a backend module; `stores/` never reads the config or the
+  credentials (its callers hand it plain values).
 """
 
 from __future__ import annotations
@@ -107,24 +111,60 @@ def test_only_the_applier_writes_files_and_mutates_the_store(path: Path) -> None
     assert store_mutations(tree, source) == [], f"{path.name} mutates the store; ask the applier"
 
 
+BACKENDS = ("objlib_daemon.stores.gemini", "objlib_daemon.stores.local")
 FORBIDDEN = {
-    "stores": ("objlib_daemon.library", "objlib_daemon.daemon", "objlib_daemon.sync"),
+    "stores": (
+        "objlib_daemon.library",
+        "objlib_daemon.daemon",
+        "objlib_daemon.sync",
+        "objlib_daemon.config",
+        "objlib_daemon.credentials",
+    ),
     "library": ("objlib_daemon.stores", "objlib_daemon.daemon", "objlib_daemon.sync"),
     "sync": ("objlib_daemon.daemon", "objlib_daemon.cli"),
+    "cli": BACKENDS,
+    "daemon": BACKENDS,
 }
+
+
+def imported(tree: ast.Module) -> list[str]:
+    """Every module the source imports; `from a import b` counts as `a` and `a.b`
+    (b may be a module: `from objlib_daemon.stores import gemini`)."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+            names += [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+    return names
+
+
+def forbidden_imports(tree: ast.Module, folder: str) -> list[str]:
+    return [
+        name
+        for name in imported(tree)
+        if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[folder])
+    ]
+
+
+def test_the_import_check_sees_a_violation() -> None:
+    for source in (
+        "from objlib_daemon.stores.gemini import make_client",
+        "from objlib_daemon.stores import local",
+        "import objlib_daemon.stores.gemini",
+    ):
+        assert forbidden_imports(ast.parse(source), "cli"), source
+    assert forbidden_imports(ast.parse("from objlib_daemon import config"), "stores")
+    for allowed in ("from objlib_daemon.stores import open_store", "import objlib_daemon.stores"):
+        assert forbidden_imports(ast.parse(allowed), "daemon") == [], allowed
 
 
 @pytest.mark.parametrize("folder", sorted(FORBIDDEN))
 def test_dependencies_point_one_way(folder: str) -> None:
     for path in (PACKAGE / folder).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            for name in names:
-                assert not name.startswith(FORBIDDEN[folder]), f"{path}: imports {name}"
+        found = forbidden_imports(ast.parse(path.read_text()), folder)
+        assert found == [], f"{path}: imports {', '.join(found)}"
 
 
 README = PACKAGE.parent / "README.md"

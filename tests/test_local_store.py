@@ -14,8 +14,15 @@ from pathlib import Path
 import pytest
 
 from objlib_daemon.stores import local
-from objlib_daemon.stores.base import ACTIVE, OperationLost, PermanentError, StoreError, Upload
-from objlib_daemon.stores.local import LocalStore
+from objlib_daemon.stores.base import (
+    ACTIVE,
+    OperationLost,
+    PermanentError,
+    StoreError,
+    StoreNotFound,
+    Upload,
+)
+from objlib_daemon.stores.local import LocalAdmin, LocalStore
 
 NAME = re.compile(r"^localStores/local/documents/[a-z0-9]{1,40}-[0-9a-f]{12}$")
 
@@ -30,7 +37,7 @@ def store(tmp_path: Path):
 def put(store: LocalStore, text: str | bytes, name: str = "notes.txt", mime="text/plain", **meta):
     data = text.encode() if isinstance(text, str) else text
     up = store.upload(io.BytesIO(data), display_name=name, metadata=meta, mime_type=mime)
-    return store.wait(up)
+    return store.poll(up)
 
 
 def test_directory_is_created_private(tmp_path: Path) -> None:
@@ -50,7 +57,37 @@ def test_identity_of_the_store(store: LocalStore) -> None:
         assert (same.name, same.display_name) == ("localStores/local", "local")
 
 
-def test_upload_wait_get_list_delete_round_trip(store: LocalStore) -> None:
+def test_health_reports_no_breaker_and_no_pacing(store: LocalStore) -> None:
+    assert store.health() == {
+        "backend": "local",
+        "store": "localStores/local",
+        "breaker": None,
+        "pacing": None,
+    }
+
+
+def test_the_admin_lists_without_creating_and_creates_only_when_asked(tmp_path: Path) -> None:
+    directory = tmp_path / "local-store"
+    admin = LocalAdmin(directory, "mine")
+    assert admin.list() == []
+    with pytest.raises(StoreNotFound, match="objlibd init"):
+        admin.resolve("mine")
+    assert not directory.exists()  # neither listing nor resolving made it
+    assert admin.create("mine") == "localStores/mine"
+    with pytest.raises(PermanentError, match="already exists"):
+        admin.create("mine")
+    assert admin.resolve("mine") == admin.resolve("localStores/mine") == "localStores/mine"
+    with pytest.raises(StoreNotFound):
+        admin.resolve("other")
+    with LocalStore(directory, "mine") as store:
+        put(store, "hello", name="a.txt")
+    [info] = admin.list()
+    assert (info.name, info.display_name, info.documents) == ("localStores/mine", "mine", 1)
+    with pytest.raises(ValueError):
+        LocalAdmin(directory, "a/b")
+
+
+def test_upload_poll_get_list_delete_round_trip(store: LocalStore) -> None:
     up = store.upload(
         io.BytesIO(b"hello world"),
         display_name="Notes.md",
@@ -61,7 +98,7 @@ def test_upload_wait_get_list_delete_round_trip(store: LocalStore) -> None:
     assert up.document is not None and NAME.match(up.document), up.document
     assert up.document.split("/")[-1].startswith("notesmd-")
 
-    doc = store.wait(up)
+    doc = store.poll(up)
     assert doc.name == up.document
     assert doc.display_name == "Notes.md"
     assert doc.state == ACTIVE
@@ -144,11 +181,11 @@ def test_get_absent_is_none(store: LocalStore) -> None:
     assert store.get("fileSearchStores/other/documents/x") is None
 
 
-def test_wait_on_an_unknown_operation_fails(store: LocalStore) -> None:
+def test_poll_on_an_unknown_operation_fails(store: LocalStore) -> None:
     with pytest.raises(StoreError):
-        store.wait(Upload(operation="localStores/local/operations/x", document=None))
+        store.poll(Upload(operation="localStores/local/operations/x", document=None))
     with pytest.raises(StoreError):
-        store.wait(Upload(operation="op", document="localStores/local/documents/x-0"))
+        store.poll(Upload(operation="op", document="localStores/local/documents/x-0"))
 
 
 def test_poll_completes_at_once_also_for_a_rebuilt_upload(store: LocalStore) -> None:
@@ -158,7 +195,7 @@ def test_poll_completes_at_once_also_for_a_rebuilt_upload(store: LocalStore) -> 
     )
     assert (up.display_name, up.identity) == ("n.txt", {"path": "a/n.txt", "sha256": "h1"})
     doc = store.poll(up)
-    assert doc is not None and doc.state == ACTIVE and doc == store.wait(up)
+    assert doc.state == ACTIVE
     rebuilt = Upload(operation=up.operation, document=up.document, display_name="n.txt")
     assert store.poll(rebuilt) == doc
     store.delete(doc.name)
@@ -283,7 +320,7 @@ def test_the_callers_text_is_indexed_and_the_bytes_kept(store: LocalStore) -> No
         mime_type="text/html",
         text="Harmony\nVisible & readable prose",
     )
-    doc = store.wait(up)
+    doc = store.poll(up)
     assert [h.document for h in store.search("readable prose").hits] == [doc.name]
     for markup in ("div", "class", "amp"):
         assert store.search(markup).hits == [], markup
@@ -425,7 +462,7 @@ def test_upload_of_64_kib_is_cheap(store: LocalStore) -> None:
     durations = []
     for i in range(30):
         start = time.perf_counter()
-        store.wait(
+        store.poll(
             store.upload(
                 io.BytesIO(body),
                 display_name=f"Lecture {i}.txt",

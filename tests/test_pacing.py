@@ -16,6 +16,7 @@ from emulator import Fault, GeminiEmulator
 from google.genai import errors as genai_errors
 
 from objlib_daemon.config import StoreConfig
+from objlib_daemon.connect import remote_settings
 from objlib_daemon.stores import pacing
 from objlib_daemon.stores.gemini import GeminiStore
 from objlib_daemon.stores.pacing import AdaptiveLimiter, CircuitBreaker, Pacer
@@ -198,7 +199,7 @@ def test_429s_slow_the_store_down_without_opening_the_breaker():
         breaker = CircuitBreaker(2, 60.0)
         pacer = Pacer(limiter=lim, breaker=breaker, attempts=6, sleep=clock.sleep)
         store = GeminiStore(
-            StoreConfig(backend="gemini", base_url=emu.url), KEY, emu.create_store("s"), pacer=pacer
+            KEY, emu.create_store("s"), remote_settings(StoreConfig(base_url=emu.url)), pacer=pacer
         )
         emu.add_fault(Fault(method="GET", kind="retry_info", retry_delay=3.0, times=4))
         assert store.get("nothing-here") is None  # after four 429s, answered

@@ -313,7 +313,7 @@ def test_the_store_deleted_on_the_server_stops_sync_and_verify_with_the_fix(g):
     g.write("d/One.txt")
     g.sync()
     g.write("d/One.txt", filler("d/One.txt", 3000, "edited"))
-    client = make_client(load(g.config_path).store, g.emulator.api_key)
+    client = make_client(g.emulator.api_key, load(g.config_path).store.base_url)
     client.file_search_stores.delete(name=g.store_resource, config={"force": True})
     for args in (["sync"], ["verify"]):
         result = g.run(*args)
@@ -333,7 +333,7 @@ def test_the_daemon_pauses_remote_work_when_the_store_was_deleted(tmp_path, monk
         env.init()
         env.start()
         env.wait_converged()
-        client = make_client(env.config().store, emu.api_key)
+        client = make_client(emu.api_key, env.config().store.base_url)
         client.file_search_stores.delete(name=env.store_resource, config={"force": True})
         write(env.root / "d" / "Two.txt", "two, after the store went")
         status = wait_until(

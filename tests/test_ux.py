@@ -471,13 +471,11 @@ def test_search_reads_well_with_claims_tied_to_numbered_hits(h):
 
 def test_a_suggested_store_command_works_when_pasted(emulator):
     """Finding 13: `objlibd store create My Library` (unquoted) was suggested."""
-    from objlib_daemon.config import StoreConfig
     from objlib_daemon.stores.base import StoreNotFound
-    from objlib_daemon.stores.gemini import make_client, resolve_store
+    from objlib_daemon.stores.gemini import GeminiAdmin
 
-    client = make_client(StoreConfig(backend="gemini", base_url=emulator.url), emulator.api_key)
     try:
-        resolve_store(client, "My Library")
+        GeminiAdmin(emulator.api_key, emulator.url).resolve("My Library")
     except StoreNotFound as exc:
         assert "`objlibd store create 'My Library'`" in str(exc)
     else:

@@ -135,18 +135,18 @@ def _resolve_gemini_store(config: Config, name: str | None, create: bool) -> tup
     """(resource name, display name) of the Gemini store; created only when asked."""
     if not name:
         raise ConfigurationError("a Gemini store needs a name: pass --store NAME")
-    from objlib_daemon.credentials import resolve_api_key
+    from objlib_daemon.connect import open_admin
     from objlib_daemon.stores.base import StoreNotFound
-    from objlib_daemon.stores.gemini import create_store, make_client, resolve_store
 
-    api_key, _ = resolve_api_key()
-    client = make_client(config.store, api_key)
+    admin = open_admin(config, "gemini")
     try:
-        resource = resolve_store(client, name)
+        resource = admin.resolve(name)
     except StoreNotFound:
         if not create:
             raise
-        resource = create_store(client, name)
+        resource = admin.create(name)
+    finally:
+        admin.close()
     display = name if not name.startswith("fileSearchStores/") else resource
     return resource, display
 

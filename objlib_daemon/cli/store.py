@@ -17,9 +17,8 @@ from typing import Any
 import click
 
 from objlib_daemon import errors
-from objlib_daemon.config import Config, StoreConfig
-from objlib_daemon.credentials import resolve_api_key
-from objlib_daemon.stores.base import AuthError, StoreError, StoreInfo
+from objlib_daemon.config import Config
+from objlib_daemon.stores.base import AuthError, StoreAdmin, StoreError, StoreInfo
 
 
 class StoreCommandError(errors.ObjlibError):
@@ -38,23 +37,17 @@ def _config(ctx: click.Context) -> Config:
     return config
 
 
-def _store_config(ctx: click.Context) -> StoreConfig:
-    return _config(ctx).store
-
-
 @contextmanager
-def _client(ctx: click.Context) -> Iterator[Any]:
-    """A Gemini client for the configured key and base URL; store errors → ObjlibError."""
-    from objlib_daemon.stores.gemini import make_client
+def _admin(config: Config, backend: str) -> Iterator[StoreAdmin]:
+    """`backend`'s stores, with the configured key and base URL; store errors → ObjlibError."""
+    from objlib_daemon.connect import open_admin
 
-    config = _store_config(ctx)
-    key, _source = resolve_api_key()
     try:
-        client = make_client(config, key)
+        admin = open_admin(config, backend)
         try:
-            yield client
+            yield admin
         finally:
-            client.close()
+            admin.close()
     except AuthError as exc:
         raise errors.ConfigurationError(str(exc)) from None
     except StoreError as exc:
@@ -71,19 +64,17 @@ def store() -> None:
 @click.pass_context
 def create(ctx: click.Context, name: str) -> None:
     """Create a File Search store with display name NAME and print its resource name."""
-    from objlib_daemon.stores.gemini import create_store, list_stores
-
     name = name.strip()
     if not name:
         raise click.UsageError("the store name must not be empty")
-    with _client(ctx) as client:
-        existing = [s for s in list_stores(client) if s.display_name == name]
+    with _admin(_config(ctx), "gemini") as admin:
+        existing = [s for s in admin.list() if s.display_name == name]
         if existing:
             raise StoreExists(
                 f"a store named {name!r} already exists ({existing[0].name}); use it "
                 "(set [store] name) or choose another name"
             )
-        resource = create_store(client, name)
+        resource = admin.create(name)
     click.echo(resource)
     click.echo(
         f'Created. Put `name = "{resource}"` under [store] in the config '
@@ -108,16 +99,10 @@ def _as_dict(info: StoreInfo) -> dict[str, Any]:
 def list_(ctx: click.Context, gemini: bool, as_json: bool) -> None:
     """List the stores of the configured backend (the File Search stores this
     API key can see, or the local store)."""
-    from objlib_daemon.stores import local_stores
-    from objlib_daemon.stores.gemini import list_stores
-
     config = _config(ctx)
     local = config.store.backend == "local" and not gemini
-    if local:
-        stores = local_stores(config.store, state_dir=config.state_dir)
-    else:
-        with _client(ctx) as client:
-            stores = list_stores(client)
+    with _admin(config, "local" if local else "gemini") as admin:
+        stores = admin.list()
     if as_json:
         click.echo(json.dumps([_as_dict(s) for s in stores], indent=2))
         return

@@ -83,14 +83,7 @@ def live_status(d: Daemon, *, shown: int | None = SHOWN) -> dict[str, Any]:
         inflight = list(
             s.scalars(select(PendingChange.path).where(PendingChange.state == INFLIGHT).limit(50))
         )
-    store = d.ws.store
-    breaker = None
-    health = getattr(store, "health", None)
-    if callable(health):
-        try:
-            breaker = health().get("breaker")
-        except Exception as exc:
-            breaker = {"state": f"unknown ({exc})"}
+    breaker = d.ws.store.health()["breaker"] if d.ws.store is not None else None
     reconcile_job = d.reconcile_job
     data["daemon"] = {
         "state": d.state,

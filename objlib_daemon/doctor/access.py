@@ -48,7 +48,8 @@ def check_credentials(config: Config, meta: dict[str, str], out: list[Check]) ->
 
 def check_store(config: Config, meta: dict[str, str], out: list[Check]) -> None:
     """--online: the recorded store answers and is the one recorded."""
-    from objlib_daemon.stores import open_store
+    from objlib_daemon.connect import open_store
+    from objlib_daemon.stores import local_directory
     from objlib_daemon.stores.base import AuthError, StoreError, StoreNotFound, TransientError
 
     backend = meta.get("store_backend")
@@ -56,12 +57,12 @@ def check_store(config: Config, meta: dict[str, str], out: list[Check]) -> None:
     if not backend:
         out.append(Check("store", False, "no store recorded", "run `objlibd init --library ROOT`"))
         return
-    if backend == "local" and not (config.state_dir / "local-store").exists():
+    if backend == "local" and not local_directory(config.state_dir).exists():
         out.append(Check("store", True, "local store not created yet (the first sync creates it)"))
         return
     fix = ""
     try:
-        store = open_store(config.store, backend=backend, name=recorded, state_dir=config.state_dir)
+        store = open_store(config, backend=backend, name=recorded)
         try:
             info = store.ensure()
         finally:

@@ -84,7 +84,7 @@ class GeminiAnalyst:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.model = settings.model
-        self.client = make_client(store_config, api_key)  # raises AuthError without a key
+        self.client = make_client(api_key, store_config.base_url)  # AuthError without a key
         self.limiter = _SkippingLimiter(
             ceiling_per_minute=settings.max_requests_per_minute, sleep=sleep
         )

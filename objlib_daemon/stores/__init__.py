@@ -1,40 +1,60 @@
-"""The remote side: one store protocol, two backends (embedded `local`, `gemini`)."""
+"""The remote side: two protocols (a store's documents, and the stores themselves) and
+two backends (embedded `local`, `gemini`).
+
+Callers build stores only through the two factories here, from plain values
+(an API key they resolved, `RemoteSettings` from their config, paths and names), so no
+caller imports a backend module and no backend reads the config or the
+credentials. Backends are imported on first use: `local` needs no SDK.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from objlib_daemon.config import StoreConfig
-from objlib_daemon.stores.base import Store, StoreInfo
+from objlib_daemon.stores.base import RemoteSettings, Store, StoreAdmin
 
 LOCAL_DEFAULT_NAME = "local"
 
 
-def local_stores(config: StoreConfig, *, state_dir: Path) -> list[StoreInfo]:
-    """The embedded store under `state_dir`, if one was created (by `init` or a sync).
-
-    Why not `open_store`: listing must not create the store's folder, and
-    needs no credentials, so `store list` works on a machine with no Gemini key.
-    """
-    directory = state_dir / "local-store"
-    if not directory.is_dir():
-        return []
-    from objlib_daemon.stores.local import LocalStore
-
-    with LocalStore(directory, name=config.name or LOCAL_DEFAULT_NAME) as store:
-        return [store.ensure()]
+def local_directory(state_dir: Path) -> Path:
+    """Where the embedded store keeps its documents."""
+    return state_dir / "local-store"
 
 
-def open_store(config: StoreConfig, *, backend: str, name: str, state_dir: Path) -> Store:
+def needs_api_key(backend: str) -> bool:
+    """Whether the backend's factories need an API key (the caller resolves it)."""
+    return backend == "gemini"
+
+
+def open_store(
+    backend: str, name: str, *, state_dir: Path, api_key: str, settings: RemoteSettings
+) -> Store:
     """Build the store recorded in the database (`name` is its resource name)."""
     if backend == "local":
         from objlib_daemon.stores.local import LocalStore
 
-        return LocalStore(state_dir / "local-store", name=name or LOCAL_DEFAULT_NAME)
+        return LocalStore(local_directory(state_dir), name=name or LOCAL_DEFAULT_NAME)
     if backend == "gemini":
-        from objlib_daemon.credentials import resolve_api_key
         from objlib_daemon.stores.gemini import GeminiStore
 
-        api_key, _source = resolve_api_key()
-        return GeminiStore(config, api_key, name)
+        return GeminiStore(api_key, name, settings)
+    raise ValueError(f"unknown store backend {backend!r}")
+
+
+def open_admin(
+    backend: str, *, state_dir: Path, name: str, api_key: str, base_url: str
+) -> StoreAdmin:
+    """The backend's stores themselves (`store create`, `store list`, `init`).
+
+    `name` is the configured store name (the local store is listed under it);
+    the local admin never creates the store's folder unless asked to create.
+    """
+    if backend == "local":
+        from objlib_daemon.stores.local import LocalAdmin
+
+        return LocalAdmin(local_directory(state_dir), name or LOCAL_DEFAULT_NAME)
+    if backend == "gemini":
+        from objlib_daemon.stores.gemini import GeminiAdmin
+
+        return GeminiAdmin(api_key, base_url)
     raise ValueError(f"unknown store backend {backend!r}")

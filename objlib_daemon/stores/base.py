@@ -1,7 +1,11 @@
-"""The store protocol every backend implements, and the errors it raises.
+"""The protocols every backend implements (a store's documents, and the stores
+themselves), the plain values they are built from, and the errors they raise.
 
-The sync engine only ever talks to this interface (as rclone's `fs.Fs`), so
-the same truths are tested on the embedded store and on Gemini.
+The sync engine only ever talks to `Store` (as rclone's `fs.Fs`), and the CLI's
+`store` commands only to `StoreAdmin`, so the same truths are tested on the
+embedded store and on Gemini, and no caller names a backend module. Nothing
+here reads the config or the credentials: the caller resolves both and hands
+over plain values (`RemoteSettings`, an API key), so a store can be built from anything.
 """
 
 from __future__ import annotations
@@ -9,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 # The largest document File Search accepts (gemini-file-search.md, limits);
 # the local store enforces the same, and config caps library.max_size with it.
-from objlib_daemon.config import MAX_DOCUMENT_BYTES  # noqa: F401 (re-exported)
+MAX_DOCUMENT_BYTES = 100 * 1000 * 1000
 
 MetadataValue = str | float | list[str]
 
@@ -181,6 +185,24 @@ class StoreInfo:
     documents: int | None = None
 
 
+@dataclass(frozen=True)
+class RemoteSettings:
+    """Where a remote backend answers and how hard to push it, as plain values.
+
+    The caller fills it from its config ([store] in docs/configuration.md);
+    the API key travels apart from it, so no repr of these values can show it.
+    """
+
+    base_url: str  # "": the service's own endpoint
+    model: str  # the model that answers searches
+    concurrency: int  # uploads at once
+    max_requests_per_minute: int  # 0: no ceiling, the limiter finds the rate
+    breaker_threshold: int
+    breaker_cooldown: float
+    retry_attempts: int
+    retry_initial: float
+
+
 class Store(Protocol):
     """What the sync engine needs from a document store.
 
@@ -228,10 +250,6 @@ class Store(Protocol):
         """
         ...
 
-    def wait(self, upload: Upload) -> RemoteDocument:
-        """`poll` until done (with backoff and the configured deadline), for one-shot callers."""
-        ...
-
     def delete(self, document: str) -> None:
         """Delete a document; one that is already gone counts as success."""
         ...
@@ -249,6 +267,11 @@ class Store(Protocol):
         on custom metadata in AIP-160 syntax (Gemini's `metadata_filter`)."""
         ...
 
+    def health(self) -> dict[str, Any]:
+        """Breaker and pacing state for `objlibd status` (no secrets, no network);
+        `breaker` and `pacing` are None for a backend that has none."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -259,3 +282,27 @@ class InstantStore(Store, Protocol):
         """Uploads made inside commit together at its end, or none of them do
         (a StoreError then): one commit per batch instead of per document."""
         ...
+
+
+class StoreAdmin(Protocol):
+    """A backend's stores themselves, not their documents: what `objlibd store ...`
+    and `init` need. Creating a store is always an explicit user action (sync never
+    creates one), so only `create` makes one."""
+
+    backend: str
+
+    def create(self, display_name: str) -> str:
+        """Make a new store; its resource name. Not retried: a create whose answer
+        was lost may have succeeded."""
+        ...
+
+    def list(self) -> list[StoreInfo]:
+        """Every store this backend can see (with the given credentials)."""
+        ...
+
+    def resolve(self, name: str) -> str:
+        """The resource name of an existing store, from its resource name or display
+        name; StoreNotFound when there is none, StoreUnusable when it is ambiguous."""
+        ...
+
+    def close(self) -> None: ...

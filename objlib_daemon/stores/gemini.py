@@ -1,9 +1,10 @@
-"""The Gemini File Search backend: the Store protocol over the google-genai SDK.
+"""The Gemini File Search backend: the Store and StoreAdmin protocols over the
+google-genai SDK.
 
 Every rule here comes from gemini-file-search.md: pin v1beta, upload in one
-call from a file object, poll operations with a deadline and look the
-document up before calling it lost, delete with force, and never create a
-store implicitly. Every SDK call goes through a `Pacer` (pacing.py), so
+call from a file object, poll operations (the caller keeps the deadline) and
+look the document up before calling it lost, delete with force, and never
+create a store implicitly. Every SDK call goes through a `Pacer` (pacing.py), so
 retries, rate limiting, the circuit breaker and secret scrubbing happen in
 one place.
 """
@@ -13,15 +14,12 @@ from __future__ import annotations
 import contextlib
 import shlex  # a suggested command must work when pasted: `store create 'My Library'`
 import threading
-import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO
 
 from google import genai
 from google.genai import types
 
-from objlib_daemon.config import StoreConfig
 from objlib_daemon.stores import base
 from objlib_daemon.stores.base import (
     AuthError,
@@ -31,6 +29,7 @@ from objlib_daemon.stores.base import (
     OperationLost,
     PermanentError,
     RemoteDocument,
+    RemoteSettings,
     SearchHit,
     SearchResult,
     StoreError,
@@ -72,14 +71,6 @@ _STATES = {
     "STATE_FAILED": base.FAILED,
 }
 
-# Keys of the clients make_client built, so module functions that only get a
-# client can still scrub the key from error messages.
-_CLIENT_SECRETS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-
-
-class OperationTimeout(TransientError):
-    """`wait` gave up: the import did not become usable within the deadline."""
-
 
 class DeleteNotConfirmed(TransientError):
     """A delete answered "already gone" but a GET still finds the document.
@@ -90,11 +81,11 @@ class DeleteNotConfirmed(TransientError):
     """
 
 
-# --- client and store-level functions --------------------------------------------
+# --- client and the stores themselves ------------------------------------------
 
 
-def make_client(config: StoreConfig, api_key: str) -> genai.Client:
-    """A client pinned to v1beta, optionally at `config.base_url`.
+def make_client(api_key: str, base_url: str = "") -> genai.Client:
+    """A client pinned to v1beta, optionally at `base_url` (an emulator, a proxy).
 
     The key is always passed explicitly: the SDK on its own prefers
     GOOGLE_API_KEY over GEMINI_API_KEY and falls back to the environment for
@@ -105,32 +96,19 @@ def make_client(config: StoreConfig, api_key: str) -> genai.Client:
         raise AuthError(
             "no Gemini API key: set one with `objlibd auth set` or export GEMINI_API_KEY"
         )
-    client = genai.Client(
+    return genai.Client(
         api_key=key,
         http_options=types.HttpOptions(
             api_version=API_VERSION,
-            base_url=config.base_url or None,
+            base_url=base_url or None,
             timeout=REQUEST_TIMEOUT_MS,
         ),
     )
-    _CLIENT_SECRETS[client] = key
-    return client
 
 
-def _client_secrets(client: Any) -> tuple[str, ...]:
-    key = _CLIENT_SECRETS.get(client)
-    if key is None:
-        key = getattr(getattr(client, "_api_client", None), "api_key", None)
-    return (key,) if isinstance(key, str) and key else ()
-
-
-def _pacer_for(client: Any, pacer: Pacer | None) -> Pacer:
-    if pacer is None:
-        pacer = Pacer(secrets=_client_secrets(client))
-    else:
-        for secret in _client_secrets(client):
-            pacer.add_secret(secret)
-    return pacer
+def _gone(exc: StoreError) -> bool:
+    """404, or a 403 that is not about credentials ("may not exist")."""
+    return exc.code == 404 or (exc.code == 403 and not isinstance(exc, AuthError))
 
 
 def _store_info(store: types.FileSearchStore) -> StoreInfo:
@@ -146,98 +124,110 @@ def _store_info(store: types.FileSearchStore) -> StoreInfo:
     return StoreInfo(name=store.name or "", display_name=store.display_name or "", documents=total)
 
 
-def create_store(client: genai.Client, display_name: str, *, pacer: Pacer | None = None) -> str:
-    """Create a File Search store; return its server-assigned resource name.
+class GeminiAdmin:
+    """The File Search stores an API key can see (the StoreAdmin protocol)."""
 
-    Not retried: a create whose answer was lost may have succeeded, and a
-    blind retry would leave two stores with the same display name.
-    """
-    display_name = display_name.strip()
-    if not display_name:
-        raise PermanentError("a store needs a non-empty display name")
-    if len(display_name) > MAX_DISPLAY_NAME:
-        raise PermanentError(f"store display name is longer than {MAX_DISPLAY_NAME} characters")
-    pacer = _pacer_for(client, pacer)
-    try:
-        store = pacer.call(
-            "file_search_stores.create",
-            client.file_search_stores.create,
-            config={"display_name": display_name},
-            attempts=1,
-        )
-    except TransientError as exc:
-        raise TransientError(
-            f"creating store {display_name!r} failed ({exc}); it may have been created "
-            "anyway: check `objlibd store list` before trying again",
-            code=exc.code,
-            retry_after=exc.retry_after,
-        ) from None
-    if not store.name:
-        raise PermanentError("the server created a store but returned no name")
-    return store.name
+    backend = "gemini"
 
+    def __init__(self, api_key: str, base_url: str = "") -> None:
+        self.client = make_client(api_key, base_url)  # raises AuthError without a key
+        # Retries with backoff, and the key scrubbed from messages; no rate
+        # limiter or breaker: these are a user's few one-off calls.
+        self.pacer = Pacer(secrets=(api_key.strip(),))
 
-def list_stores(client: genai.Client, *, pacer: Pacer | None = None) -> list[StoreInfo]:
-    """Every File Search store the key can see."""
-    pacer = _pacer_for(client, pacer)
-    stores: list[StoreInfo] = []
-    token: str | None = None
-    while True:
-        config: dict[str, Any] = {"page_size": PAGE_SIZE}
-        if token:
-            config["page_token"] = token
-        pager = pacer.call("file_search_stores.list", client.file_search_stores.list, config=config)
-        stores.extend(_store_info(s) for s in pager.page)
-        token = pager.config.get("page_token")
-        if not token:
-            return stores
+    def create(self, display_name: str) -> str:
+        """Create a File Search store; return its server-assigned resource name.
 
-
-def resolve_store(
-    client: genai.Client, name_or_display_name: str, *, pacer: Pacer | None = None
-) -> str:
-    """Resource name for a configured store: a `fileSearchStores/...` name once
-    the store answers to it, else the one store whose display name (or id)
-    matches. Never creates.
-    """
-    wanted = name_or_display_name.strip()
-    if not wanted:
-        raise StoreNotFound(
-            "no store configured: set [store] name, create one with "
-            "`objlibd store create NAME` or run `objlibd init --create-store`"
-        )
-    if wanted.startswith(STORE_PREFIX):
-        # Checked, not trusted: a mistyped or deleted store recorded at init
-        # would otherwise turn every later upload into a per-file 404 failure.
-        pacer = _pacer_for(client, pacer)
+        Not retried: a create whose answer was lost may have succeeded, and a
+        blind retry would leave two stores with the same display name.
+        """
+        display_name = display_name.strip()
+        if not display_name:
+            raise PermanentError("a store needs a non-empty display name")
+        if len(display_name) > MAX_DISPLAY_NAME:
+            raise PermanentError(f"store display name is longer than {MAX_DISPLAY_NAME} characters")
         try:
-            store = pacer.call("file_search_stores.get", client.file_search_stores.get, name=wanted)
-        except PermanentError as exc:
-            if exc.code == 404 or (exc.code == 403 and not isinstance(exc, AuthError)):
-                raise StoreNotFound(
-                    f"no File Search store {wanted!r} (or this key cannot see it): create one "
-                    "with `objlibd store create NAME` or `objlibd init --create-store`",
-                    code=exc.code,
-                ) from None
-            raise
-        return store.name or wanted
-    stores = list_stores(client, pacer=pacer)
-    matches = [s for s in stores if s.display_name == wanted]
-    if not matches:
-        matches = [s for s in stores if s.name == STORE_PREFIX + wanted]
-    if len(matches) == 1:
-        return matches[0].name
-    if len(matches) > 1:
-        names = ", ".join(s.name for s in matches)
-        # The user's to settle, not the service's: retrying cannot help.
-        raise StoreUnusable(
-            f"{len(matches)} stores are named {wanted!r} ({names}); set [store] name to "
-            "the resource name of the one to use"
+            store = self.pacer.call(
+                "file_search_stores.create",
+                self.client.file_search_stores.create,
+                config={"display_name": display_name},
+                attempts=1,
+            )
+        except TransientError as exc:
+            raise TransientError(
+                f"creating store {display_name!r} failed ({exc}); it may have been created "
+                "anyway: check `objlibd store list` before trying again",
+                code=exc.code,
+                retry_after=exc.retry_after,
+            ) from None
+        if not store.name:
+            raise PermanentError("the server created a store but returned no name")
+        return store.name
+
+    def list(self) -> list[StoreInfo]:
+        """Every File Search store the key can see."""
+        stores: list[StoreInfo] = []
+        token: str | None = None
+        while True:
+            config: dict[str, Any] = {"page_size": PAGE_SIZE}
+            if token:
+                config["page_token"] = token
+            pager = self.pacer.call(
+                "file_search_stores.list", self.client.file_search_stores.list, config=config
+            )
+            stores.extend(_store_info(s) for s in pager.page)
+            token = pager.config.get("page_token")
+            if not token:
+                return stores
+
+    def resolve(self, name: str) -> str:
+        """Resource name for a configured store: a `fileSearchStores/...` name once
+        the store answers to it, else the one store whose display name (or id)
+        matches. Never creates.
+        """
+        wanted = name.strip()
+        if not wanted:
+            raise StoreNotFound(
+                "no store configured: set [store] name, create one with "
+                "`objlibd store create NAME` or run `objlibd init --create-store`"
+            )
+        if wanted.startswith(STORE_PREFIX):
+            # Checked, not trusted: a mistyped or deleted store recorded at init
+            # would otherwise turn every later upload into a per-file 404 failure.
+            try:
+                store = self.pacer.call(
+                    "file_search_stores.get", self.client.file_search_stores.get, name=wanted
+                )
+            except PermanentError as exc:
+                if _gone(exc):
+                    raise StoreNotFound(
+                        f"no File Search store {wanted!r} (or this key cannot see it): create "
+                        "one with `objlibd store create NAME` or `objlibd init --create-store`",
+                        code=exc.code,
+                    ) from None
+                raise
+            return store.name or wanted
+        stores = self.list()
+        matches = [s for s in stores if s.display_name == wanted]
+        if not matches:
+            matches = [s for s in stores if s.name == STORE_PREFIX + wanted]
+        if len(matches) == 1:
+            return matches[0].name
+        if len(matches) > 1:
+            names = ", ".join(s.name for s in matches)
+            # The user's to settle, not the service's: retrying cannot help.
+            raise StoreUnusable(
+                f"{len(matches)} stores are named {wanted!r} ({names}); set [store] name to "
+                "the resource name of the one to use"
+            )
+        raise StoreNotFound(
+            f"no File Search store named {wanted!r}: create it with "
+            f"`objlibd store create {shlex.quote(wanted)}` or `objlibd init --create-store`"
         )
-    raise StoreNotFound(
-        f"no File Search store named {wanted!r}: create it with "
-        f"`objlibd store create {shlex.quote(wanted)}` or `objlibd init --create-store`"
-    )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
 
 
 # --- conversions ---------------------------------------------------------------
@@ -332,48 +322,35 @@ class GeminiStore:
 
     def __init__(
         self,
-        config: StoreConfig,
         api_key: str,
         store_name: str,
+        settings: RemoteSettings,
         *,
-        client: genai.Client | None = None,
         pacer: Pacer | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        poll_initial: float = 0.5,
-        poll_max: float = 10.0,
-        path_resolver: Callable[[str], str | None] | None = None,
     ) -> None:
+        """`pacer` replaces the pacing `settings` describe (tests: no real sleeps)."""
         if not store_name.startswith(STORE_PREFIX):
             raise StoreNotFound(
                 f"{store_name!r} is not a store resource name (fileSearchStores/...); "
-                "resolve it with resolve_store() first"
+                "resolve it with GeminiAdmin.resolve() first"
             )
-        self.config = config
         self.name = store_name.rstrip("/")
-        self._key = (api_key or "").strip()
+        self.model = settings.model
+        key = (api_key or "").strip()
         # Held for the store's lifetime: a collected client closes its
         # connection and everything it returned stops working (rule 8).
-        self.client = client if client is not None else make_client(config, self._key)
+        self.client = make_client(key, settings.base_url)
         if pacer is None:
             pacer = Pacer(
-                limiter=AdaptiveLimiter(
-                    ceiling_per_minute=config.max_requests_per_minute, sleep=sleep
-                ),
-                breaker=CircuitBreaker(config.breaker_threshold, config.breaker_cooldown),
-                attempts=config.retry_attempts,
-                base_delay=config.retry_initial,
-                sleep=sleep,
+                limiter=AdaptiveLimiter(ceiling_per_minute=settings.max_requests_per_minute),
+                breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown),
+                attempts=settings.retry_attempts,
+                base_delay=settings.retry_initial,
             )
-        pacer.add_secret(self._key)
+        pacer.add_secret(key)
         self.pacer = pacer
-        self._sleep = sleep
-        self._clock = clock
-        self.poll_initial = poll_initial
-        self.poll_max = poll_max
-        self.path_resolver = path_resolver
         # Uploads are the long calls; `concurrency` bounds how many run at once.
-        self._upload_slots = threading.BoundedSemaphore(max(1, config.concurrency))
+        self._upload_slots = threading.BoundedSemaphore(max(1, settings.concurrency))
         # Polls so far of each unfinished operation (see `poll`); only a
         # counter, so losing it (a restart) costs a few extra polls, no more.
         self._polls: dict[str, int] = {}
@@ -394,11 +371,6 @@ class GeminiStore:
             return name
         return f"{self.name}/documents/{name.rsplit('/', 1)[-1]}"
 
-    @staticmethod
-    def _gone(exc: StoreError) -> bool:
-        """404, or a 403 that is not about credentials ("may not exist")."""
-        return exc.code == 404 or (exc.code == 403 and not isinstance(exc, AuthError))
-
     # -- Store protocol --
 
     def ensure(self) -> StoreInfo:
@@ -408,7 +380,7 @@ class GeminiStore:
                 "file_search_stores.get", self.client.file_search_stores.get, name=self.name
             )
         except PermanentError as exc:
-            if self._gone(exc):
+            if _gone(exc):
                 raise StoreNotFound(
                     f"File Search store {self.name} does not exist (or this key cannot see "
                     "it): create one with `objlibd store create NAME` or "
@@ -615,34 +587,6 @@ class GeminiStore:
         candidates = [doc for doc in self.list() if _matches(doc, upload.identity)]
         return candidates[-1] if candidates else None
 
-    def wait(self, upload: Upload) -> RemoteDocument:
-        """`poll` with exponential backoff until done or `config.operation_timeout` passes.
-
-        For tests and one-shot callers; what counts as done is `poll`'s rule,
-        and the last look at the deadline is poll's own document check.
-        Raises OperationTimeout (transient) when still not done.
-        """
-        deadline = self._clock() + self.config.operation_timeout
-        delay = self.poll_initial
-        while True:
-            document = self.poll(upload)
-            if document is not None:
-                return document
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                # A deadline shorter than DOCUMENT_CHECK_POLL polls still looks
-                # at the document once before giving up (rule 3).
-                document = self._check_document(upload)
-                if document is not None:
-                    return document
-                self._forget(upload.operation)
-                raise OperationTimeout(
-                    f"import of {upload.display_name or upload.operation!r} did not finish "
-                    f"within {self.config.operation_timeout:g}s; its document is not active yet"
-                )
-            self._sleep(min(delay, remaining))
-            delay = min(delay * 2, self.poll_max)
-
     def delete(self, document: str) -> None:
         """Delete a document with force (it has chunks); already gone is success.
 
@@ -670,7 +614,7 @@ class GeminiStore:
             return
         except Exception as exc:  # classified as every SDK failure is
             answer = self.pacer.classify(exc)
-        if answer.transient or not self._gone(answer):
+        if answer.transient or not _gone(answer):
             raise answer
         if self.pacer.limiter is not None:
             self.pacer.limiter.acquire()
@@ -727,7 +671,7 @@ class GeminiStore:
                 name=self.document_name(document),
             )
         except PermanentError as exc:
-            if self._gone(exc):
+            if _gone(exc):
                 return None
             raise
         return _document(doc)
@@ -739,7 +683,7 @@ class GeminiStore:
         response = self._call(
             "models.generate_content",
             self.client.models.generate_content,
-            model=self.config.model,
+            model=self.model,
             contents=query,
             config=types.GenerateContentConfig(
                 tools=[
@@ -781,15 +725,12 @@ class GeminiStore:
                 continue
             chunk_hit[index] = len(hits)
             metadata = _metadata_out(context.custom_metadata)
-            display = context.title or ""
             path = metadata.get(PATH_KEY)
-            if not isinstance(path, str):
-                path = self.path_resolver(display) if self.path_resolver and display else None
             hits.append(
                 SearchHit(
                     document=context.document_name or context.uri or "",
-                    display_name=display,
-                    path=path,
+                    display_name=context.title or "",
+                    path=path if isinstance(path, str) else None,
                     snippet=(context.text or "").strip(),
                     # The service's confidence where it gives one (newer models
                     # often do not); else the retrieval rank, 1, 1/2, 1/3, …

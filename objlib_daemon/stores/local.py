@@ -54,6 +54,7 @@ from objlib_daemon.stores.base import (
     SearchResult,
     StoreError,
     StoreInfo,
+    StoreNotFound,
     Upload,
     identity_of,
 )
@@ -78,6 +79,7 @@ _SNIPPET_TOKENS = 16
 # Display names are short and say what a document is: weigh a hit there higher.
 _BM25_WEIGHTS = (5.0, 2.0, 1.0)  # display_name, meta, body
 
+_PREFIX = "localStores/"
 _STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _SLUG_MAX = 40  # Gemini's document ids are a short slug of the name + 12 hex
 _TERM = re.compile(r"[^\W_]+")
@@ -117,16 +119,9 @@ class LocalStore:
     instant = True
 
     def __init__(self, directory: Path, name: str = "local") -> None:
-        # Accept the resource name too: it is what `name` reports and what a
-        # caller may have recorded.
-        name = name.removeprefix("localStores/")
-        if not _STORE_NAME.match(name):
-            raise ValueError(
-                f"local store name {name!r}: use 1-63 letters, digits, '.', '_' or '-'"
-            )
         self.directory = Path(directory)
-        self.display_name = name
-        self.name = f"localStores/{name}"
+        self.name = _resource_name(name)
+        self.display_name = self.name.removeprefix(_PREFIX)
         self._blobs = self.directory / "blobs"
         if not self.directory.exists():
             self.directory.mkdir(mode=0o700, parents=True)
@@ -252,13 +247,7 @@ class LocalStore:
         finally:
             self._local.batch = None
 
-    def poll(self, upload: Upload) -> RemoteDocument | None:
-        return self._imported(upload)
-
-    def wait(self, upload: Upload) -> RemoteDocument:
-        return self._imported(upload)
-
-    def _imported(self, upload: Upload) -> RemoteDocument:
+    def poll(self, upload: Upload) -> RemoteDocument:
         """Imports are synchronous here: the document exists once upload() returned.
 
         One that is gone since (deleted by a later step, or a rebuilt Upload
@@ -334,6 +323,10 @@ class LocalStore:
             extra = self._match(" OR ".join(terms), limit, keep)
             hits += [hit for hit in extra if hit.document not in seen][: limit - len(hits)]
         return SearchResult(answer=None, hits=hits)
+
+    def health(self) -> dict[str, Any]:
+        """No breaker and no pacing: nothing here fails for a while and recovers."""
+        return {"backend": self.backend, "store": self.name, "breaker": None, "pacing": None}
 
     def close(self) -> None:
         with self._lock:
@@ -450,6 +443,53 @@ class LocalStore:
 
 
 _COLUMNS = "id, doc_id, display_name, metadata, mime_type, size, create_time"
+
+
+class LocalAdmin:
+    """The embedded store of one state dir (the StoreAdmin protocol).
+
+    There is at most one, in `directory`, under the name the caller records
+    (`name`). Listing never creates its folder and needs no credentials, so
+    `store list` works on a machine with no Gemini key.
+    """
+
+    backend = "local"
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.directory = Path(directory)
+        self.name = _resource_name(name)
+
+    def create(self, display_name: str) -> str:
+        if self.directory.is_dir():
+            raise PermanentError(f"a local store already exists in {self.directory}")
+        with LocalStore(self.directory, display_name) as store:
+            return store.name
+
+    def list(self) -> list[StoreInfo]:
+        if not self.directory.is_dir():
+            return []
+        with LocalStore(self.directory, self.name) as store:
+            return [store.ensure()]
+
+    def resolve(self, name: str) -> str:
+        if not self.directory.is_dir() or _resource_name(name) != self.name:
+            raise StoreNotFound(
+                f"no local store {name!r} in {self.directory}: "
+                "`objlibd init --library PATH` creates it"
+            )
+        return self.name
+
+    def close(self) -> None:
+        """Nothing held open: each call opens the store and closes it again."""
+
+
+def _resource_name(name: str) -> str:
+    """`localStores/<name>` for a bare name or a resource name (what `name` reports
+    and what a caller may have recorded); ValueError for a name the store refuses."""
+    bare = name.removeprefix(_PREFIX)
+    if not _STORE_NAME.match(bare):
+        raise ValueError(f"local store name {bare!r}: use 1-63 letters, digits, '.', '_' or '-'")
+    return _PREFIX + bare
 
 
 class _Transaction:
