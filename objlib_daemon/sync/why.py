@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 
 from objlib_daemon.library.eligibility import why_not
-from objlib_daemon.state.models import File, JournalEntry, Orphan, PendingChange
+from objlib_daemon.state.models import File, FileState, JournalEntry, Orphan, PendingChange
 from objlib_daemon.timefmt import utc_iso
 from objlib_daemon.workspace import Workspace
 
@@ -133,16 +133,16 @@ def verdict(data: dict[str, Any]) -> str:
         return said + (f" (was {row['state']})" if row else "")
     if change:
         why = f"; waiting: {change['last_error']}" if change["last_error"] else ""
-        return f"queued ({change['reason']}, {change['state']}), next attempt " + (
+        return f"in the queue ({change['reason']}, {change['state']}), next attempt " + (
             f"{change['next_attempt_at'] or 'now'}{why}"
         )
     if row is None:
         return "eligible, not seen by a sync yet: run `objlibd sync`"
     state = row["state"]
-    if state == "indexed":
+    if state == FileState.INDEXED:
         return f"indexed: document {row['document']} holds its current content"
-    if state == "missing":
+    if state == FileState.MISSING:
         return f"missing since {row['missing_since']}; its document stays until pruned"
-    if state == "failed":
+    if state == FileState.FAILED:
         return f"failed: {row['last_error']}"
     return state
