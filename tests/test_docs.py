@@ -17,7 +17,7 @@ import pytest
 
 from objlib_daemon import config
 from objlib_daemon.library.metadata import enrich, validate_rules
-from objlib_daemon.state.models import FileState, QueueState
+from objlib_daemon.state.models import FileState, JournalAction, QueueState
 from objlib_daemon.sync.outcome import Outcome
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,12 +134,14 @@ def test_operations_doc_covers_the_issue() -> None:
 
 def test_the_json_doc_names_every_action_and_state() -> None:
     """The values a reader of `--json` meets: each file's action, the file states
-    `status` counts, a queue row's state (the enumerations are their source)."""
+    `status` counts, a queue row's state, a journal entry's action (the
+    enumerations are their source)."""
     text = JSON_DOC.read_text(encoding="utf-8")
     sections = {
         "## `objlibd sync`\n": [o for o in Outcome if o.acted],
         "## `objlibd status`\n": list(FileState),
         "## `objlibd queue`\n": list(QueueState),
+        "## `objlibd why PATH`\n": list(JournalAction),
     }
     for heading, values in sections.items():
         section = text.split(heading, 1)[1].split("\n## ", 1)[0]

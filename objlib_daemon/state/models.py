@@ -152,9 +152,24 @@ class Intent(Base):
     retried: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
-# Journal action of a note on an uploaded document (no text layer, text cut):
-# `status` lists the live documents noted so.
-NOTED = "noted"
+class JournalAction(enum.StrEnum):
+    """What a journal row records (`objlibd why PATH` shows them as its history)."""
+
+    UPLOADED = "uploaded"  # the path's first document
+    REPLACED = "replaced"  # a new document for the path; the old one is retired
+    # A note on an uploaded document (no text layer, text cut): `status` lists
+    # the live documents noted so.
+    NOTED = "noted"
+    ADOPTED = "adopted"  # a document of ours found in the store, recorded
+    MOVED = "moved"  # the content went to another path (detail: "to NEW")
+    RESTORED = "restored"  # back from missing with the content its document holds
+    MISSING = "missing"  # gone from disk: marked missing
+    FORGOTTEN = "forgotten"  # gone before it was ever uploaded: its row dropped
+    FAILED = "failed"  # refused by the store or unreadable (detail: why)
+    REQUEUED = "requeued"  # `verify --repair` queued it to be uploaded again
+    PRUNED = "pruned"  # missing long enough: its document deleted
+    STRAY = "stray"  # `verify --repair`: a document of ours the database did not hold
+    DELETED = "deleted"  # a superseded, stray or pruned document deleted from the store
 
 
 # The journal keeps this much history (`objlibd why` shows it), trimmed at the

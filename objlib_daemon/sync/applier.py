@@ -46,7 +46,7 @@ from objlib_daemon.library.payload import Payload, Refused, payload
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
-from objlib_daemon.state.models import NOTED, File, FileState, Intent, JournalEntry, Orphan
+from objlib_daemon.state.models import File, FileState, Intent, JournalAction, JournalEntry, Orphan
 from objlib_daemon.stores.base import (
     InstantStore,
     PermanentError,
@@ -181,7 +181,7 @@ _ROW = (
 
 def journal(
     session: Session,
-    action: str,
+    action: JournalAction,
     path: str | None,
     document: str | None = None,
     detail: str | None = None,
@@ -190,7 +190,7 @@ def journal(
 
 
 def entry(
-    action: str, path: str | None, document: str | None = None, detail: str | None = None
+    action: JournalAction, path: str | None, document: str | None = None, detail: str | None = None
 ) -> dict[str, object]:
     """A journal row's values, for writing many in one statement (`_record`)."""
     return {
@@ -449,7 +449,7 @@ class Applier:
             f.size, f.mtime_ns, f.sha256 = disk.size, disk.mtime_ns, disk.sha256
             f.state, f.missing_since, f.updated_at = FileState.INDEXED, None, self.clock()
             f.last_error = None
-            journal(s, "restored", path, f.document)
+            journal(s, JournalAction.RESTORED, path, f.document)
 
     def _vanished(self, path: str, action: Action) -> Result:
         self._require_volume(f"not marking {path} missing")
@@ -467,10 +467,14 @@ class Applier:
             self._require_volume(f"not marking {path} missing")
             if action is Action.FORGET:
                 s.delete(f)
-                journal(s, "forgotten", path, detail="vanished before it was ever uploaded")
+                journal(
+                    s, JournalAction.FORGOTTEN, path, detail="vanished before it was ever uploaded"
+                )
                 return Result(path, action.outcome)
             f.state, f.missing_since, f.updated_at = FileState.MISSING, now, now
-            s.add(JournalEntry(at=now, path=path, action="missing", document=f.document))
+            s.add(
+                JournalEntry(at=now, path=path, action=JournalAction.MISSING, document=f.document)
+            )
         return Result(path, action.outcome)
 
     def _ineligible(self, path: str, row: Row | None, disk: Disk, problem: str) -> Result:
@@ -499,7 +503,7 @@ class Applier:
             f.mtime_ns = None if unreadable or disk is None else disk.mtime_ns
             if disk is not None and disk.sha256:
                 f.sha256 = disk.sha256
-            journal(s, "failed", path, f.document, message)
+            journal(s, JournalAction.FAILED, path, f.document, message)
 
     def note_error(self, path: str, error: str) -> None:
         """Say on the row why its last attempt did not complete (it will be retried)."""
@@ -855,10 +859,10 @@ class Applier:
                     "updated_at": now,
                 }
             )
-            action = "uploaded" if previous is None else "replaced"
+            action = JournalAction.UPLOADED if previous is None else JournalAction.REPLACED
             entries.append(entry(action, ix.path, document, ix.sha256))
             if ix.note:  # `status` lists a live document noted so (sync/status.py)
-                entries.append(entry(NOTED, ix.path, document, ix.note))
+                entries.append(entry(JournalAction.NOTED, ix.path, document, ix.note))
             out.append((old, moved_from))
         self._write_rows(s, rows, entries)
         return out
@@ -932,7 +936,7 @@ class Applier:
             return []
         for f in gone:
             s.merge(Orphan(document=f.document, path=f.path, reason="moved", created_at=now))
-            journal(s, "moved", f.path, f.document, f"to {path}")
+            journal(s, JournalAction.MOVED, f.path, f.document, f"to {path}")
             s.delete(f)
         return [(f.path, f.document) for f in gone]
 
@@ -969,7 +973,7 @@ class Applier:
         row.state, row.missing_since = FileState.INDEXED, None
         row.last_error, row.updated_at = None, now
         row.enrichment_version = self.version
-        journal(s, "adopted", path, document, why)
+        journal(s, JournalAction.ADOPTED, path, document, why)
         if disk is None:
             queue.enqueue(s, [(path, queue.REPAIR)])
         return superseded
@@ -995,7 +999,7 @@ class Applier:
         if row.state != FileState.MISSING:
             row.state = FileState.PENDING
         row.updated_at = now
-        journal(s, "requeued", path, document, f"verify: {why}")
+        journal(s, JournalAction.REQUEUED, path, document, f"verify: {why}")
         queue.enqueue(s, [(path, queue.REPAIR)])
         return retire
 
@@ -1024,7 +1028,7 @@ class Applier:
                     s.merge(
                         Orphan(document=f.document, path=f.path, reason="pruned", created_at=now)
                     )
-                journal(s, "pruned", f.path, f.document)
+                journal(s, JournalAction.PRUNED, f.path, f.document)
                 f.state, f.document, f.upload_sha256, f.updated_at = (
                     FileState.PRUNED,
                     None,
@@ -1063,7 +1067,9 @@ class Applier:
             o = s.get(Orphan, document)
             if o is not None:
                 s.delete(o)
-            journal(s, "deleted", o.path if o else None, document, o.reason if o else None)
+            journal(
+                s, JournalAction.DELETED, o.path if o else None, document, o.reason if o else None
+            )
         return 1
 
     def cleanup_orphans(self, *, everything: bool = False) -> int:

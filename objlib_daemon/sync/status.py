@@ -13,7 +13,7 @@ from objlib_daemon.enrichment.pending import enrichment_status
 from objlib_daemon.library.volume import probe
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import NOTED, File, FileState, Intent, JournalEntry, Orphan
+from objlib_daemon.state.models import File, FileState, Intent, JournalAction, JournalEntry, Orphan
 
 # Rows listed by name in `status` (failures, waiting rows); `objlibd queue` lists all.
 SHOWN = 10
@@ -45,7 +45,8 @@ def database_status(db: Database, *, shown: int | None = SHOWN) -> dict[str, Any
             select(File.path, JournalEntry.detail)
             .join(JournalEntry, JournalEntry.document == File.document)
             .where(
-                JournalEntry.action == NOTED, File.state.in_((FileState.INDEXED, FileState.MISSING))
+                JournalEntry.action == JournalAction.NOTED,
+                File.state.in_((FileState.INDEXED, FileState.MISSING)),
             )
             .limit(10)
         ).all()
