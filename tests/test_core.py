@@ -12,7 +12,7 @@ from harness import Harness, real_paths
 from objlib_daemon.config import LibraryConfig
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.scan import scan
-from objlib_daemon.state.db import SCHEMA_VERSION
+from objlib_daemon.state.db import SCHEMA_VERSION, Database
 from objlib_daemon.units import parse_duration
 
 
@@ -206,6 +206,25 @@ def test_schema_migrates_from_an_older_version(lh):
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     result = lh.run("sync")
     assert result.exit_code == 78 and "upgrade objlibd" in result.stderr
+
+
+def test_a_queue_row_of_schema_4_is_queued_after_the_migration(lh):
+    """Schema 4 stored a waiting queue row as "pending", a file state's word: the
+    migration renames it, or the row would never be claimed again."""
+    lh.write("q/Waiting.txt")
+    with sqlite3.connect(lh.state_dir / "objlibd.db") as conn:
+        conn.execute(
+            "INSERT INTO pending_changes (path, reason, gen, first_seen, last_seen, state,"
+            " attempts, next_attempt_at, lane) VALUES"
+            " ('q/Waiting.txt', 'event', 1, 0, 0, 'pending', 0, 0, 0)"
+        )
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    Database(lh.state_dir / "objlibd.db").close()  # a writer's open migrates
+    with lh.db() as conn:
+        states = [r["state"] for r in conn.execute("SELECT state FROM pending_changes")]
+    assert states == ["queued"]
+    summary = lh.sync()
+    assert summary["new"] == 1 and summary["outstanding"]["waiting"] == 0
 
 
 def test_unreadable_file_is_reported_and_retried_once_fixed(lh):

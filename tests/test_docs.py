@@ -19,10 +19,13 @@ import pytest
 
 from objlib_daemon import config
 from objlib_daemon.library.metadata import enrich, validate_rules
+from objlib_daemon.state.models import FileState, JournalAction, QueueState
+from objlib_daemon.sync.outcome import Outcome
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config.example.toml"
 CONFIG_DOC = REPO / "docs" / "configuration.md"
+JSON_DOC = REPO / "docs" / "json.md"
 OPERATIONS_DOC = REPO / "docs" / "operations.md"
 
 COMMENTED_SETTING = re.compile(r"^#\s?(\[\[?[a-z_.]+\]\]?|[a-z_]+\s*=.*)$")
@@ -157,3 +160,20 @@ def test_operations_doc_covers_the_issue() -> None:
         "Upgrading",
     ):
         assert needle in text, needle
+
+
+def test_the_json_doc_names_every_action_and_state() -> None:
+    """The values a reader of `--json` meets: each file's action, the file states
+    `status` counts, a queue row's state, a journal entry's action (the
+    enumerations are their source)."""
+    text = JSON_DOC.read_text(encoding="utf-8")
+    sections = {
+        "## `objlibd sync`\n": [o for o in Outcome if o.acted],
+        "## `objlibd status`\n": list(FileState),
+        "## `objlibd queue`\n": list(QueueState),
+        "## `objlibd why PATH`\n": list(JournalAction),
+    }
+    for heading, values in sections.items():
+        section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+        missing = [v.value for v in values if f"`{v.value}`" not in section]
+        assert not missing, f"docs/json.md {heading.strip()} lacks {missing}"

@@ -25,7 +25,7 @@ from emulator import Fault, GeminiEmulator
 
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import FAILED, INDEXED, MISSING, PENDING, PRUNED
+from objlib_daemon.state.models import FileState
 from objlib_daemon.sync.planner import Action, Disk, Row, decide
 
 V = "v1"
@@ -41,21 +41,21 @@ def _row(state: str, *, document: bool = True, uploaded: str = "a", seen: str = 
 TABLE = [
     (None, Disk(False), False, Action.UNCHANGED),
     (None, Disk(True, 10, 1, "a"), False, Action.NEW),
-    (_row(INDEXED), Disk(False), False, Action.VANISHED),
-    (_row(PENDING, document=False), Disk(False), False, Action.FORGET),
-    (_row(MISSING), Disk(False), False, Action.UNCHANGED),
-    (_row(PRUNED, document=False), Disk(False), False, Action.UNCHANGED),
-    (_row(INDEXED), Disk(True, 10, 1), False, Action.UNCHANGED),  # stat same: not hashed
-    (_row(INDEXED), Disk(True, 10, 2, "a"), False, Action.REFRESH),
-    (_row(INDEXED), Disk(True, 11, 2, "b"), False, Action.MODIFIED),
-    (_row(INDEXED), Disk(True, 10, 1, "a"), True, Action.REFRESH),
-    (_row(MISSING), Disk(True, 10, 1, "a"), False, Action.RESTORED),
-    (_row(MISSING), Disk(True, 11, 1, "b"), False, Action.MODIFIED),
-    (_row(PRUNED, document=False), Disk(True, 10, 1, "a"), False, Action.NEW),
-    (_row(FAILED, seen="b"), Disk(True, 11, 2, "b"), False, Action.STILL_FAILED),
-    (_row(FAILED, seen="b"), Disk(True, 11, 2, "b"), True, Action.MODIFIED),
-    (_row(FAILED, document=False, seen="b"), Disk(True, 11, 2, "c"), False, Action.NEW),
-    (_row(PENDING, document=False), Disk(True, 10, 1, "a"), False, Action.NEW),
+    (_row(FileState.INDEXED), Disk(False), False, Action.VANISHED),
+    (_row(FileState.PENDING, document=False), Disk(False), False, Action.FORGET),
+    (_row(FileState.MISSING), Disk(False), False, Action.UNCHANGED),
+    (_row(FileState.PRUNED, document=False), Disk(False), False, Action.UNCHANGED),
+    (_row(FileState.INDEXED), Disk(True, 10, 1), False, Action.UNCHANGED),  # stat same: not hashed
+    (_row(FileState.INDEXED), Disk(True, 10, 2, "a"), False, Action.REFRESH),
+    (_row(FileState.INDEXED), Disk(True, 11, 2, "b"), False, Action.MODIFIED),
+    (_row(FileState.INDEXED), Disk(True, 10, 1, "a"), True, Action.REFRESH),
+    (_row(FileState.MISSING), Disk(True, 10, 1, "a"), False, Action.RESTORED),
+    (_row(FileState.MISSING), Disk(True, 11, 1, "b"), False, Action.MODIFIED),
+    (_row(FileState.PRUNED, document=False), Disk(True, 10, 1, "a"), False, Action.NEW),
+    (_row(FileState.FAILED, seen="b"), Disk(True, 11, 2, "b"), False, Action.STILL_FAILED),
+    (_row(FileState.FAILED, seen="b"), Disk(True, 11, 2, "b"), True, Action.MODIFIED),
+    (_row(FileState.FAILED, document=False, seen="b"), Disk(True, 11, 2, "c"), False, Action.NEW),
+    (_row(FileState.PENDING, document=False), Disk(True, 10, 1, "a"), False, Action.NEW),
 ]
 
 
@@ -69,9 +69,7 @@ def test_planner_over_every_combination_keeps_the_invariants() -> None:
     missing, and a file with a live document is never uploaded as "new"."""
     rows = [None] + [
         _row(state, document=doc, uploaded=up, seen=seen)
-        for state, doc, up, seen in itertools.product(
-            (INDEXED, PENDING, MISSING, PRUNED, FAILED), (True, False), "ab", "ab"
-        )
+        for state, doc, up, seen in itertools.product(FileState, (True, False), "ab", "ab")
     ]
     disks = [Disk(False), Disk(True, 10, 1)] + [Disk(True, 10, 1, sha) for sha in "ab"]
     for row, disk, force in itertools.product(rows, disks, (False, True)):
@@ -81,7 +79,7 @@ def test_planner_over_every_combination_keeps_the_invariants() -> None:
         else:
             assert action not in (Action.VANISHED, Action.FORGET), (row, disk)
         if action is Action.NEW:
-            assert row is None or row.document is None or row.state == PRUNED, (row, disk)
+            assert row is None or row.document is None or row.state == FileState.PRUNED, (row, disk)
 
 
 # --- the queue's lanes -----------------------------------------------------------------------
@@ -239,11 +237,11 @@ def test_every_entry_point_runs_the_same_pass(env, service, entry) -> None:
     _run_entry(env, entry)
     states = env.file_states()
     assert states == {
-        "e/Edited.txt": INDEXED,
-        "e/Now Renamed.txt": INDEXED,
-        "e/Deleted.txt": MISSING,
-        "e/Kept.txt": INDEXED,
-        "e/New.txt": INDEXED,
+        "e/Edited.txt": FileState.INDEXED,
+        "e/Now Renamed.txt": FileState.INDEXED,
+        "e/Deleted.txt": FileState.MISSING,
+        "e/Kept.txt": FileState.INDEXED,
+        "e/New.txt": FileState.INDEXED,
     }
     assert env.db("SELECT document FROM files WHERE path = 'e/Kept.txt'")[0][0] == kept_doc
     assert env.db("SELECT count(*) FROM orphans")[0][0] == 0
@@ -262,7 +260,7 @@ def test_an_import_stuck_indexing_is_never_counted_indexed(env, service) -> None
     write(env.root / "s/Stuck.txt", "stuck")
     result = env.cli("sync", "--json", timeout=120)
     assert result.returncode == 6, result.stdout + result.stderr
-    assert env.file_states().get("s/Stuck.txt") != INDEXED
+    assert env.file_states().get("s/Stuck.txt") != FileState.INDEXED
     status = env.cli_json("status")
     assert status["indexing"] == 1
     for doc in service.documents():  # the service finally finishes indexing it
@@ -385,7 +383,7 @@ def test_kill_9_during_a_batched_local_first_sync_converges(
     assert summary["failed"] == 0, summary
     h.converged()  # every file: exactly one document, of its content
     rows = h.rows()
-    assert len(rows) == files and {r["state"] for r in rows.values()} == {INDEXED}
+    assert len(rows) == files and {r["state"] for r in rows.values()} == {FileState.INDEXED}
     assert len(h.docs()) == files
     with h.db() as conn:
         assert conn.execute("SELECT count(*) FROM pending_changes").fetchone()[0] == 0

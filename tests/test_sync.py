@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -184,6 +185,30 @@ def test_dry_run_changes_nothing(h):
     assert sorted(d.name for d in h.docs()) == before_docs
     if h.backend == "gemini":
         assert [r for r in h.emulator.requests if r.path != "/__docs"] == []
+
+
+def test_the_dry_run_lists_what_the_sync_then_does(h):
+    """What an action comes to is said once (`Action.outcome`): the dry run's
+    files are the ones the sync then lists, with the same actions."""
+    for rel in ("d/Edited.txt", "d/Deleted.txt", "d/Renamed.txt", "d/Back.txt"):
+        h.write(rel)
+    h.sync()
+    back = (h.root / "d/Back.txt").read_bytes()
+    (h.root / "d/Back.txt").unlink()
+    assert h.sync()["missing"] == 1
+    h.write("d/Edited.txt", filler("d/Edited.txt", 3000, "edited"))
+    (h.root / "d/Deleted.txt").unlink()
+    (h.root / "d/Renamed.txt").rename(h.root / "d/Now Renamed.txt")
+    h.write("d/Back.txt", back)
+    h.write("d/New.txt")
+    planned = json.loads(h.run("sync", "--dry-run", "--json").stdout)["files"]
+    done = h.sync("-v")["files"]
+
+    def lines(files: list[dict]) -> list[tuple]:
+        return sorted((f["path"], f["action"], f["moved_from"]) for f in files)
+
+    assert lines(planned) == lines(done)
+    assert {f["action"] for f in done} == {"new", "modified", "moved", "missing", "restored"}
 
 
 def test_skip_enrichment_uploads_raw_bytes_with_identity_only(h):

@@ -209,10 +209,10 @@ def test_why_explains_untracked_tracked_moved_and_queued_files(h):
         conn.execute(
             "INSERT INTO pending_changes (path, reason, gen, first_seen, last_seen, state,"
             " attempts, next_attempt_at, last_error, lane) VALUES"
-            " ('c/Queued.txt', 'event', 1, 0, 0, 'pending', 2, 0, '503 Service Unavailable', 0)"
+            " ('c/Queued.txt', 'event', 1, 0, 0, 'queued', 2, 0, '503 Service Unavailable', 0)"
         )
     queued = h.run("why", "c/Queued.txt").stdout
-    assert "queued (event, pending)" in queued and "waiting: 503 Service Unavailable" in queued
+    assert "in the queue (event, queued)" in queued and "waiting: 503 Service Unavailable" in queued
     assert h.run("why", "/elsewhere/x.txt").exit_code == 2
 
 

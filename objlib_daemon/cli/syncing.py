@@ -15,6 +15,7 @@ from objlib_daemon.enrichment.pending import enrichment_line, enrichment_status
 from objlib_daemon.errors import INTERRUPTED, SOME_FAILED
 from objlib_daemon.state import queue
 from objlib_daemon.state.lock import library_lock
+from objlib_daemon.sync.outcome import Outcome, tally
 from objlib_daemon.units import parse_duration
 from objlib_daemon.workspace import open_workspace
 
@@ -166,7 +167,7 @@ def _run(
             bar.advance()
             if result.note:
                 notes.append(f"{result.path}: {result.note}")
-            if state.verbose and result.action not in ("unchanged", "gone"):
+            if state.verbose and result.action.acted:
                 results.append(result)
 
         done = ws.engine.run_pass(
@@ -179,15 +180,11 @@ def _run(
             on_result=progress,
             stop=stop,
         )
-    plan, counts = done.plan, done.counts
+    plan, counts = done.plan, tally(done.counts)
     counts["unchanged"] += plan.unchanged
     if force:  # the scan hashed every present file; the applier re-read only the changed
         counts["hashed"] = plan.hashed
     counts["orphans_cleaned"] += done.cleaned
-    counts["failed"] += counts.pop("still_failed", 0)
-    # Paused by an open breaker, or still indexing at the deadline: still
-    # queued, like a file waiting for a retry.
-    counts["retrying"] += counts.pop("paused", 0) + counts.pop("indexing", 0)
     if prune_older is not None:
         counts["pruned"] = len(done.pruned)
     with ws.db.session() as s:  # halted by the breaker (or a stop): never reached
@@ -212,7 +209,7 @@ def _run(
         "interrupted" if stop.is_set() else "incomplete" if incomplete else "ok"
     )
     summary["files"] = [_file(r.path, r.action, r.error, r.moved_from) for r in results]
-    summary["files"] += [_file(p, "pruned") for p in done.pruned]
+    summary["files"] += [_file(p, Outcome.PRUNED) for p in done.pruned]
     summary["enrichment"] = enrichment_status(ws.db)
     ws.db.record_sync_result({k: v for k, v in summary.items() if k != "files"})
     return summary
@@ -236,7 +233,7 @@ def _dry_run(
             counts, items, plan = ws.engine.dry_run(
                 force=force, allow_mass_missing=allow_mass_missing, prune_older=prune_older
             )
-            uploads = [i.path for i in items if i.action in ("new", "modified")]
+            uploads = [i.path for i in items if i.action in (Outcome.NEW, Outcome.MODIFIED)]
             assert ws.library.enricher is not None
             cost = estimate(
                 ws.library.enricher,
@@ -252,7 +249,7 @@ def _dry_run(
     data["dry_run"] = True
     data["outcome"] = "dry run"
     data["problems"] = plan.problems
-    data["files"] = [_file(i.path, i.action, None, i.moved_from) for i in items]
+    data["files"] = [_file(i.path, i.action, i.error, i.moved_from) for i in items]
     data["cost"] = cost.as_dict()
     keys = ["new", "modified", "moved", "missing", "restored", "unchanged", "hashed", "failed"]
     if prune_older is not None:
@@ -271,7 +268,7 @@ def _dry_run(
 
 
 def _file(
-    path: str, action: str, error: str | None = None, moved_from: str | None = None
+    path: str, action: Outcome, error: str | None = None, moved_from: str | None = None
 ) -> dict[str, Any]:
     """One acted-on file in `--json` (`moved_from`: the old path of a move)."""
     return {"path": path, "action": action, "error": error, "moved_from": moved_from}

@@ -9,7 +9,6 @@ returns: one command leaves the library converged, not merely scheduled.
 from __future__ import annotations
 
 import sys
-from collections import Counter
 from typing import Any
 
 import click
@@ -18,6 +17,7 @@ from objlib_daemon.cli.common import State, emit, summary_line
 from objlib_daemon.cli.progress import for_terminal
 from objlib_daemon.errors import SOME_FAILED, VolumeUnavailable
 from objlib_daemon.state.lock import library_lock
+from objlib_daemon.sync.outcome import tally
 from objlib_daemon.sync.verify import KINDS, RepairResult, Report, audit, repair
 from objlib_daemon.workspace import Workspace, open_workspace
 
@@ -82,9 +82,7 @@ def _drain(ws: Workspace) -> tuple[dict[str, int] | None, str | None]:
         ws.engine.require_volume()
     except VolumeUnavailable as exc:
         return None, f"{exc}; the repaired files are queued for the next sync"
-    counts: Counter[str] = ws.engine.drain()
-    counts["failed"] += counts.pop("still_failed", 0)
-    counts["retrying"] += counts.pop("paused", 0)
+    counts = tally(ws.engine.drain())
     return {k: counts.get(k, 0) for k in DRAIN_KEYS}, None
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from objlib_daemon.state import queue
-from objlib_daemon.state.models import INFLIGHT, PendingChange
+from objlib_daemon.state.models import PendingChange, QueueState
 from objlib_daemon.sync.status import SHOWN, database_status
 
 if TYPE_CHECKING:
@@ -81,7 +81,11 @@ def live_status(d: Daemon, *, shown: int | None = SHOWN) -> dict[str, Any]:
     data = database_status(d.ro_db, shown=shown)
     with d.ro_db.session() as s:
         inflight = list(
-            s.scalars(select(PendingChange.path).where(PendingChange.state == INFLIGHT).limit(50))
+            s.scalars(
+                select(PendingChange.path)
+                .where(PendingChange.state == QueueState.INFLIGHT)
+                .limit(50)
+            )
         )
     breaker = d.ws.store.health()["breaker"] if d.ws.store is not None else None
     reconcile_job = d.reconcile_job

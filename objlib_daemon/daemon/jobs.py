@@ -22,6 +22,7 @@ from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
 from objlib_daemon.stores.base import AuthError, StoreError, StoreUnusable
 from objlib_daemon.sync.applier import Result
+from objlib_daemon.sync.outcome import Outcome
 from objlib_daemon.sync.verify import audit_engine
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ log = get_logger("objlibd.jobs")
 
 
 # Drain outcomes that leave work behind: errors seen during such a drain stay shown.
-UNFINISHED = frozenset({"retrying", "paused", "failed", "still_failed", "indexing"})
+UNFINISHED = frozenset(outcome for outcome in Outcome if outcome.unfinished)
 # How often a long drain logs its running count (seconds): often enough to see
 # it move in `journalctl -f`, rarely enough not to drown the per-file lines.
 PROGRESS_LOG_EVERY = 10.0
@@ -98,7 +99,7 @@ class Jobs:
             }
             if any(v for k, v in counts.items() if k not in ("unchanged", "gone", "hashed")):
                 log.info("changes applied", **{k: v for k, v in counts.items() if v})
-            if counts.get("paused"):  # circuit breaker open: look again after its cooldown
+            if counts.get(Outcome.PAUSED):  # circuit breaker open: look again after its cooldown
                 again = time.time() + d.config.store.breaker_cooldown
         if again is not None or stop.is_set():
             return again
@@ -121,11 +122,11 @@ class Jobs:
                 progress = dict(d.drain_progress)
         if due:  # a running count, so a long drain is visible in the log
             log.info("draining", done=sum(progress.values()), **progress)
-        if result.action in ("unchanged", "gone"):
+        if not result.action.acted:
             log.debug("looked at", path=result.path, action=result.action)
         elif result.error:
             log.info("not applied", path=result.path, action=result.action, error=result.error)
-            if result.action != "skipped":
+            if result.action is not Outcome.SKIPPED:
                 d.record_error("apply", f"{result.path}: {result.error}")
         elif result.note:  # uploaded, but worth hearing (no text layer: needs OCR)
             log.warning("applied", path=result.path, action=result.action, note=result.note)

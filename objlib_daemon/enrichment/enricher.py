@@ -49,7 +49,7 @@ from objlib_daemon.library import paths
 from objlib_daemon.library.metadata import MAX_ENTRIES, Enrichment, enrich, enrichment_version
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
-from objlib_daemon.state.models import INDEXED, File
+from objlib_daemon.state.models import File, FileState
 from objlib_daemon.stores.base import AuthError, MetadataValue
 
 if TYPE_CHECKING:  # the SDK is imported only where a model is really used
@@ -269,7 +269,7 @@ class Enricher:
             waiting = s.execute(
                 select(File.path, File.upload_sha256).where(
                     File.enrichment_version.in_(versions),
-                    File.state == INDEXED,
+                    File.state == FileState.INDEXED,
                     File.document.is_not(None),
                 )
             ).all()

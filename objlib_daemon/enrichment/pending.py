@@ -54,14 +54,16 @@ def waiting_versions(s: Session) -> dict[str, int]:
     """
     from sqlalchemy import func, select
 
-    from objlib_daemon.state.models import INDEXED, File
+    from objlib_daemon.state.models import File, FileState
 
     rows = s.execute(
         select(File.enrichment_version, File.state, func.count()).group_by(
             File.enrichment_version, File.state
         )
     ).all()
-    return {v: n for v, state, n in rows if state == INDEXED and pending_reason(v) is not None}
+    return {
+        v: n for v, state, n in rows if state == FileState.INDEXED and pending_reason(v) is not None
+    }
 
 
 def enrichment_status(db: Any, now: float | None = None) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from objlib_daemon.state.models import (
     Meta,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # SQLite's names for a damaged file (a page of garbage, a truncated file).
 CORRUPT_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 
@@ -133,12 +133,19 @@ def _migrate_4(conn: Connection) -> None:
     )
 
 
+def _migrate_5(conn: Connection) -> None:
+    """A waiting queue row is stored as "queued", no longer as "pending" (the word
+    of the file state for a file with no document yet)."""
+    conn.exec_driver_sql("UPDATE pending_changes SET state = 'queued' WHERE state = 'pending'")
+
+
 # Index i migrates from version i to i+1. Append, never edit, once released.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _migrate_1,
     _migrate_2,
     _migrate_3,
     _migrate_4,
+    _migrate_5,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 

@@ -2,31 +2,42 @@
 
 from __future__ import annotations
 
+import enum
+
 from sqlalchemy import Float, Index, Integer, PrimaryKeyConstraint, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# File states. `indexed` has a live document of the recorded content; `pending`
-# is known locally but has no current document yet; `failed` holds content the
-# store refused (retried only when the content changes or with --force).
-INDEXED = "indexed"
-PENDING = "pending"
-MISSING = "missing"
-PRUNED = "pruned"
-FAILED = "failed"
-FILE_STATES = (INDEXED, PENDING, MISSING, PRUNED, FAILED)
 
-# Queue row states: waiting (due at next_attempt_at), claimed by an applier
-# worker, or uploaded and waiting for the store to finish indexing (its intent
-# holds the operation; the row completes when the document is recorded).
-QUEUED = "pending"
-INFLIGHT = "inflight"
-INDEXING = "indexing"
+class FileState(enum.StrEnum):
+    """What a `files` row says of its path and the path's document."""
 
-# Queue lanes: a fresh change (an edit the watcher saw, a user's repair) goes
-# ahead of bulk rows (a first sync, a forced or periodic reconcile), so a save
-# is never stuck behind a thousand-file pass.
-FRESH = 0
-BULK = 1
+    INDEXED = "indexed"  # a live document holds the recorded content
+    PENDING = "pending"  # known locally, no current document yet
+    MISSING = "missing"  # gone from disk (volume verified); its document stays until pruned
+    PRUNED = "pruned"  # missing long enough that its document was deleted
+    # Content the store refused: retried when it changes, after
+    # `[sync] retry_failed_after`, or with `sync --retry-failed`.
+    FAILED = "failed"
+
+
+class QueueState(enum.StrEnum):
+    """Where a `pending_changes` row is. Stored as "pending" before schema 5,
+    the file state's word for another thing (state/db.py `_migrate_5`)."""
+
+    QUEUED = "queued"  # waiting, due at next_attempt_at
+    INFLIGHT = "inflight"  # claimed by an applier worker
+    # Uploaded and waiting for the store to finish indexing: its intent holds
+    # the operation; the row completes when the document is recorded.
+    INDEXING = "indexing"
+
+
+class Lane(enum.IntEnum):
+    """Queue lanes: a fresh change (an edit the watcher saw, a user's repair) goes
+    ahead of bulk rows (a first sync, a forced or periodic reconcile), so a save
+    is never stuck behind a thousand-file pass."""
+
+    FRESH = 0
+    BULK = 1
 
 
 class Base(DeclarativeBase):
@@ -48,7 +59,7 @@ class File(Base):
     mtime_ns: Mapped[int | None] = mapped_column(Integer)
     # Hash of the content last seen on disk (may be newer than the document's).
     sha256: Mapped[str | None] = mapped_column(String)
-    state: Mapped[str] = mapped_column(String, default=PENDING)
+    state: Mapped[str] = mapped_column(String, default=FileState.PENDING)
     document: Mapped[str | None] = mapped_column(String)
     # Hash of the content the live document holds: recorded only after upload.
     upload_sha256: Mapped[str | None] = mapped_column(String)
@@ -81,11 +92,13 @@ class PendingChange(Base):
     gen: Mapped[int] = mapped_column(Integer, default=1)
     first_seen: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float)
-    state: Mapped[str] = mapped_column(String, default=QUEUED)
+    state: Mapped[str] = mapped_column(String, default=QueueState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
     last_error: Mapped[str | None] = mapped_column(Text)
-    lane: Mapped[int] = mapped_column(Integer, default=BULK, server_default=str(BULK))
+    lane: Mapped[int] = mapped_column(
+        Integer, default=Lane.BULK, server_default=str(Lane.BULK.value)
+    )
 
     # `claim` reads each lane in (next_attempt_at, first_seen) order: with the
     # whole key in the index SQLite reads the first ready rows instead of
@@ -139,9 +152,24 @@ class Intent(Base):
     retried: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
-# Journal action of a note on an uploaded document (no text layer, text cut):
-# `status` lists the live documents noted so.
-NOTED = "noted"
+class JournalAction(enum.StrEnum):
+    """What a journal row records (`objlibd why PATH` shows them as its history)."""
+
+    UPLOADED = "uploaded"  # the path's first document
+    REPLACED = "replaced"  # a new document for the path; the old one is retired
+    # A note on an uploaded document (no text layer, text cut): `status` lists
+    # the live documents noted so.
+    NOTED = "noted"
+    ADOPTED = "adopted"  # a document of ours found in the store, recorded
+    MOVED = "moved"  # the content went to another path (detail: "to NEW")
+    RESTORED = "restored"  # back from missing with the content its document holds
+    MISSING = "missing"  # gone from disk: marked missing
+    FORGOTTEN = "forgotten"  # gone before it was ever uploaded: its row dropped
+    FAILED = "failed"  # refused by the store or unreadable (detail: why)
+    REQUEUED = "requeued"  # `verify --repair` queued it to be uploaded again
+    PRUNED = "pruned"  # missing long enough: its document deleted
+    STRAY = "stray"  # `verify --repair`: a document of ours the database did not hold
+    DELETED = "deleted"  # a superseded, stray or pruned document deleted from the store
 
 
 # The journal keeps this much history (`objlibd why` shows it), trimmed at the

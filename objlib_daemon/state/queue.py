@@ -2,7 +2,7 @@
 
 Enqueue is one batched UPSERT that bumps `gen`; completion deletes a row only
 if its `gen` is unchanged, so an event that arrives while the path is being
-applied is never lost; `inflight` rows go back to `pending` at start.
+applied is never lost; `inflight` rows go back to `queued` at start.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session
 
-from objlib_daemon.state.models import BULK, FRESH, INDEXING, INFLIGHT, QUEUED, PendingChange
+from objlib_daemon.state.models import Lane, PendingChange, QueueState
 
 # Reasons a producer gives; informational only (the applier decides), except
 # for the lane: what a person just did goes ahead of what a pass found.
@@ -29,8 +29,8 @@ USER = "user"
 BULK_REASONS = frozenset({SCAN, FORCE})
 
 
-def lane_of(reason: str) -> int:
-    return BULK if reason in BULK_REASONS else FRESH
+def lane_of(reason: str) -> Lane:
+    return Lane.BULK if reason in BULK_REASONS else Lane.FRESH
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def enqueue(
             "gen": 1,
             "first_seen": now,
             "last_seen": now,
-            "state": QUEUED,
+            "state": QueueState.QUEUED,
             "attempts": 0,
             "next_attempt_at": due.get(path, not_before) if due else not_before,
             "lane": lane_of(reason),
@@ -99,7 +99,7 @@ def claim(session: Session, *, limit: int, now: float | None = None) -> list[Cla
     first, each lane oldest first."""
     now = time.time() if now is None else now
     rows: list = []
-    for lane in (FRESH, BULK):
+    for lane in Lane:
         if len(rows) >= limit:
             break
         rows += session.execute(
@@ -107,7 +107,7 @@ def claim(session: Session, *, limit: int, now: float | None = None) -> list[Cla
                 PendingChange.path, PendingChange.gen, PendingChange.attempts, PendingChange.reason
             )
             .where(
-                PendingChange.state == QUEUED,
+                PendingChange.state == QueueState.QUEUED,
                 PendingChange.lane == lane,
                 PendingChange.next_attempt_at <= now,
             )
@@ -118,7 +118,7 @@ def claim(session: Session, *, limit: int, now: float | None = None) -> list[Cla
         session.execute(
             update(PendingChange)
             .where(PendingChange.path.in_([r.path for r in rows]))
-            .values(state=INFLIGHT)
+            .values(state=QueueState.INFLIGHT)
         )
     return [Claim(r.path, r.gen, r.attempts, r.reason) for r in rows]
 
@@ -140,13 +140,13 @@ def complete(session: Session, claims: Iterable[Claim]) -> None:
     session.execute(
         update(PendingChange)
         .where(PendingChange.path.in_([d["p"] for d in done]))
-        .values(state=QUEUED, attempts=0, last_error=None)
+        .values(state=QueueState.QUEUED, attempts=0, last_error=None)
     )
 
 
 def retry_later(session: Session, claim_: Claim, *, error: str, delay: float) -> None:
     """Keep the row with a backoff; if a newer event bumped `gen`, it stays due now."""
-    common = {"state": QUEUED, "last_error": error[:2000]}
+    common = {"state": QueueState.QUEUED, "last_error": error[:2000]}
     session.execute(
         update(PendingChange)
         .where(PendingChange.path == claim_.path, PendingChange.gen == claim_.gen)
@@ -165,7 +165,7 @@ def due_now(session: Session) -> int:
     now = time.time()
     result = session.execute(
         update(PendingChange)
-        .where(PendingChange.state == QUEUED, PendingChange.next_attempt_at > now)
+        .where(PendingChange.state == QueueState.QUEUED, PendingChange.next_attempt_at > now)
         .values(next_attempt_at=now)
     )
     return result.rowcount or 0
@@ -174,7 +174,9 @@ def due_now(session: Session) -> int:
 def indexing(session: Session, claim_: Claim) -> None:
     """The claimed row's upload was accepted: it waits for indexing, unclaimable."""
     session.execute(
-        update(PendingChange).where(PendingChange.path == claim_.path).values(state=INDEXING)
+        update(PendingChange)
+        .where(PendingChange.path == claim_.path)
+        .values(state=QueueState.INDEXING)
     )
 
 
@@ -185,7 +187,7 @@ def hold(session: Session, why: str) -> int:
     result = session.execute(
         update(PendingChange)
         .where(
-            PendingChange.state == QUEUED,
+            PendingChange.state == QueueState.QUEUED,
             PendingChange.attempts == 0,
             PendingChange.last_error.is_(None),
         )
@@ -199,7 +201,7 @@ def untried(session: Session) -> int:
     return session.execute(
         select(func.count())
         .select_from(PendingChange)
-        .where(PendingChange.state == QUEUED, PendingChange.attempts == 0)
+        .where(PendingChange.state == QueueState.QUEUED, PendingChange.attempts == 0)
     ).scalar_one()
 
 
@@ -208,22 +210,29 @@ def release(session: Session, claims: Iterable[Claim]) -> None:
     paths = [c.path for c in claims]
     if paths:
         session.execute(
-            update(PendingChange).where(PendingChange.path.in_(paths)).values(state=QUEUED)
+            update(PendingChange)
+            .where(PendingChange.path.in_(paths))
+            .values(state=QueueState.QUEUED)
         )
 
 
 def reset_inflight(session: Session, *, keep: Iterable[str] = ()) -> int:
     """At a drain's start: rows left claimed or indexing (a crash, a full disk)
-    are pending again, except `keep`: paths whose indexing is being resumed."""
+    are queued again, except `keep`: paths whose indexing is being resumed."""
     kept = list(keep)
     result = session.execute(
         update(PendingChange)
-        .where(PendingChange.state.in_((INFLIGHT, INDEXING)), PendingChange.path.not_in(kept))
-        .values(state=QUEUED)
+        .where(
+            PendingChange.state.in_((QueueState.INFLIGHT, QueueState.INDEXING)),
+            PendingChange.path.not_in(kept),
+        )
+        .values(state=QueueState.QUEUED)
     )
     if kept:
         session.execute(
-            update(PendingChange).where(PendingChange.path.in_(kept)).values(state=INDEXING)
+            update(PendingChange)
+            .where(PendingChange.path.in_(kept))
+            .values(state=QueueState.INDEXING)
         )
     return result.rowcount or 0
 
@@ -241,7 +250,9 @@ def by_reason(session: Session) -> dict[str, int]:
 
 def next_due(session: Session) -> float | None:
     return session.execute(
-        select(func.min(PendingChange.next_attempt_at)).where(PendingChange.state == QUEUED)
+        select(func.min(PendingChange.next_attempt_at)).where(
+            PendingChange.state == QueueState.QUEUED
+        )
     ).scalar()
 
 

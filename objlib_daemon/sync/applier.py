@@ -47,18 +47,7 @@ from objlib_daemon.library.payload import Payload, Refused, payload
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
-from objlib_daemon.state.models import (
-    FAILED,
-    INDEXED,
-    MISSING,
-    NOTED,
-    PENDING,
-    PRUNED,
-    File,
-    Intent,
-    JournalEntry,
-    Orphan,
-)
+from objlib_daemon.state.models import File, FileState, Intent, JournalAction, JournalEntry, Orphan
 from objlib_daemon.stores.base import (
     InstantStore,
     PermanentError,
@@ -68,6 +57,7 @@ from objlib_daemon.stores.base import (
     StoreUnusable,
     Upload,
 )
+from objlib_daemon.sync.outcome import Outcome
 from objlib_daemon.sync.planner import Action, Disk, Row, decide, needs_hash
 
 log = get_logger("objlibd.applier")
@@ -103,7 +93,7 @@ class Library:
 @dataclass
 class Result:
     path: str
-    action: str
+    action: Outcome
     hashed: bool = False
     uploaded: int = 0
     deleted: int = 0
@@ -212,7 +202,7 @@ _ROW = (
 
 def journal(
     session: Session,
-    action: str,
+    action: JournalAction,
     path: str | None,
     document: str | None = None,
     detail: str | None = None,
@@ -221,7 +211,7 @@ def journal(
 
 
 def entry(
-    action: str, path: str | None, document: str | None = None, detail: str | None = None
+    action: JournalAction, path: str | None, document: str | None = None, detail: str | None = None
 ) -> dict[str, object]:
     """A journal row's values, for writing many in one statement (`_record`)."""
     return {
@@ -403,20 +393,17 @@ class Applier:
         if look.problem:
             return self._ineligible(path, row, disk, look.problem)
         if row is None and not disk.present:
-            return Result(path, "gone")  # e.g. the old end of a move already resolved
-        if action is Action.UNCHANGED:
-            return Result(path, "unchanged", hashed)
-        if action is Action.REFRESH:
-            self._refresh(path, disk, state=INDEXED)
-            return Result(path, "unchanged", hashed)
-        if action is Action.STILL_FAILED:
-            self._refresh(path, disk, state=FAILED)
-            return Result(path, "still_failed", hashed)
+            return Result(path, Outcome.GONE)  # e.g. the old end of a move already resolved
         if action in (Action.VANISHED, Action.FORGET):
             return self._vanished(path, action)
-        if action is Action.RESTORED:
+        if action is Action.REFRESH:
+            self._refresh(path, disk, state=FileState.INDEXED)
+        elif action is Action.STILL_FAILED:
+            self._refresh(path, disk, state=FileState.FAILED)
+        elif action is Action.RESTORED:
             self._restore(path, disk)
-            return Result(path, "restored", hashed)
+        if action not in (Action.NEW, Action.MODIFIED):  # nothing to upload
+            return Result(path, action.outcome, hashed)
         assert snap is not None and snap.data is not None
         if action is Action.NEW and self.by_identity:
             adopted = self._adopt_by_identity(path, disk)
@@ -448,7 +435,7 @@ class Applier:
             for name in extra:
                 self.orphan(s, name, path, "duplicate upload", now)
         deleted = sum(self.retire(name) for name in extra)
-        return Result(path, "adopted", hashed=True, deleted=deleted)
+        return Result(path, Outcome.ADOPTED, hashed=True, deleted=deleted)
 
     def _read(self, path: str, disk_path: Path, *, keep_bytes: bool) -> Snapshot:
         try:
@@ -485,28 +472,28 @@ class Applier:
 
     # --- row-only actions ------------------------------------------------------------
 
-    def _refresh(self, path: str, disk: Disk, *, state: str) -> None:
+    def _refresh(self, path: str, disk: Disk, *, state: FileState) -> None:
         with self.db.session() as s:
             f = s.get(File, path)
             f.size, f.mtime_ns, f.sha256 = disk.size, disk.mtime_ns, disk.sha256 or f.sha256
             f.state, f.updated_at = state, self.clock()
-            if state == INDEXED:
+            if state == FileState.INDEXED:
                 f.last_error = None
 
     def _restore(self, path: str, disk: Disk) -> None:
         with self.db.session() as s:
             f = s.get(File, path)
             f.size, f.mtime_ns, f.sha256 = disk.size, disk.mtime_ns, disk.sha256
-            f.state, f.missing_since, f.updated_at = INDEXED, None, self.clock()
+            f.state, f.missing_since, f.updated_at = FileState.INDEXED, None, self.clock()
             f.last_error = None
-            journal(s, "restored", path, f.document)
+            journal(s, JournalAction.RESTORED, path, f.document)
 
     def _vanished(self, path: str, action: Action) -> Result:
         self._require_volume(f"not marking {path} missing")
         with self.db.session() as s:
             f = s.get(File, path)  # first: holds the write lock from here to the commit
             if f is None:
-                return Result(path, "gone")  # another worker resolved it as a move
+                return Result(path, Outcome.GONE)  # another worker resolved it as a move
             # The absence seen by `observe` may date from an unmount that has
             # since been undone (a bind mount keeps its device number, so the
             # guard cannot tell): look again, and only then verify the volume.
@@ -517,18 +504,22 @@ class Applier:
             self._require_volume(f"not marking {path} missing")
             if action is Action.FORGET:
                 s.delete(f)
-                journal(s, "forgotten", path, detail="vanished before it was ever uploaded")
-                return Result(path, "forgotten")
-            f.state, f.missing_since, f.updated_at = MISSING, now, now
-            s.add(JournalEntry(at=now, path=path, action="missing", document=f.document))
-        return Result(path, "missing")
+                journal(
+                    s, JournalAction.FORGOTTEN, path, detail="vanished before it was ever uploaded"
+                )
+                return Result(path, action.outcome)
+            f.state, f.missing_since, f.updated_at = FileState.MISSING, now, now
+            s.add(
+                JournalEntry(at=now, path=path, action=JournalAction.MISSING, document=f.document)
+            )
+        return Result(path, action.outcome)
 
     def _ineligible(self, path: str, row: Row | None, disk: Disk, problem: str) -> Result:
-        if row is None or row.state in (MISSING, PRUNED):
-            return Result(path, "skipped", error=problem)
+        if row is None or row.state in (FileState.MISSING, FileState.PRUNED):
+            return Result(path, Outcome.SKIPPED, error=problem)
         # A tracked file that grew past the bounds keeps its last good document.
         self._record_failure(path, disk, problem)
-        return Result(path, "failed", error=problem)
+        return Result(path, Outcome.FAILED, error=problem)
 
     def _record_failure(
         self, path: str, disk: Disk | None, message: str, *, unreadable: bool = False
@@ -539,7 +530,7 @@ class Applier:
             if f is None:
                 f = File(path=path, created_at=now, attempts=0)
                 s.add(f)
-            f.state = FAILED
+            f.state = FileState.FAILED
             f.last_error = message
             f.attempts = (f.attempts or 0) + 1
             f.updated_at = now
@@ -549,7 +540,7 @@ class Applier:
             f.mtime_ns = None if unreadable or disk is None else disk.mtime_ns
             if disk is not None and disk.sha256:
                 f.sha256 = disk.sha256
-            journal(s, "failed", path, f.document, message)
+            journal(s, JournalAction.FAILED, path, f.document, message)
 
     def note_error(self, path: str, error: str) -> None:
         """Say on the row why its last attempt did not complete (it will be retried)."""
@@ -661,7 +652,7 @@ class Applier:
         except Refused as exc:
             disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
             self._record_failure(planned.path, disk, str(exc))
-            return Result(planned.path, "failed", True, error=str(exc), note=str(exc))
+            return Result(planned.path, Outcome.FAILED, True, error=str(exc), note=str(exc))
         return _Sending(planned, up, what)
 
     def _intents(self, s: Session, sendings: list[_Sending]) -> list[int]:
@@ -713,7 +704,7 @@ class Applier:
             path, snap = sending.planned.path, sending.planned.snap
             disk = Disk(True, snap.size, snap.mtime_ns, snap.sha256)
             self._record_failure(path, disk, f"the store refused it: {answer}")
-            return Result(path, "failed", True, error=str(answer))
+            return Result(path, Outcome.FAILED, True, error=str(answer))
         # A StoreUnusable is not this file's fault: the drain stops and says so.
         self.attempt_ended(intent)
         raise answer
@@ -828,7 +819,7 @@ class Applier:
         self.attempt_ended(ix.intent, lost=True)
         disk = Disk(True, ix.size, ix.mtime_ns, ix.sha256)
         self._record_failure(ix.path, disk, f"the store refused it: {error}")
-        return Result(ix.path, "failed", True, error=str(error))
+        return Result(ix.path, Outcome.FAILED, True, error=str(error))
 
     def finish(self, ix: Indexing, doc: RemoteDocument) -> Result:
         """Record the finished upload, then retire what it supersedes (upload first)."""
@@ -842,12 +833,12 @@ class Applier:
         self, ix: Indexing, old: str | None, moved_from: list[tuple[str, str]]
     ) -> Result:
         """The upload is recorded: retire what it superseded, look at the file again."""
-        action = "new" if ix.new else "modified"
+        action = Outcome.NEW if ix.new else Outcome.MODIFIED
         result = Result(ix.path, action, True, uploaded=1, note=ix.note)
         if old:
             result.deleted += self.retire(old)
         if moved_from:
-            result.action = "moved"
+            result.action = Outcome.MOVED
             result.moved_from = moved_from[0][0]
             for _old_path, doc_name in moved_from:
                 result.deleted += self.retire(doc_name)
@@ -899,7 +890,7 @@ class Applier:
                     "upload_sha256": ix.sha256,
                     "document": document,
                     "enrichment_version": ix.version,
-                    "state": INDEXED,
+                    "state": FileState.INDEXED,
                     "missing_since": None,
                     "last_error": None,
                     "attempts": 0,
@@ -907,10 +898,10 @@ class Applier:
                     "updated_at": now,
                 }
             )
-            action = "uploaded" if previous is None else "replaced"
+            action = JournalAction.UPLOADED if previous is None else JournalAction.REPLACED
             entries.append(entry(action, ix.path, document, ix.sha256))
             if ix.note:  # `status` lists a live document noted so (sync/status.py)
-                entries.append(entry(NOTED, ix.path, document, ix.note))
+                entries.append(entry(JournalAction.NOTED, ix.path, document, ix.note))
             out.append((old, moved_from))
         self._write_rows(s, rows, entries)
         return out
@@ -976,7 +967,7 @@ class Applier:
                 File.upload_sha256 == sha256,
                 File.path != path,
                 File.document.is_not(None),
-                File.state.in_((INDEXED, MISSING, FAILED)),
+                File.state.in_((FileState.INDEXED, FileState.MISSING, FileState.FAILED)),
             )
         ).all()
         gone = [f for f in candidates if not self._still_there(f.path)]
@@ -984,7 +975,7 @@ class Applier:
             return []
         for f in gone:
             s.merge(Orphan(document=f.document, path=f.path, reason="moved", created_at=now))
-            journal(s, "moved", f.path, f.document, f"to {path}")
+            journal(s, JournalAction.MOVED, f.path, f.document, f"to {path}")
             s.delete(f)
         return [(f.path, f.document) for f in gone]
 
@@ -1018,9 +1009,10 @@ class Applier:
             s.merge(Orphan(document=superseded, path=path, reason="superseded", created_at=now))
         row.document, row.upload_sha256, row.sha256 = document, sha256, sha256
         row.size, row.mtime_ns = (disk.size, disk.mtime_ns) if disk else (None, None)
-        row.state, row.missing_since, row.last_error, row.updated_at = INDEXED, None, None, now
+        row.state, row.missing_since = FileState.INDEXED, None
+        row.last_error, row.updated_at = None, now
         row.enrichment_version = self.version
-        journal(s, "adopted", path, document, why)
+        journal(s, JournalAction.ADOPTED, path, document, why)
         if disk is None:
             queue.enqueue(s, [(path, queue.REPAIR)])
         return superseded
@@ -1034,7 +1026,7 @@ class Applier:
             return retire
         if why == "absent":
             row.document = None
-        elif row.state == MISSING and row.document:
+        elif row.state == FileState.MISSING and row.document:
             # A failed document for a file that is not on disk: nothing to replace
             # it with now; the file is uploaded afresh if it comes back.
             s.merge(Orphan(document=row.document, path=path, reason="failed", created_at=now))
@@ -1043,10 +1035,10 @@ class Applier:
         # No recorded content: the planner sees a new (no document) or modified
         # (failed document still recorded, replaced upload-first) file.
         row.upload_sha256 = None
-        if row.state != MISSING:
-            row.state = PENDING
+        if row.state != FileState.MISSING:
+            row.state = FileState.PENDING
         row.updated_at = now
-        journal(s, "requeued", path, document, f"verify: {why}")
+        journal(s, JournalAction.REQUEUED, path, document, f"verify: {why}")
         queue.enqueue(s, [(path, queue.REPAIR)])
         return retire
 
@@ -1055,7 +1047,7 @@ class Applier:
         cutoff = self.clock() - older_than
         return (
             select(File)
-            .where(File.state == MISSING, File.missing_since < cutoff)
+            .where(File.state == FileState.MISSING, File.missing_since < cutoff)
             .order_by(File.path)
         )
 
@@ -1075,8 +1067,13 @@ class Applier:
                     s.merge(
                         Orphan(document=f.document, path=f.path, reason="pruned", created_at=now)
                     )
-                journal(s, "pruned", f.path, f.document)
-                f.state, f.document, f.upload_sha256, f.updated_at = PRUNED, None, None, now
+                journal(s, JournalAction.PRUNED, f.path, f.document)
+                f.state, f.document, f.upload_sha256, f.updated_at = (
+                    FileState.PRUNED,
+                    None,
+                    None,
+                    now,
+                )
             pruned = [f.path for f in victims]
         with self.db.session() as s:
             docs = s.scalars(select(Orphan.document).where(Orphan.reason == "pruned")).all()
@@ -1109,7 +1106,9 @@ class Applier:
             o = s.get(Orphan, document)
             if o is not None:
                 s.delete(o)
-            journal(s, "deleted", o.path if o else None, document, o.reason if o else None)
+            journal(
+                s, JournalAction.DELETED, o.path if o else None, document, o.reason if o else None
+            )
         return 1
 
     def cleanup_orphans(self, *, everything: bool = False) -> int:

@@ -56,6 +56,7 @@ from objlib_daemon.stores.base import (
     TransientError,
 )
 from objlib_daemon.sync.applier import Applier, Indexing, Planned, Result, Retry
+from objlib_daemon.sync.outcome import Outcome
 from objlib_daemon.sync.recovery import Recovery
 from objlib_daemon.timefmt import utc_iso
 
@@ -242,10 +243,13 @@ class Drain:
             except (DiskFull, StateError) as exc:  # nothing can be recorded: stop, say so
                 halt.set()
                 fatal.append(exc)
-                out = [Result(path, "paused", error=str(exc)) for path in paths]
+                out = [Result(path, Outcome.PAUSED, error=str(exc)) for path in paths]
             except BaseException as exc:
                 log.exception("drain stage failed", paths=paths[:5])
-                out = [Result(path, "retrying", error=f"internal error: {exc!r}") for path in paths]
+                out = [
+                    Result(path, Outcome.RETRYING, error=f"internal error: {exc!r}")
+                    for path in paths
+                ]
             events.put((stage, out))
 
         def upload(claims: list[queue.Claim]) -> None:
@@ -432,7 +436,7 @@ class Drain:
             with self.db.session() as s:
                 queue.release(s, [claim])
                 queue.hold(s, self._holding)
-            return Result(claim.path, "paused", error=str(exc))
+            return Result(claim.path, Outcome.PAUSED, error=str(exc))
         if isinstance(exc, TransientError):
             return self._later(claim.path, claim.gen, str(exc), hint=exc.retry_after)
         if isinstance(exc, VolumeUnavailable | StoreUnusable):
@@ -440,7 +444,7 @@ class Drain:
             fatal.append(exc)
             with self.db.session() as s:
                 queue.release(s, [claim])
-            return Result(claim.path, "paused", error=str(exc))
+            return Result(claim.path, Outcome.PAUSED, error=str(exc))
         if isinstance(exc, StoreError):
             return self._later(claim.path, claim.gen, str(exc))
         # A bug must not stop the other files.
@@ -461,7 +465,7 @@ class Drain:
         except StoreUnusable as exc:
             halt.set()
             fatal.append(exc)
-            return Result(ix.path, "paused", error=str(exc))
+            return Result(ix.path, Outcome.PAUSED, error=str(exc))
         except PermanentError as exc:
             result = self.applier.refused(ix, exc)
             self._complete([queue.Claim(ix.path, ix.gen, 0, "")])
@@ -478,7 +482,7 @@ class Drain:
             # keeps its operation, so the retry waits on it instead of uploading.
             self.applier.attempt_ended(ix.intent)
             return self._later(
-                ix.path, ix.gen, f"still indexing after {elapsed:.0f} s", action="indexing"
+                ix.path, ix.gen, f"still indexing after {elapsed:.0f} s", action=Outcome.INDEXING
             )
         self.clock.done(elapsed, ix.polls)
         try:
@@ -509,7 +513,7 @@ class Drain:
         delay: float | None = None,
         *,
         hint: float | None = None,
-        action: str = "retrying",
+        action: Outcome = Outcome.RETRYING,
     ) -> Result:
         with self.db.session() as s:
             row = s.get(PendingChange, path)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from objlib_daemon.config import Config
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import FAILED, File, PendingChange
+from objlib_daemon.state.models import File, FileState, PendingChange
 from objlib_daemon.stores.base import Store
 from objlib_daemon.sync.applier import Applier, Library, Result
 from objlib_daemon.sync.drain import Drain
@@ -159,7 +159,9 @@ class Engine:
         indexing). A sync is complete only when both are zero."""
         with self.db.session() as s:
             failed = s.execute(
-                select(File.path, File.last_error).where(File.state == FAILED).order_by(File.path)
+                select(File.path, File.last_error)
+                .where(File.state == FileState.FAILED)
+                .order_by(File.path)
             ).all()
             waiting = s.execute(
                 select(PendingChange.path, PendingChange.last_error).order_by(PendingChange.path)

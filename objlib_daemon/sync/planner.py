@@ -1,7 +1,8 @@
 """Decide what to do with one path: a pure function of the disk and the row.
 
 Both the applier (which then acts) and `sync --dry-run` (which only counts)
-call `decide`, so the plan shown is the plan executed.
+call `decide`, and both say what an action comes to by its `outcome`, so the
+plan shown is the plan executed.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from objlib_daemon.state.models import FAILED, INDEXED, MISSING, PENDING, PRUNED
+from objlib_daemon.state.models import FileState
+from objlib_daemon.sync.outcome import Outcome
 
 
 class Action(enum.StrEnum):
@@ -18,9 +20,27 @@ class Action(enum.StrEnum):
     RESTORED = "restored"  # missing and back with the same content: clear missing
     REFRESH = "refresh"  # same content, new mtime: refresh the row only (counts as unchanged)
     UNCHANGED = "unchanged"  # nothing at all
-    VANISHED = "missing"  # mark missing (volume verified)
+    VANISHED = "vanished"  # gone with a document: mark missing (volume verified)
     FORGET = "forget"  # never had a document and is gone: drop the row
     STILL_FAILED = "still_failed"  # same content the store refused: wait for a change
+
+    @property
+    def outcome(self) -> Outcome:
+        """What applying it comes to when nothing intervenes (an upload may also
+        turn out a move or an adoption)."""
+        return _OUTCOME[self]
+
+
+_OUTCOME = {
+    Action.NEW: Outcome.NEW,
+    Action.MODIFIED: Outcome.MODIFIED,
+    Action.RESTORED: Outcome.RESTORED,
+    Action.REFRESH: Outcome.UNCHANGED,
+    Action.UNCHANGED: Outcome.UNCHANGED,
+    Action.VANISHED: Outcome.MISSING,
+    Action.FORGET: Outcome.FORGOTTEN,
+    Action.STILL_FAILED: Outcome.STILL_FAILED,
+}
 
 
 @dataclass(frozen=True)
@@ -51,9 +71,13 @@ def needs_hash(row: Row | None, disk: Disk, *, force: bool, retry: bool = False)
     and a failed file asked to be retried (`retry`)."""
     if not disk.present:
         return False
-    if row is None or row.state in (PRUNED, MISSING, PENDING) or force:
+    if (
+        row is None
+        or row.state in (FileState.PRUNED, FileState.MISSING, FileState.PENDING)
+        or force
+    ):
         return True
-    if retry and row.state == FAILED:
+    if retry and row.state == FileState.FAILED:
         return True
     return (row.size, row.mtime_ns) != (disk.size, disk.mtime_ns)
 
@@ -64,20 +88,20 @@ def decide(
     """What to do now. `retry`: a failed file's refusal may have had an outside cause
     that has since gone (a quota, a limit, the config): try its content again."""
     if not disk.present:
-        if row is None or row.state in (MISSING, PRUNED):
+        if row is None or row.state in (FileState.MISSING, FileState.PRUNED):
             return Action.UNCHANGED
         return Action.VANISHED if row.document else Action.FORGET
-    if row is None or row.state == PRUNED:
+    if row is None or row.state == FileState.PRUNED:
         return Action.NEW
     if disk.sha256 is None:  # not a hash candidate: (size, mtime) unchanged
         return Action.UNCHANGED
     same_content = disk.sha256 == row.upload_sha256 and row.document is not None
-    if row.state == MISSING:
+    if row.state == FileState.MISSING:
         return Action.RESTORED if same_content else Action.MODIFIED
     if same_content and (not force or row.enrichment_version == enrichment_version):
         return Action.REFRESH
-    if row.state == FAILED and disk.sha256 == row.sha256 and not (force or retry):
+    if row.state == FileState.FAILED and disk.sha256 == row.sha256 and not (force or retry):
         return Action.STILL_FAILED
-    if row.state == INDEXED or row.document:
+    if row.state == FileState.INDEXED or row.document:
         return Action.MODIFIED
     return Action.NEW

@@ -26,7 +26,7 @@ from sqlalchemy import delete, select, update
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import PRUNED, File, Intent, Orphan, PendingChange
+from objlib_daemon.state.models import File, FileState, Intent, Orphan, PendingChange
 from objlib_daemon.stores.base import ACTIVE, PENDING, RemoteDocument, TransientError
 from objlib_daemon.sync.applier import Applier
 
@@ -74,7 +74,7 @@ def adoptable(
         return row is None or (row.updated_at or 0.0) <= attempts[sha]
     if row is None:
         return disk_sha256 == sha
-    return row.document is None and row.state != PRUNED and row.sha256 == sha
+    return row.document is None and row.state != FileState.PRUNED and row.sha256 == sha
 
 
 class Recovery:

@@ -13,17 +13,7 @@ from objlib_daemon.enrichment.pending import enrichment_status
 from objlib_daemon.library.volume import probe
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import (
-    FAILED,
-    FILE_STATES,
-    INDEXED,
-    MISSING,
-    NOTED,
-    File,
-    Intent,
-    JournalEntry,
-    Orphan,
-)
+from objlib_daemon.state.models import File, FileState, Intent, JournalAction, JournalEntry, Orphan
 
 # Rows listed by name in `status` (failures, waiting rows); `objlibd queue` lists all.
 SHOWN = 10
@@ -37,24 +27,27 @@ def database_status(db: Database, *, shown: int | None = SHOWN) -> dict[str, Any
         by_state = dict(s.execute(select(File.state, func.count()).group_by(File.state)).all())
         oldest_missing = s.execute(
             select(File.path, File.missing_since)
-            .where(File.state == MISSING)
+            .where(File.state == FileState.MISSING)
             .order_by(File.missing_since)
             .limit(1)
         ).first()
         failures = s.execute(
-            select(File.path, File.last_error).where(File.state == FAILED).limit(shown)
+            select(File.path, File.last_error).where(File.state == FileState.FAILED).limit(shown)
         ).all()
         retrying = s.execute(
             select(func.count())
             .select_from(File)
-            .where(File.last_error.is_not(None), File.state != FAILED)
+            .where(File.last_error.is_not(None), File.state != FileState.FAILED)
         ).scalar_one()
         # Live documents uploaded with a note (no text layer, text cut); a
         # held-back file is listed with the failures instead.
         noted = s.execute(
             select(File.path, JournalEntry.detail)
             .join(JournalEntry, JournalEntry.document == File.document)
-            .where(JournalEntry.action == NOTED, File.state.in_((INDEXED, MISSING)))
+            .where(
+                JournalEntry.action == JournalAction.NOTED,
+                File.state.in_((FileState.INDEXED, FileState.MISSING)),
+            )
             .limit(10)
         ).all()
         orphans = s.execute(select(func.count()).select_from(Orphan)).scalar_one()
@@ -86,7 +79,7 @@ def database_status(db: Database, *, shown: int | None = SHOWN) -> dict[str, Any
             "volume": volume.reason if volume else "no library recorded",
         },
         "store": {"backend": meta.get("store_backend"), "name": meta.get("store_name")},
-        "files": {state: by_state.get(state, 0) for state in FILE_STATES},
+        "files": {state: by_state.get(state, 0) for state in FileState},
         "queue": {
             "pending": depth,
             "by_reason": reasons,
@@ -96,7 +89,7 @@ def database_status(db: Database, *, shown: int | None = SHOWN) -> dict[str, Any
         },
         "orphans": orphans,
         "missing": {
-            "count": by_state.get(MISSING, 0),
+            "count": by_state.get(FileState.MISSING, 0),
             "oldest": (
                 {"path": oldest_missing[0], "since": oldest_missing[1]} if oldest_missing else None
             ),

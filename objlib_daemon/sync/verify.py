@@ -37,7 +37,7 @@ from objlib_daemon.library.files import NotSettled, hash_file
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import File, Intent, Orphan
+from objlib_daemon.state.models import File, Intent, JournalAction, Orphan
 from objlib_daemon.stores.base import FAILED as DOC_FAILED
 from objlib_daemon.stores.base import PENDING as DOC_PENDING
 from objlib_daemon.stores.base import RemoteDocument, Store
@@ -387,7 +387,7 @@ def _orphan(
         s.execute(
             delete(Intent).where(Intent.path == finding.path, Intent.sha256 == finding.sha256)
         )
-    journal(s, "stray", finding.path, document, finding.detail)
+    journal(s, JournalAction.STRAY, finding.path, document, finding.detail)
     to_delete.append(document)
     if finding.kind == FAILED and finding.path:
         # The upload that left it failed: its file is tried again (even a file

@@ -14,7 +14,14 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 
 from objlib_daemon.library.eligibility import why_not
-from objlib_daemon.state.models import File, JournalEntry, Orphan, PendingChange
+from objlib_daemon.state.models import (
+    File,
+    FileState,
+    JournalAction,
+    JournalEntry,
+    Orphan,
+    PendingChange,
+)
 from objlib_daemon.timefmt import utc_iso
 from objlib_daemon.workspace import Workspace
 
@@ -62,7 +69,10 @@ def explain(ws: Workspace, given: str) -> dict[str, Any]:
             .where(
                 or_(
                     JournalEntry.path == rel,
-                    and_(JournalEntry.action == "moved", JournalEntry.detail == f"to {rel}"),
+                    and_(
+                        JournalEntry.action == JournalAction.MOVED,
+                        JournalEntry.detail == f"to {rel}",
+                    ),
                 )
             )
             .order_by(JournalEntry.id.desc())
@@ -123,7 +133,7 @@ def verdict(data: dict[str, Any]) -> str:
     row, change = data["file"], data["queue"]
     if data["on_disk"] is None and row is None:
         # A moved-away path has no row any more, only its history.
-        past = [e for e in data["history"] if e["action"] != "deleted"]
+        past = [e for e in data["history"] if e["action"] != JournalAction.DELETED]
         if past:
             last = past[-1]
             return f"no longer tracked: {last['action']} {last['detail'] or ''} at {last['at']}"
@@ -133,16 +143,16 @@ def verdict(data: dict[str, Any]) -> str:
         return said + (f" (was {row['state']})" if row else "")
     if change:
         why = f"; waiting: {change['last_error']}" if change["last_error"] else ""
-        return f"queued ({change['reason']}, {change['state']}), next attempt " + (
+        return f"in the queue ({change['reason']}, {change['state']}), next attempt " + (
             f"{change['next_attempt_at'] or 'now'}{why}"
         )
     if row is None:
         return "eligible, not seen by a sync yet: run `objlibd sync`"
     state = row["state"]
-    if state == "indexed":
+    if state == FileState.INDEXED:
         return f"indexed: document {row['document']} holds its current content"
-    if state == "missing":
+    if state == FileState.MISSING:
         return f"missing since {row['missing_since']}; its document stays until pruned"
-    if state == "failed":
+    if state == FileState.FAILED:
         return f"failed: {row['last_error']}"
     return state
