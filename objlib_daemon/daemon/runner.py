@@ -27,19 +27,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from apscheduler.schedulers.base import SchedulerNotRunningError
+
 from objlib_daemon.config import Config
 from objlib_daemon.daemon import jobs, reload, sdnotify
 from objlib_daemon.daemon.control import ControlServer, socket_path
 from objlib_daemon.daemon.debounce import Debouncer
 from objlib_daemon.daemon.scheduler import (
     DRAIN_INTERVAL,
-    FIRST_SWEEP_DELAY,
     LIMITED_RECONCILE_INTERVAL,
     PRUNE_INTERVAL,
     make_scheduler,
     next_run,
     periodic,
-    utc,
 )
 from objlib_daemon.daemon.state import DaemonState, Progress
 from objlib_daemon.daemon.supervisor import Started, Supervisor
@@ -153,12 +153,13 @@ class Daemon:
             seconds=periodic(d.reconcile_interval),
             id="reconcile",
         )
+        # No sweep at start: each drain first deletes the orphans due (sync/drain.py),
+        # and a one-off sweep a minute in landed in an idle daemon's quiet time.
         self.scheduler.add_job(
             self.orphan_sweep,
             "interval",
             seconds=periodic(d.orphan_sweep_interval),
             id="orphans",
-            next_run_time=utc(time.time() + FIRST_SWEEP_DELAY),
         )
         self.scheduler.add_job(
             self.audit, "interval", seconds=periodic(d.audit_interval), id="audit"
@@ -186,7 +187,7 @@ class Daemon:
             self.debouncer.stop()  # writes the last second of events to the queue
         for worker in (self.drain_job, self.reconcile_job):
             worker.close()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(SchedulerNotRunningError):  # start() failed before it
             self.scheduler.shutdown(wait=False)
         clean = all(
             w.join(deadline - time.monotonic()) for w in (self.drain_job, self.reconcile_job)
@@ -289,10 +290,9 @@ class Daemon:
         return min(interval, LIMITED_RECONCILE_INTERVAL) if self.state.watch_limited else interval
 
     def _reschedule_reconcile(self) -> None:
-        with contextlib.suppress(Exception):  # not started yet, or shut down
-            self.scheduler.reschedule_job(
-                "reconcile", trigger="interval", seconds=self._reconcile_interval()
-            )
+        self.scheduler.reschedule_job(
+            "reconcile", trigger="interval", seconds=self._reconcile_interval()
+        )
 
     def _on_root_gone(self) -> None:
         # From a watchdog thread: only ask; the monitor thread decides.

@@ -12,7 +12,7 @@ that must never lose a "run now" are not APScheduler jobs.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -26,9 +26,6 @@ PRUNE_INTERVAL = 86400.0
 # With fewer inotify watches than folders, changes in unwatched folders are
 # found only by the reconcile: run it at least this often then.
 LIMITED_RECONCILE_INTERVAL = 900.0
-# Orphans left by the last run are retried this long after start, once the
-# first reconcile and drain had the store to themselves.
-FIRST_SWEEP_DELAY = 60.0
 # An interval of 0 in the config means "never on a timer" (kicks still run
 # the pass): ten years stands in for never.
 NEVER = 10 * 365 * 86400.0
@@ -47,10 +44,6 @@ def make_scheduler() -> BackgroundScheduler:
         job_defaults=dict(JOB_DEFAULTS),
         executors={"default": {"type": "threadpool", "max_workers": MAX_WORKERS}},
     )
-
-
-def utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
 
 
 def next_run(scheduler: BackgroundScheduler, job_id: str) -> float | None:
