@@ -6,6 +6,8 @@
   fails here, before it can race the applier.
 - Dependencies point one way: `stores/` and `library/` never import each
   other or `daemon/`; `sync/` never imports `daemon/` or `cli/`.
+- No import cycles among our modules, counting imports inside functions and
+  under TYPE_CHECKING (`farm-studio look` draws the same arrows).
 """
 
 from __future__ import annotations
