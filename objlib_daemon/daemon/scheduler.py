@@ -1,6 +1,6 @@
 """APScheduler 3.x for the periodic sweeps; the drain and the reconcile run on workers.
 
-Settings from platform-notes.md: a BackgroundScheduler in UTC, jobs with
+Settings from docs/platform-notes.md: a BackgroundScheduler in UTC, jobs with
 `coalesce=True`, `max_instances=1` and `misfire_grace_time=None` (the default
 1 s grace silently skips runs after a suspend). No job store: durable work
 lives in our own queue, the scheduler only decides *when* to look at it.
