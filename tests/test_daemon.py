@@ -2,7 +2,7 @@
 
 Each test waits for conditions with a deadline (daemon_helpers.wait_until),
 and "converged" is read from the store itself. The in-process tests at the
-end cover what a subprocess cannot show: the overflow hook, the kick logic,
+end cover what a subprocess cannot show: the overflow hook, the worker's kick logic,
 the watcher's filtering.
 """
 
@@ -25,9 +25,11 @@ import pytest
 from daemon_helpers import Env, atomic_write, bind_mount_works, wait_until, write
 
 from objlib_daemon.config import LibraryConfig
+from objlib_daemon.daemon import answers
 from objlib_daemon.daemon import scheduler as sched
 from objlib_daemon.daemon.runner import Daemon
 from objlib_daemon.daemon.watcher import OverflowHook, Watcher, WatchReport, check_watches
+from objlib_daemon.daemon.worker import Worker
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.timefmt import utc_iso
 
@@ -386,10 +388,12 @@ def test_overflow_in_a_running_daemon_reconciles_the_lost_changes(make_env) -> N
     env = make_env()
     write(env.root / "seen.txt", "seen")
     env.init()
-    daemon = Daemon(env.config())
+    daemon = Daemon(env.config(), answers.handle)
     daemon.start()
     try:
-        wait_until(lambda: (daemon.last_reconcile or {}).get("outcome") == "ok", what="reconcile")
+        wait_until(
+            lambda: (daemon.state.last_reconcile or {}).get("outcome") == "ok", what="reconcile"
+        )
         env.wait_converged()
         daemon.watcher.stop()  # from here on events are lost, as in an overflow
         write(env.root / "lost.txt", "no event ever reported this file")
@@ -397,39 +401,40 @@ def test_overflow_in_a_running_daemon_reconciles_the_lost_changes(make_env) -> N
             "Inotify event queue overflowed"
         )
         wait_until(
-            lambda: "overflow" in (daemon.last_reconcile or {}).get("why", []),
+            lambda: "overflow" in (daemon.state.last_reconcile or {}).get("why", []),
             what="a reconcile for the overflow",
         )
         env.wait_converged()
-        assert daemon.status()["daemon"]["watcher"]["overflows"] >= 1
+        assert answers.live_status(daemon)["daemon"]["watcher"]["overflows"] >= 1
 
         # The weekly audit job (report only by default).
-        daemon.jobs.audit()
-        assert daemon.last_audit["clean"] is True
+        daemon.audit()
+        assert daemon.state.last_audit["clean"] is True
         daemon.ws.store.delete(next(d["_name"] for d in env.documents()))  # behind our back
-        daemon.jobs.audit()
-        assert daemon.last_audit["clean"] is False and daemon.last_audit["repair"] is None
-        assert daemon.status()["daemon"]["last_audit"]["counts"]
+        daemon.audit()
+        assert (
+            daemon.state.last_audit["clean"] is False and daemon.state.last_audit["repair"] is None
+        )
+        assert answers.live_status(daemon)["daemon"]["last_audit"]["counts"]
     finally:
         assert daemon.stop(10)
 
 
 def test_a_kick_is_never_lost() -> None:
-    scheduler = sched.make_scheduler()
     started: list[float] = []
 
     def body(_options: dict) -> None:
         started.append(time.monotonic())
         time.sleep(random.uniform(0, 0.004))
 
-    job = sched.KickedJob(scheduler, "drain", body, interval=3600)
-    scheduler.start()
+    worker = Worker("drain", body)
+    worker.start()
     try:
         tickets: list[int] = []
 
         def kicker() -> None:
             for _ in range(50):
-                tickets.append(job.kick())
+                tickets.append(worker.kick())
                 time.sleep(random.uniform(0, 0.003))
 
         threads = [threading.Thread(target=kicker) for _ in range(4)]
@@ -438,36 +443,56 @@ def test_a_kick_is_never_lost() -> None:
         for t in threads:
             t.join()
         for ticket in tickets:
-            assert job.wait(ticket, timeout=5), f"kick {ticket} never got its pass"
+            assert worker.wait(ticket, timeout=5), f"kick {ticket} never got its pass"
         # Passes coalesce kicks: far fewer passes than kicks, and no overlap.
         assert 1 <= len(started) <= len(tickets)
     finally:
-        job.close()
-        scheduler.shutdown(wait=True)
+        worker.close()
+        assert worker.join(5)
 
 
-def test_a_kick_between_the_last_check_and_the_end_of_the_run_is_kept() -> None:
-    # APScheduler counts a run as finished only after the job function returned;
-    # a kick in between is skipped as "max instances reached". Widen that
-    # window on purpose: the kick must still get its pass.
-    exiting = threading.Event()
+def test_kicks_during_a_pass_cause_exactly_one_more_pass() -> None:
+    in_pass, release = threading.Event(), threading.Event()
+    passes: list[dict] = []
 
-    class SlowExit(sched.KickedJob):
-        def _run(self) -> None:
-            super()._run()
-            exiting.set()
-            time.sleep(0.3)
+    def body(options: dict) -> None:
+        passes.append(options)
+        in_pass.set()
+        assert release.wait(5)
 
-    scheduler = sched.make_scheduler()
-    job = SlowExit(scheduler, "drain", lambda _o: None, interval=3600)
-    scheduler.start()
+    worker = Worker("reconcile", body)
+    worker.start()
     try:
-        assert job.wait(job.kick(), timeout=5)
-        assert exiting.wait(5)
-        assert job.wait(job.kick(), timeout=5), "the kick was lost"
+        worker.kick(why={"first"})
+        assert in_pass.wait(5)
+        last = max(worker.kick(force=True, why={w}) for w in ("a", "b", "c"))
+        release.set()
+        assert worker.wait(last, timeout=5), "a kick during a pass was lost"
+        worker.close()
+        assert worker.join(5)
+        # One more pass for the three kicks, with their options merged.
+        assert passes == [{"why": {"first"}}, {"force": True, "why": {"a", "b", "c"}}]
     finally:
-        job.close()
-        scheduler.shutdown(wait=True)
+        release.set()
+        worker.close()
+
+
+def test_a_worker_wakes_when_its_pass_said_it_is_due() -> None:
+    """The drain's schedule is the queue's next due time: no kick needed then."""
+    passes: list[float] = []
+
+    def body(_options: dict) -> float | None:
+        passes.append(time.time())
+        return time.time() + 0.2 if len(passes) == 1 else None
+
+    worker = Worker("drain", body)
+    worker.start()
+    try:
+        worker.kick(at=time.time() + 0.1)  # a due time, not a kick now
+        wait_until(lambda: len(passes) == 2, timeout=5, what="the pass at its due time")
+    finally:
+        worker.close()
+        assert worker.join(5)
 
 
 def test_socket_path_fits_sockaddr_un(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -553,15 +578,17 @@ def test_supervisor_rebuilds_a_dead_watcher_and_a_watch_shortfall_is_reported(
     monkeypatch.setattr(supervisor, "check_watches", lambda _root: short)
     env = make_env()
     env.init()
-    daemon = Daemon(env.config())
+    daemon = Daemon(env.config(), answers.handle)
     daemon.start()
     try:
-        wait_until(lambda: (daemon.last_reconcile or {}).get("outcome") == "ok", what="reconcile")
         wait_until(
-            lambda: any("max_user_watches" in e["error"] for e in daemon.last_errors),
+            lambda: (daemon.state.last_reconcile or {}).get("outcome") == "ok", what="reconcile"
+        )
+        wait_until(
+            lambda: any("max_user_watches" in e["error"] for e in daemon.state.errors.entries()),
             what="the watch shortfall reported",
         )
-        next_run = daemon.reconcile_job.next_run()
+        next_run = daemon.next_reconcile()
         assert next_run is not None and next_run <= time.time() + sched.LIMITED_RECONCILE_INTERVAL
 
         # An observer that died (as after an exception in watchdog) is rebuilt.
@@ -572,7 +599,7 @@ def test_supervisor_rebuilds_a_dead_watcher_and_a_watch_shortfall_is_reported(
         daemon.supervise()
         assert daemon.watcher.is_alive()
         wait_until(
-            lambda: "watcher restarted" in (daemon.last_reconcile or {}).get("why", []),
+            lambda: "watcher restarted" in (daemon.state.last_reconcile or {}).get("why", []),
             what="a reconcile after the rebuild",
         )
         write(env.root / "after-rebuild.txt", "seen by the new observer")

@@ -10,6 +10,8 @@
   `objlib_daemon.stores` (the factories) and `stores.base` (the protocols),
   never a backend module; `stores/` never reads the config or the
   credentials (its callers hand it plain values).
+- No import cycles among our modules, counting imports inside functions and
+  under TYPE_CHECKING (`farm-studio look` draws the same arrows).
 """
 
 from __future__ import annotations
@@ -209,3 +211,78 @@ def test_each_package_says_its_one_job(package: str) -> None:
     doc = ast.get_docstring(tree)
     assert doc, f"objlib_daemon/{package}/__init__.py has no docstring naming its job"
     assert len(doc.splitlines()[0]) <= 100
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(tree: ast.Module, known: set[str]) -> set[str]:
+    """Our modules a module imports anywhere: at the top, in a function, or
+    under TYPE_CHECKING (a reader follows those arrows too)."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            # `from package import module` imports the module; any other name
+            # comes from the package itself.
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in known else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found & known
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Groups of modules that import each other, directly or around a circle (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_check_sees_a_circle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    tree = ast.parse("from x.pkg import a, b\nif T:\n    import x.other\n")
+    known = {"x.pkg", "x.pkg.a", "x.pkg.b", "x.other"}
+    assert imported_modules(tree, known) == {"x.pkg.a", "x.pkg.b", "x.other"}
+
+
+def test_no_import_cycles() -> None:
+    """Modules that import each other cannot be read, tested or moved one at a
+    time; the daemon's runner, jobs and answers once formed such a circle."""
+    paths = modules()
+    known = {module_name(p) for p in paths}
+    graph = {module_name(p): imported_modules(ast.parse(p.read_text()), known) for p in paths}
+    for name in graph:
+        graph[name].discard(name)
+    assert cycles(graph) == []

@@ -109,15 +109,14 @@ def test_status_under_the_daemon_shows_its_drains(tmp_path, monkeypatch):
 
 
 def test_a_clean_run_retires_the_errors_of_its_job():
-    from objlib_daemon.config import Config
-    from objlib_daemon.daemon.runner import Daemon
+    from objlib_daemon.daemon.state import ErrorLog
 
-    d = Daemon(Config())
-    d.record_error("drain", "503 storm")
-    d.record_error("apply", "a.txt: refused")
-    d.record_error("reconcile", "volume gone")
-    d.clear_errors("drain", "apply")
-    assert [e["where"] for e in d.last_errors] == ["reconcile"]
+    errors = ErrorLog()
+    errors.record("drain", "503 storm")
+    errors.record("apply", "a.txt: refused")
+    errors.record("reconcile", "volume gone")
+    errors.clear("drain", "apply")
+    assert [e["where"] for e in errors.entries()] == ["reconcile"]
 
 
 def test_prune_is_previewed_and_reported_path_by_path(h):
@@ -135,11 +134,16 @@ def test_prune_is_previewed_and_reported_path_by_path(h):
     assert "pruned 1" in preview.stdout
     assert "  pruned     gone/Old Lecture.txt" in preview.stdout
     assert h.row("gone/Old Lecture.txt")["state"] == "missing"  # a preview changes nothing
-    data = json.loads(h.run("sync", "--prune-missing", "--older-than", "0s", "--dry-run",
-                            "--json").stdout)
+    data = json.loads(
+        h.run("sync", "--prune-missing", "--older-than", "0s", "--dry-run", "--json").stdout
+    )
     assert {"outcome", "problems", "files"} <= set(data)
-    assert {"path": "gone/Old Lecture.txt", "action": "pruned", "error": None,
-            "moved_from": None} in data["files"]
+    assert {
+        "path": "gone/Old Lecture.txt",
+        "action": "pruned",
+        "error": None,
+        "moved_from": None,
+    } in data["files"]
     real = h.run("sync", "--prune-missing", "--older-than", "0s", "-v")
     assert real.exit_code == 0, real.output
     assert "  pruned     gone/Old Lecture.txt" in real.stdout

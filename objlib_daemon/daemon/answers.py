@@ -30,10 +30,10 @@ def handle(d: Daemon, message: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, **live_status(d, shown=shown)}
     if cmd == "pause":
         d.pause()
-        return {"ok": True, "state": d.state}
+        return {"ok": True, "state": d.state.mode}
     if cmd == "resume":
         d.resume()
-        return {"ok": True, "state": d.state}
+        return {"ok": True, "state": d.state.mode}
     if cmd == "reconcile":
         return reconcile_request(
             d,
@@ -49,18 +49,17 @@ def handle(d: Daemon, message: dict[str, Any]) -> dict[str, Any]:
 def reconcile_request(
     d: Daemon, force: bool, wait: bool, *, allow_mass_missing: bool = False
 ) -> dict[str, Any]:
-    assert d.reconcile_job is not None and d.drain_job is not None
-    if d.paused:
+    if d.state.paused:
         return {
             "ok": False,
-            "state": d.state,
-            "error": f"the daemon is paused ({d.paused}): `objlibd resume` first",
+            "state": d.state.mode,
+            "error": f"the daemon is paused ({d.state.paused}): `objlibd resume` first",
         }
     ticket = d.kick_reconcile("requested", force=force, allow_mass_missing=allow_mass_missing)
     if not wait:
         return {"ok": True, "queued": True, "force": force}
     d.reconcile_job.wait(ticket)
-    result = dict(d.pass_record)
+    result = dict(d.state.pass_record)
     answer: dict[str, Any] = {"ok": result.get("outcome") == "ok", "reconcile": result}
     if result.get("outcome") != "ok":
         answer["error"] = result.get("error") or str(result.get("outcome"))
@@ -68,8 +67,8 @@ def reconcile_request(
     # The pass enqueued what it found; wait for a drain that started after it.
     drain_ticket = d.kick_drain()
     d.drain_job.wait(drain_ticket)
-    answer["drain"] = dict(d.last_drain or {})
-    answer["state"] = d.state
+    answer["drain"] = dict(d.state.last_drain or {})
+    answer["state"] = d.state.mode
     if d.ro_db is not None:
         with d.ro_db.session() as s:
             answer["queue"] = {"pending": queue.depth(s), "next_due": queue.next_due(s)}
@@ -88,36 +87,36 @@ def live_status(d: Daemon, *, shown: int | None = SHOWN) -> dict[str, Any]:
             )
         )
     breaker = d.ws.store.health()["breaker"] if d.ws.store is not None else None
-    reconcile_job = d.reconcile_job
+    state = d.state
     data["daemon"] = {
-        "state": d.state,
+        "state": state.mode,
         "pid": os.getpid(),
-        "started_at": d.started_at,
-        "activity": d.activity(),
-        "paused": d.paused,
+        "started_at": state.started_at,
+        "activity": state.activity(),
+        "paused": state.paused,
         "volume": {
-            "available": d.volume.available,
-            "reason": d.volume.reason,
+            "available": state.volume.available,
+            "reason": state.volume.reason,
             "since": d.monitor.since if d.monitor else None,
             "mount_events": d.monitor.mount_events if d.monitor else 0,
         },
         "inflight": inflight,
         "breaker": breaker,
-        "last_reconcile": d.last_reconcile,
-        "next_reconcile": reconcile_job.next_run() if reconcile_job else None,
-        "last_drain": d.last_drain,
-        "last_audit": d.last_audit,
-        "totals": dict(d.totals),
+        "last_reconcile": state.last_reconcile,
+        "next_reconcile": d.next_reconcile(),
+        "last_drain": state.last_drain,
+        "last_audit": state.last_audit,
+        "totals": dict(state.totals),
         "watcher": {
             "running": bool(d.watcher and d.watcher.running),
             "alive": bool(d.watcher and d.watcher.is_alive()),
             "events": d.watcher.events if d.watcher else 0,
             "handler_errors": d.watcher.errors if d.watcher else 0,
             "overflows": d.overflow.count,
-            "watch_limit": d.watch_report,
+            "watch_limit": state.watch_report,
             "pending_events": d.debouncer.pending() if d.debouncer else 0,
         },
-        "last_errors": list(d.last_errors),
+        "last_errors": state.errors.entries(),
         "socket": str(d.control.path) if d.control else None,
     }
     return data

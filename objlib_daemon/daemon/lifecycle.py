@@ -31,7 +31,7 @@ from types import FrameType
 import structlog
 
 from objlib_daemon.config import Config, ConfigError, load
-from objlib_daemon.daemon import sdnotify
+from objlib_daemon.daemon import answers, sdnotify
 from objlib_daemon.daemon.runner import Daemon
 from objlib_daemon.errors import ObjlibError
 from objlib_daemon.logging import get_logger, setup_logging
@@ -154,7 +154,7 @@ def run_daemon(config_path: Path, config: Config) -> int:
 
 def _serve(config_path: Path, config: Config) -> int:
     signals = Signals().install()
-    daemon = Daemon(config)
+    daemon = Daemon(config, answers.handle)
     try:
         daemon.start()
     except BaseException:
@@ -180,7 +180,7 @@ def _serve(config_path: Path, config: Config) -> int:
         if period and now - last_ping >= period and daemon.healthy():
             sdnotify.notify("WATCHDOG=1")  # only while healthy: systemd restarts us otherwise
             last_ping = now
-        line = daemon.status_line()
+        line = daemon.state.status_line()
         if line != last_status:
             sdnotify.notify(f"STATUS={line}")
             last_status = line
@@ -201,9 +201,7 @@ def reload_config(daemon: Daemon, config_path: Path) -> bool:
         detail = daemon.reload(new)
     except (ConfigError, ObjlibError) as exc:
         log.error("configuration reload refused; keeping the running one", error=str(exc))
-        daemon.last_errors.append(
-            {"at": time.time(), "where": "reload", "error": f"reload refused: {exc}"[:500]}
-        )
+        daemon.state.errors.record("reload", f"reload refused: {exc}")
         return False
     configure_logging(new)
     log.info("configuration reloaded", detail=detail)

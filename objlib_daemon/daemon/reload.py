@@ -1,33 +1,37 @@
-"""SIGHUP: apply a new, already validated config to the running daemon.
+"""SIGHUP: what a new, already validated config changes in the running daemon.
 
-Intervals, settle time, retry and logging settings apply at once. Library
-rules (include/exclude, sizes, metadata rules, enrichment) need a new Engine:
-it is swapped between drain passes, then a reconcile finds what became
-eligible. The store, the library root and the paths cannot change under a
-running daemon: such a config is refused whole and the running one kept.
+`plan` compares the running config with the new one and returns what the
+runner must do; it changes nothing itself. Intervals and the settle time
+apply at once. Everything the engine reads (library rules, sync and store
+tuning) takes a new Engine, swapped between drain passes; new library rules
+(include/exclude, sizes, metadata rules, enrichment) also take a new Library
+and a reconcile that finds what became eligible. The store, the library root
+and the paths cannot change under a running daemon: such a config is
+refused whole and the running one kept.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from objlib_daemon.config import Config, ConfigError
-from objlib_daemon.daemon.scheduler import LIMITED_RECONCILE_INTERVAL, PRUNE_INTERVAL, periodic
-from objlib_daemon.logging import get_logger
-from objlib_daemon.sync.passes import Engine
-from objlib_daemon.workspace import check_matches, library_from
-
-if TYPE_CHECKING:
-    from objlib_daemon.daemon.runner import Daemon
-
-log = get_logger("objlibd.reload")
+from objlib_daemon.workspace import check_matches
 
 
-def apply_config(d: Daemon, new: Config) -> str:
-    """Apply a validated config; what needs a restart is refused (old config kept)."""
-    old = d.config
-    assert d.ws is not None
-    check_matches(new, d.ws.meta)  # Mismatch: another library or store
+@dataclass(frozen=True)
+class Reload:
+    """What changed, for the runner to apply."""
+
+    config: Config
+    intervals: dict[str, float]  # periodic job id -> its new interval (seconds), changed only
+    auto_prune: bool | None  # None: unchanged
+    engine_changed: bool  # a new Engine between passes
+    library_changed: bool  # and a new Library, then a reconcile
+
+
+def plan(old: Config, new: Config, meta: dict[str, str]) -> Reload:
+    """What applying `new` means; raises ConfigError for what needs a restart."""
+    check_matches(new, meta)  # Mismatch: another library or store
     restart_only = []
     if new.store != old.store:
         restart_only.append("[store]")
@@ -40,53 +44,30 @@ def apply_config(d: Daemon, new: Config) -> str:
             f"{', '.join(restart_only)} changed: restart objlibd to apply that; "
             "the running configuration is unchanged"
         )
-    library_changed = (
+    d_old, d_new = old.daemon, new.daemon
+    intervals = {
+        job_id: seconds
+        for job_id, seconds, before in (
+            ("reconcile", d_new.reconcile_interval, d_old.reconcile_interval),
+            ("orphans", d_new.orphan_sweep_interval, d_old.orphan_sweep_interval),
+            ("audit", d_new.audit_interval, d_old.audit_interval),
+        )
+        if seconds != before
+    }
+    return Reload(
+        config=new,
+        intervals=intervals,
+        auto_prune=d_new.auto_prune if d_new.auto_prune != d_old.auto_prune else None,
+        engine_changed=new != old,
+        library_changed=library_rules_changed(old, new),
+    )
+
+
+def library_rules_changed(old: Config, new: Config) -> bool:
+    """Whether `new` needs a new Library (what is eligible, and how it is described)."""
+    return (
         new.library != old.library
         or new.metadata_rules != old.metadata_rules
         or new.sync.skip_enrichment != old.sync.skip_enrichment
         or new.enrichment != old.enrichment
     )
-    d.config = new
-    d.engine.config = new
-    d_old, d_new = old.daemon, new.daemon
-    if d.debouncer is not None:
-        d.debouncer.settle_seconds = d_new.settle_seconds
-    if d.monitor is not None:
-        d.monitor.interval = d_new.volume_check_interval
-    if d_new.reconcile_interval != d_old.reconcile_interval and d.reconcile_job:
-        interval = periodic(d_new.reconcile_interval)
-        if d.watch_limited:
-            interval = min(interval, LIMITED_RECONCILE_INTERVAL)
-        d.reconcile_job.reschedule(interval)
-    for job_id, seconds in (
-        ("orphans", d_new.orphan_sweep_interval),
-        ("audit", d_new.audit_interval),
-    ):
-        d.scheduler.reschedule_job(job_id, trigger="interval", seconds=periodic(seconds))
-    if d_new.auto_prune and not d.scheduler.get_job("prune"):
-        d.scheduler.add_job(d.jobs.prune, "interval", seconds=PRUNE_INTERVAL, id="prune")
-    elif not d_new.auto_prune and d.scheduler.get_job("prune"):
-        d.scheduler.remove_job("prune")
-    if library_changed:
-        # A new Library means a new Engine; swap it between drain passes.
-        d.scheduler.add_job(swap_library, args=[d], id="swap-library", replace_existing=True)
-    return "reloaded" + (
-        " (library rules change after the current pass)" if library_changed else ""
-    )
-
-
-def swap_library(d: Daemon) -> None:
-    assert d.ws is not None
-    with d.writer:
-        ws = d.ws
-        library = library_from(d.config, ws.meta, ws.db)
-        if ws.library.enricher is not None:
-            ws.library.enricher.close()
-        ws.library = library
-        ws.engine = Engine(ws.db, ws.store, library, d.config)
-        if d.watcher is not None:
-            d.watcher.set_eligibility(library.eligibility)
-        if d.debouncer is not None:
-            d.debouncer.eligibility = library.eligibility
-    log.info("library rules reloaded; reconciling")
-    d.kick_reconcile("config reload")

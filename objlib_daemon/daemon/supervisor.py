@@ -1,29 +1,24 @@
-"""Supervision: keep the file watcher alive and follow the volume as it comes and goes.
+"""The file watcher's keeper: start it, rebuild it when it dies, report its watch shortfall.
 
-Why apart from runner.py: the Daemon holds state and the rules for what may
-run; this module holds the reactions to the world changing under it: the
-volume monitor's transitions, an observer that died or could not start (the
-inotify watch limit), too few watches for the library, events lost to a
-queue overflow. Each ends in a reconcile being kicked (or the drain being
-stopped), never in a path being acted on here.
+Why apart from runner.py: the runner owns the daemon's state and follows the
+volume; this module holds the watcher's failure modes: an observer that
+died, one that could not start (the inotify watch limit, an odd
+filesystem), too few watches for the library. It returns what happened and
+the runner reacts (a reconcile, a shorter reconcile interval); nothing here
+acts on a path or on the daemon's state.
 
-Threads: `tick` runs on the main thread about every second, `on_volume` on
-the volume monitor's; `on_root_gone` and `on_overflow` come from watchdog's
-threads and only ask.
+Threads: `revive` runs on the main thread about every second, `start` and
+`stop` also on the volume monitor's; the runner's state lock serialises them.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from enum import Enum
 
-from objlib_daemon.daemon.scheduler import LIMITED_RECONCILE_INTERVAL, periodic
-from objlib_daemon.daemon.watcher import check_watches, is_watch_limit
-from objlib_daemon.library.volume import VolumeState
+from objlib_daemon.daemon.state import ErrorLog
+from objlib_daemon.daemon.watcher import Watcher, WatchReport, check_watches, is_watch_limit
 from objlib_daemon.logging import get_logger
-
-if TYPE_CHECKING:
-    from objlib_daemon.daemon.runner import Daemon
 
 log = get_logger("objlibd.daemon")
 
@@ -31,124 +26,62 @@ log = get_logger("objlibd.daemon")
 WATCHER_RETRY = 60.0
 
 
+class Started(Enum):
+    OK = "ok"
+    FAILED = "failed"
+    WATCH_LIMIT = "watch limit"  # until raised, only the periodic reconcile finds changes
+
+
 class Supervisor:
-    """The watcher's keeper, bound to one Daemon (its lock guards volume and watcher)."""
+    """Starts and rebuilds one Watcher; errors go to the daemon's error log."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
-        self._watcher_failed_at: float | None = None
+    def __init__(self, watcher: Watcher, errors: ErrorLog) -> None:
+        self.watcher = watcher
+        self.errors = errors
+        self._failed_at: float | None = None
 
-    def tick(self) -> None:
-        """Rebuild a dead watcher (or retry one that could not start)."""
-        d = self.d
-        if d.stopping.is_set():
-            return
-        with d.state_lock:
-            if not d.volume.available or d.watcher is None:
-                return
-            if d.watcher.is_alive():
-                return
-            if d.watcher.running:
-                log.error("the file watcher died; rebuilding it and reconciling")
-                d.record_error("watcher", "file watcher died; rebuilt")
-            elif (
-                self._watcher_failed_at is not None
-                and time.time() - self._watcher_failed_at < WATCHER_RETRY
-            ):
-                return
-            if self._start_watcher():
-                d.kick_reconcile("watcher restarted")
+    def revive(self) -> Started | None:
+        """Rebuild a dead watcher (or retry one that could not start); None if nothing to do."""
+        watcher = self.watcher
+        if watcher.is_alive():
+            return None
+        if watcher.running:
+            log.error("the file watcher died; rebuilding it and reconciling")
+            self.errors.record("watcher", "file watcher died; rebuilt")
+        elif self._failed_at is not None and time.time() - self._failed_at < WATCHER_RETRY:
+            return None
+        return self.start()
 
-    def healthy(self) -> bool:
-        """For WATCHDOG=1: every thread that should run is running."""
-        d = self.d
-        parts = [
-            d.scheduler.running,
-            d.debouncer is not None and d.debouncer.is_alive(),
-            d.control is not None and d.control.is_alive(),
-            d.monitor is not None and d.monitor.is_alive(),
-        ]
-        if d.volume.available and d.watcher is not None and d.watcher.running:
-            parts.append(d.watcher.is_alive())
-        return all(parts)
-
-    def on_volume(self, state: VolumeState) -> None:
-        """From the monitor thread: the volume came, went, or was remounted."""
-        d = self.d
-        with d.state_lock:
-            d.volume = state
-            if d.stopping.is_set():
-                return
-            if state.available:
-                # Old watches are dead after a remount: always a fresh observer.
-                self._start_watcher()
-                d.reconciled_since_mount = False
-            else:
-                d.pass_stop.set()  # the drain stops after the file in flight
-                if d.watcher is not None:
-                    d.watcher.stop()
-        if state.available:
-            d.kick_reconcile("mount")
-            d.kick_drain()
-        d.notify_status()
-
-    def on_root_gone(self) -> None:
-        # From a watchdog thread: only ask; the monitor thread decides.
-        if self.d.monitor is not None:
-            self.d.monitor.request_check()
-
-    def on_overflow(self) -> None:
-        log.warning("file events were lost (watchdog queue overflow); reconciling")
-        self.d.record_error("watcher", "event queue overflow; reconcile requested")
-        self.d.kick_reconcile("overflow")
-
-    def _start_watcher(self) -> bool:
-        d = self.d
-        assert d.watcher is not None
+    def start(self) -> Started:
+        """A fresh observer (old watches are dead after a remount)."""
         try:
-            d.watcher.start()
+            self.watcher.start()
         except OSError as exc:
-            self._watcher_failed_at = time.time()
-            d.watcher.stop()
+            self._failed_at = time.time()
+            self.watcher.stop()
             if is_watch_limit(exc):
                 message = (
                     f"cannot watch the library ({exc.strerror}): raise the limit with "
                     "`sudo sysctl fs.inotify.max_user_watches=524288`; until then only the "
                     "periodic reconcile finds changes"
                 )
-                self._limit_reconcile_interval()
             else:
                 message = f"cannot watch the library: {exc}"
             log.error(message)
-            d.record_error("watcher", message)
-            return False
-        self._watcher_failed_at = None
-        d.scheduler.add_job(self._check_watches, id="watch-check", replace_existing=True)
-        return True
+            self.errors.record("watcher", message)
+            return Started.WATCH_LIMIT if is_watch_limit(exc) else Started.FAILED
+        self._failed_at = None
+        return Started.OK
 
-    def _check_watches(self) -> None:
-        d = self.d
-        watcher = d.watcher
-        if watcher is None or not watcher.running:
-            return
-        report = check_watches(watcher.root)
-        d.watch_report = {
-            "watches": report.watches,
-            "directories": report.directories,
-            "limit": report.limit,
-        }
+    def stop(self) -> None:
+        self.watcher.stop()
+
+    def check_watches(self) -> WatchReport | None:
+        """Count the watches against the folders (slow on a big tree: not on the main thread)."""
+        if not self.watcher.running:
+            return None
+        report = check_watches(self.watcher.root)
         if report.short:
             log.warning(report.advice())
-            d.record_error("watcher", report.advice())
-            self._limit_reconcile_interval()
-
-    def _limit_reconcile_interval(self) -> None:
-        d = self.d
-        if d.watch_limited or d.reconcile_job is None:
-            return
-        d.watch_limited = True
-        interval = min(periodic(d.config.daemon.reconcile_interval), LIMITED_RECONCILE_INTERVAL)
-        d.reconcile_job.reschedule(interval)
-        log.warning(
-            "reconcile interval shortened while not every folder is watched", seconds=interval
-        )
+            self.errors.record("watcher", report.advice())
+        return report

@@ -57,6 +57,7 @@ from objlib_daemon.stores.base import (
     StoreUnusable,
     Upload,
 )
+from objlib_daemon.sync.adoption import adoptable
 from objlib_daemon.sync.outcome import Outcome
 from objlib_daemon.sync.planner import Action, Disk, Row, decide, needs_hash
 
@@ -419,8 +420,6 @@ class Applier:
         """Record the store's document of exactly this path and content instead of
         uploading a second copy (the database was lost or rebuilt after it was
         uploaded); further copies of it are duplicates, deleted."""
-        from objlib_daemon.sync.recovery import adoptable  # recovery builds on the applier
-
         sha = str(disk.sha256)
         docs = self.by_identity.pop((path, sha), [])
         now = self.clock()

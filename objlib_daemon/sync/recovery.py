@@ -5,7 +5,8 @@ document. One left behind (a crash, a lost answer, an attempt that outlived
 its deadline) may have produced a document anyway. `resolve_intents` lists
 the store once for all of them and, for each of our documents at such a
 path, either adopts it (the applier records it) or records it as an orphan
-to delete. `adoptable` is the rule, shared with `objlibd verify --repair`.
+to delete. `adoptable` (adoption.py) is the rule, shared with the applier and
+`objlibd verify --repair`.
 Intents whose import the drain is tracking are not recovery's business.
 
 A database lost, damaged or rebuilt (`objlibd init --rebuild`) has no row for
@@ -26,8 +27,9 @@ from sqlalchemy import delete, select, update
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import File, FileState, Intent, Orphan, PendingChange
+from objlib_daemon.state.models import File, Intent, Orphan, PendingChange
 from objlib_daemon.stores.base import ACTIVE, PENDING, RemoteDocument, TransientError
+from objlib_daemon.sync.adoption import adoptable
 from objlib_daemon.sync.applier import Applier
 
 log = get_logger("objlibd.recovery")
@@ -45,36 +47,6 @@ PENDING_RECHECK = 60.0
 # Database meta key: set by `init` when the store holds documents of this
 # library that no row records; cleared once a drain empties the queue.
 ADOPT_META = "adopt_by_identity"
-
-
-def adoptable(
-    doc: RemoteDocument,
-    row: File | None,
-    *,
-    attempts: dict[str, float],
-    disk_sha256: str | None = None,
-) -> bool:
-    """Is `doc`, one of ours at `row`'s path, a finished upload to record as its document?
-
-    - Only an ACTIVE document: a PENDING one is not indexed yet, a FAILED one never will be.
-    - Never one the row already holds, nor a second copy of content it already holds.
-    - With an unresolved attempt of that content (`attempts`: sha256 → when the
-      earliest began): yes, unless the row changed since that attempt began
-      (it then holds something later).
-    - Without one, by identity: the row (or, with no row, the file on disk,
-      `disk_sha256`) holds exactly this content and no document: a database
-      rebuilt or lost after the upload.
-    """
-    sha = doc.metadata.get("sha256")
-    if not isinstance(sha, str) or doc.state != ACTIVE:
-        return False
-    if row is not None and (row.document == doc.name or row.upload_sha256 == sha):
-        return False
-    if sha in attempts:
-        return row is None or (row.updated_at or 0.0) <= attempts[sha]
-    if row is None:
-        return disk_sha256 == sha
-    return row.document is None and row.state != FileState.PRUNED and row.sha256 == sha
 
 
 class Recovery:

@@ -41,8 +41,8 @@ from objlib_daemon.state.models import File, Intent, JournalAction, Orphan
 from objlib_daemon.stores.base import FAILED as DOC_FAILED
 from objlib_daemon.stores.base import PENDING as DOC_PENDING
 from objlib_daemon.stores.base import RemoteDocument, Store
+from objlib_daemon.sync.adoption import adoptable
 from objlib_daemon.sync.applier import Applier, Library, journal
-from objlib_daemon.sync.recovery import adoptable
 
 if TYPE_CHECKING:
     from objlib_daemon.sync.passes import Engine
