@@ -21,7 +21,7 @@ from objlib_daemon.config import Config
 from objlib_daemon.enrichment.enricher import open_enricher
 from objlib_daemon.errors import ConfigurationError, Mismatch
 from objlib_daemon.library.eligibility import Eligibility
-from objlib_daemon.library.metadata import with_defaults
+from objlib_daemon.library.metadata import validate_rules, with_defaults
 from objlib_daemon.library.volume import MARKER, MarkerError, read_marker, write_marker
 from objlib_daemon.state.db import Database
 from objlib_daemon.state.models import File
@@ -85,6 +85,11 @@ def library_from(
     root = Path(meta.get("root") or config.require_root())
     skip = config.sync.skip_enrichment if skip_enrichment is None else skip_enrichment
     rules = with_defaults(config.metadata_rules)
+    if config.metadata_rules:  # a placeholder naming no group or filter: said now, not per file
+        try:
+            validate_rules(config.metadata_rules)
+        except ValueError as exc:
+            raise ConfigurationError(f"[[metadata.rules]]: {exc}") from None
     enricher = open_enricher(
         config,
         db,

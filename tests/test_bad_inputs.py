@@ -550,3 +550,23 @@ def test_config_limits_match_the_store() -> None:
 
     assert base.MAX_DOCUMENT_BYTES == config_module.MAX_DOCUMENT_BYTES == 100_000_000
     assert config_module.LibraryConfig().max_size == base.MAX_DOCUMENT_BYTES
+
+
+@pytest.mark.parametrize("backend", ["local"])
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [('{ title = "{lesson|loud}" }', "loud"), ('{ title = "{nosuchgroup}" }', "nosuchgroup")],
+)
+def test_a_metadata_rule_naming_no_group_or_filter_stops_before_any_file(h, fields, says) -> None:
+    """Exit 78 naming the bad placeholder, before a file is looked at (it
+    failed each upload one by one before)."""
+    h.write("k/One.txt")
+    h.config_path.write_text(
+        h.config_path.read_text()
+        + f'\n[[metadata.rules]]\npattern = "^k/(?P<lesson>.+)$"\nfields = {fields}\n'
+    )
+    result = h.run("sync")
+    assert result.exit_code == 78, result.output
+    assert "[[metadata.rules]]" in result.stderr and says in result.stderr, result.stderr
+    db = sqlite3.connect(h.state_dir / "objlibd.db")
+    assert db.execute("SELECT count(*) FROM files").fetchone() == (0,)

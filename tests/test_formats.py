@@ -64,14 +64,14 @@ def write_every_format(h: Harness) -> None:
 def test_each_format_gives_its_text_with_sections(tmp_path) -> None:
     pdf = extract(documents.pdf(["first page text", "second page text"]), "a.pdf")
     assert pdf.text == "first page text\n\nsecond page text"
-    assert [(s.label, pdf.section_text(s)) for s in pdf.sections] == [
+    assert [(s.label, pdf.text[s.start : s.end]) for s in pdf.sections] == [
         ("page 1", "first page text"),
         ("page 2", "second page text"),
     ]
     docx = extract(
         documents.docx(["intro line", ("Heading1", "Part Two"), "body of part two"]), "b.docx"
     )
-    assert [(s.label, docx.section_text(s)) for s in docx.sections] == [
+    assert [(s.label, docx.text[s.start : s.end]) for s in docx.sections] == [
         ("document", "intro line"),
         ("Part Two", "Part Two\nbody of part two"),
     ]

@@ -77,9 +77,6 @@ class Extracted:
     def has_text(self) -> bool:
         return bool(self.text)  # sections are stripped, and empty ones dropped
 
-    def section_text(self, section: Section) -> str:
-        return self.text[section.start : section.end]
-
 
 def source_format(name: str) -> str:
     """The format of a file by its name's extension ("pdf", "epub", ...; "" if none)."""

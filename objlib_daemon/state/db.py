@@ -291,9 +291,6 @@ class Database:
         if state_error is not None:
             raise state_error from None
 
-    def schema_version(self) -> int:
-        return int(self.get_meta("schema_version") or 0)
-
     def get_meta(self, key: str) -> str | None:
         with self.engine.connect() as conn:
             return conn.execute(select(Meta.value).where(Meta.key == key)).scalar()

@@ -25,7 +25,6 @@ MOVED_FROM = "moved_from"
 FORCE = "force"
 RETRY = "retry"
 REPAIR = "repair"
-USER = "user"
 BULK_REASONS = frozenset({SCAN, FORCE})
 
 

@@ -406,13 +406,6 @@ class CircuitBreaker:
             return HALF_OPEN
         return self._state
 
-    def retry_in(self) -> float:
-        """Seconds until a trial call is allowed (0 when not open)."""
-        with self._lock:
-            if self._state != OPEN or self.opened_at is None:
-                return 0.0
-            return max(0.0, self.opened_at + self.cooldown - self._clock())
-
     def before_call(self) -> bool:
         """Raise CircuitOpen unless a call may go out now; True if it is the trial."""
         with self._lock:
