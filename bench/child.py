@@ -29,7 +29,7 @@ from objlib_daemon.sync import reconcile as engine_mod  # noqa: E402
 from objlib_daemon.workspace import open_workspace  # noqa: E402
 
 t_imported = time.perf_counter()
-HASHED = {"hash_file": 0, "read_file": 0, "hash_files": 0}
+HASHED = {"hash_file": 0, "read_file": 0}
 
 
 def _count(name: str, fn: Any) -> Any:
@@ -40,22 +40,13 @@ def _count(name: str, fn: Any) -> Any:
     return wrapper
 
 
-def _count_many(fn: Any) -> Any:
-    def wrapper(paths: Any, *args: Any, **kwargs: Any) -> Any:
-        for item in fn(paths, *args, **kwargs):
-            HASHED["hash_files"] += 1
-            yield item
-
-    return wrapper
-
-
-# Count every hash the engine or applier could do, wherever it is looked up.
+# Count every hash the engine or applier could do in this process, wherever it is
+# looked up (the hash pool's workers are other processes: a forced reconcile
+# reports its own count).
 for mod in (engine_mod, applier_mod, files_mod):
-    for name in ("hash_file", "read_file", "hash_files"):
+    for name in HASHED:
         if hasattr(mod, name):
-            original = getattr(files_mod, name)
-            wrap = _count_many(original) if name == "hash_files" else _count(name, original)
-            setattr(mod, name, wrap)
+            setattr(mod, name, _count(name, getattr(files_mod, name)))
 
 
 def rss_mb() -> float:
