@@ -26,12 +26,16 @@ from objlib_daemon.library.files import HashStream
 from objlib_daemon.library.scan import ScanResult, scan
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.state import queue
+from objlib_daemon.state.background import BackgroundQuery
 from objlib_daemon.state.db import Database
 from objlib_daemon.state.models import FAILED, INDEXED, PENDING, PRUNED, Meta
 from objlib_daemon.sync.applier import Applier, Library, Retry
 from objlib_daemon.sync.planner import Action, Disk
 
 TRACKED = (INDEXED, PENDING, FAILED)
+# From this many rows a reconcile fetches them in a helper process during the
+# walk (state/background.py); fewer are not worth its start (~15 ms).
+BACKGROUND_ROWS = 5000
 # Database meta key: a fingerprint of the settings that can make the store or
 # the payload refuse a file (eligibility, metadata rules, enrichment); when it
 # changes, every failed file is tried again.
@@ -147,9 +151,7 @@ class Reconciler:
         if force:
             result, rows, plan = self._hashed_scan()
         else:
-            result = scan(self.lib.root, self.lib.eligibility)
-            with self.db.session() as s:
-                rows = _plan_rows(s)
+            result, rows = self._scan_and_rows()
             plan = Plan(problems=result.problems)
         if not guard.verify().available:
             raise VolumeUnavailable(
@@ -199,6 +201,25 @@ class Reconciler:
                 "deleted, run again with --allow-mass-missing"
             )
         return plan
+
+    def _scan_and_rows(self) -> tuple[ScanResult, dict[str, _PlanRow]]:
+        """The walk, and every row: for a large table fetched by a helper process
+        meanwhile (state/background.py), else here before the walk."""
+        with self.db.session() as s:
+            raw = s.connection().connection.driver_connection
+            (count,) = raw.execute("SELECT count(*) FROM files").fetchone()
+            if count < BACKGROUND_ROWS:
+                return scan(self.lib.root, self.lib.eligibility), _plan_rows(s)
+        pending = BackgroundQuery(self.db.path, _PLAN_ROWS)
+        try:
+            result = scan(self.lib.root, self.lib.eligibility)
+            fetched = pending.rows()
+        finally:
+            pending.close()
+        if fetched is None:
+            with self.db.session() as s:
+                return result, _plan_rows(s)
+        return result, {r[0]: r for r in fetched}
 
     def _hashed_scan(self) -> tuple[ScanResult, dict[str, tuple], Plan]:
         """The walk with every file hashed as it is found (on a thread pool:
