@@ -76,8 +76,11 @@ class HashStream:
     """Hash files on a thread pool as a walk finds them, so that the pool hashes
     while the caller is still walking (docs/benchmarks.md, benchmark 2).
 
-    Threads suffice: the reads, stats and hashing release the GIL, and the
-    pool gets a task per chunk of files, not per file, which keeps its own
+    The system calls and the hashing (from 2 KiB) release the GIL; the Python
+    between them, and the walk's, does not, so threads gain less than
+    processes would. A `ProcessPoolExecutor` was faster, but hung when a
+    worker died at the wrong moment (docs/benchmarks.md, benchmark 2, third
+    round). A task per chunk of files, not per file, keeps the pool's own
     cost small. With a `root`, paths are relative to it.
     """
 
