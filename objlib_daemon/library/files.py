@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
+from concurrent.futures import BrokenExecutor, Executor, Future
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,9 +17,10 @@ from typing import NamedTuple
 # `file_digest` allocates a 256 KiB buffer per call, which doubles the cost of
 # hashing a small file (docs/benchmarks.md, benchmark 2).
 SMALL_FILE = 1 << 20
-# A forced reconcile hashes files on a pool of threads, one per core (at most
-# MAX_WORKERS), CHUNK files per task.
-CHUNK = 256
+# Hash this many files or more on a process pool, PARALLEL_CHUNK per task. Fewer
+# files are not worth the workers' start (a fresh interpreter each, in parallel).
+PARALLEL_MIN = 2000
+PARALLEL_CHUNK = 256
 MAX_WORKERS = 4
 
 
@@ -73,47 +75,84 @@ def _read_upto(fd: int, limit: int) -> bytes:
 
 
 class HashStream:
-    """Hash files on a thread pool as a walk finds them, so that the pool hashes
-    while the caller is still walking (docs/benchmarks.md, benchmark 2).
+    """Hash files as a walk finds them: in this process for a few, in a pool for many.
 
-    The system calls and the hashing (from 2 KiB) release the GIL; the Python
-    between them, and the walk's, does not, so threads gain less than
-    processes would. A `ProcessPoolExecutor` was faster, but hung when a
-    worker died at the wrong moment (docs/benchmarks.md, benchmark 2, third
-    round). A task per chunk of files, not per file, keeps the pool's own
-    cost small. With a `root`, paths are relative to it.
+    The first PARALLEL_MIN paths are only kept; from then on they go in chunks
+    to a process pool, one worker per core, as they are added, so the workers
+    hash while the caller is still walking (docs/benchmarks.md, benchmark 2).
+    Processes, not threads: a small file costs more Python than hashing, and
+    threads take turns at the GIL with each other and with the walk (a
+    thread pool made the forced reconcile 1.8-2.7x slower: docs/benchmarks.md).
+    The workers are spawned, not forked (the daemon is threaded): each is a
+    fresh interpreter that imports `__main__` again (multiprocessing's rule;
+    `objlibd`'s main imports only the CLI). The first chunks sent are at
+    least one per worker, so all workers are spawned at once (one spawned
+    as a dead worker breaks the pool can hang its shutdown on Python 3.11).
+    A chunk the pool cannot answer (a worker would not start, or died) is
+    hashed here.
+
+    With a `root`, paths are relative to it: the kernel then resolves a few
+    names per file, not the whole absolute path (twice: open and the settled
+    check).
     """
 
-    def __init__(self, *, root: str | None = None) -> None:
+    def __init__(self, parallel_min: int | None = None, *, root: str | None = None) -> None:
+        self.parallel_min = PARALLEL_MIN if parallel_min is None else parallel_min
         self.root = root
-        self.pool = ThreadPoolExecutor(
-            min(os.cpu_count() or 1, MAX_WORKERS), thread_name_prefix="hash"
-        )
-        self.chunk: list[Path | str] = []
-        self.sent: list[Future[list[Snapshot | Exception]]] = []
+        self.workers = min(os.cpu_count() or 1, MAX_WORKERS)
+        self.kept: list[Path | str] = []  # not yet sent to the pool
+        self.pool: Executor | None = None
+        self.sent: list[tuple[list[Path | str], Future[list[Snapshot | Exception]] | None]] = []
 
     def add(self, path: Path | str) -> None:
-        self.chunk.append(path)
-        if len(self.chunk) >= CHUNK:
+        self.kept.append(path)
+        if self.pool is not None:
+            if len(self.kept) >= PARALLEL_CHUNK:
+                self._send()
+        elif len(self.kept) >= self.parallel_min and self.workers >= 2:
+            self.pool = _start_pool(self.workers, self.root)
             self._send()
 
     def _send(self) -> None:
-        self.sent.append(self.pool.submit(_hash_all, self.chunk, self.root))
-        self.chunk = []
+        """Every kept path to the pool, in chunks; a chunk the pool refuses is kept
+        for `results()` to hash here."""
+        assert self.pool is not None
+        kept, self.kept = self.kept, []
+        for i in range(0, len(kept), PARALLEL_CHUNK):
+            chunk = kept[i : i + PARALLEL_CHUNK]
+            try:
+                future = self.pool.submit(_hash_chunk, chunk)
+            except (BrokenExecutor, OSError):
+                future = None
+            self.sent.append((chunk, future))
 
     def results(self) -> list[Snapshot | Exception]:
         """A snapshot or the error met for each path, in the order they were added;
         the pool is gone when this returns."""
-        if self.chunk:
-            self._send()
-        answers = [item for future in self.sent for item in future.result()]
+        if self.pool is None:
+            return list(_serial(self.kept, self.root))
+        self._send()
+        answers = [item for chunk, future in self.sent for item in self._answers(chunk, future)]
         self.close()
         return answers
 
+    def _answers(
+        self, chunk: list[Path | str], future: Future[list[Snapshot | Exception]] | None
+    ) -> Iterable[Snapshot | Exception]:
+        """The pool's answers for a chunk, or the chunk hashed here if the pool could
+        not answer (a worker would not start, or died)."""
+        if future is not None:
+            try:
+                return future.result()
+            except (BrokenExecutor, OSError):
+                pass
+        return _serial(chunk, self.root)
+
     def close(self) -> None:
-        """Stop the pool: its threads are gone when this returns (also for a walk
+        """Stop the pool: its workers are gone when this returns (also for a walk
         that failed half way and never asked for results)."""
-        self.pool.shutdown(cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
 
     def __enter__(self) -> HashStream:
         return self
@@ -122,15 +161,31 @@ class HashStream:
         self.close()
 
 
-def _hash_all(paths: list[Path | str], root: str | None) -> list[Snapshot | Exception]:
-    """`hash_file` of each path (joined to `root`, if any); a failure is returned, not raised."""
-    answers: list[Snapshot | Exception] = []
+def _start_pool(workers: int, root: str | None) -> Executor:
+    """Spawned workers that run in `root`, if given (paths are relative to it)."""
+    # Imported here: ~40 ms of imports that most commands never need.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=None if root is None else os.chdir,
+        initargs=() if root is None else (root,),
+    )
+
+
+def _hash_chunk(paths: list[Path | str]) -> list[Snapshot | Exception]:
+    """A worker's task: one chunk of paths, answered in order."""
+    return list(_serial(paths, None))
+
+
+def _serial(paths: Iterable[Path | str], root: str | None) -> Iterator[Snapshot | Exception]:
     for p in paths:
         try:
-            answers.append(hash_file(os.path.join(root, p) if root is not None else p))
+            yield hash_file(os.path.join(root, p) if root is not None else p)
         except (OSError, NotSettled) as exc:
-            answers.append(exc)
-    return answers
+            yield exc
 
 
 def read_file(path: Path) -> Snapshot:
