@@ -22,14 +22,17 @@ from typing import Any
 
 t_start = time.perf_counter()
 
-from objlib_daemon.config import load, resolve_config_path  # noqa: E402
-from objlib_daemon.library import files as files_mod  # noqa: E402
-from objlib_daemon.sync import applier as applier_mod  # noqa: E402
-from objlib_daemon.sync import reconcile as engine_mod  # noqa: E402
-from objlib_daemon.workspace import open_workspace  # noqa: E402
+# Only when run: the hash pool's spawned workers import `__main__` again, and in
+# `objlibd` that imports only the CLI, not all this.
+if __name__ == "__main__":
+    from objlib_daemon.config import load, resolve_config_path
+    from objlib_daemon.library import files as files_mod
+    from objlib_daemon.sync import applier as applier_mod
+    from objlib_daemon.sync import reconcile as engine_mod
+    from objlib_daemon.workspace import open_workspace
 
 t_imported = time.perf_counter()
-HASHED = {"hash_file": 0, "read_file": 0, "hash_files": 0}
+HASHED = {"hash_file": 0, "read_file": 0}
 
 
 def _count(name: str, fn: Any) -> Any:
@@ -40,22 +43,13 @@ def _count(name: str, fn: Any) -> Any:
     return wrapper
 
 
-def _count_many(fn: Any) -> Any:
-    def wrapper(paths: Any, *args: Any, **kwargs: Any) -> Any:
-        for item in fn(paths, *args, **kwargs):
-            HASHED["hash_files"] += 1
-            yield item
-
-    return wrapper
-
-
-# Count every hash the engine or applier could do, wherever it is looked up.
-for mod in (engine_mod, applier_mod, files_mod):
-    for name in ("hash_file", "read_file", "hash_files"):
-        if hasattr(mod, name):
-            original = getattr(files_mod, name)
-            wrap = _count_many(original) if name == "hash_files" else _count(name, original)
-            setattr(mod, name, wrap)
+def count_hashes() -> None:
+    """Count every hash the engine or applier could do in this process, wherever it
+    is looked up (the hash pool's workers are other processes)."""
+    for mod in (engine_mod, applier_mod, files_mod):
+        for name in HASHED:
+            if hasattr(mod, name):
+                setattr(mod, name, _count(name, getattr(files_mod, name)))
 
 
 def rss_mb() -> float:
@@ -71,7 +65,8 @@ def current_rss_mb() -> float:
 
 def main() -> dict[str, Any]:
     what = sys.argv[1]
-    if os.environ.get("BENCH_PARALLEL_MIN"):  # the quick mode exercises the hash workers
+    count_hashes()
+    if os.environ.get("BENCH_PARALLEL_MIN"):  # the quick mode exercises the hash pool
         files_mod.PARALLEL_MIN = int(os.environ["BENCH_PARALLEL_MIN"])
     config = load(resolve_config_path(None))
     out: dict[str, Any] = {"import_s": t_imported - t_start}

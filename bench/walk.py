@@ -127,7 +127,7 @@ def bench_warm_reconcile(res: Results, lib: Lib, files: int, runs: int) -> None:
 def bench_forced_hashing(res: Results, lib: Lib, files: int, runs: int) -> None:
     name = "2 forced hashing"
     env = lib.env
-    if res.quick:  # small trees are hashed serially; make them go through the workers too
+    if res.quick:  # small trees are hashed serially; make them go through the pool too
         env = env | {"BENCH_PARALLEL_MIN": "1"}
     _sha256sum(lib.root)
     child("reconcile-force", env=env)

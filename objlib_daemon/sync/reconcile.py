@@ -229,9 +229,9 @@ class Reconciler:
         return result, {r[0]: r for r in fetched}
 
     def _hashed_scan(self) -> tuple[ScanResult, dict[str, tuple], Plan]:
-        """The walk with every file hashed as it is found (on every core when many:
-        docs/benchmarks.md, benchmark 2), and the rows loaded while the workers
-        finish. `plan.seen` keeps what was found for each file that is not
+        """The walk with every file hashed as it is found (on a process pool
+        when many: docs/benchmarks.md, benchmark 2), and the rows loaded while
+        the workers finish. `plan.seen` keeps what was found for each file that is not
         plainly unchanged: indexed, with this content, enrichment and stat."""
         with HashStream(root=os.fspath(self.lib.root)) as hashes:
             add = hashes.add
