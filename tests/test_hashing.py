@@ -145,3 +145,11 @@ def test_forced_sync_hashes_every_file_in_the_walk_and_queues_only_differences(
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert (plan["hashed"], plan["unchanged"]) == (41, 41), plan
+
+
+def test_the_first_chunks_start_every_worker_at_once() -> None:
+    """HashStream relies on it: a worker spawned while a dead one breaks the
+    pool can hang the pool's shutdown (Python 3.11)."""
+    from objlib_daemon.library import files
+
+    assert files.PARALLEL_MIN >= files.PARALLEL_CHUNK * files.MAX_WORKERS
