@@ -47,6 +47,7 @@ from watchdog.observers import Observer
 from objlib_daemon.daemon.debounce import Debouncer
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.paths import BadName, relative_key
+from objlib_daemon.library.scan import Walk
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
 
@@ -334,17 +335,16 @@ def max_user_watches() -> int | None:
 
 
 def count_directories(root: Path) -> int:
-    """The root and every folder below it: what a recursive inotify watch needs."""
+    """The root and every folder below it, excluded ones too: what a recursive
+    inotify watch needs."""
     count = 0
-    stack = [os.fspath(root)]
-    while stack:
-        current = stack.pop()
+    walk = Walk(root)
+    for rel_dir, entries in walk:
         count += 1
-        try:
-            with os.scandir(current) as it:
-                stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
-        except OSError:
-            continue
+        prefix = f"{rel_dir}/" if rel_dir else ""
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                walk.enter(prefix + entry.name)
     return count
 
 
