@@ -47,7 +47,7 @@ from watchdog.observers import Observer
 from objlib_daemon.daemon.debounce import Debouncer
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.paths import BadName, relative_key
-from objlib_daemon.library.scan import Walk
+from objlib_daemon.library.scan import count_folders
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
 
@@ -330,22 +330,8 @@ def max_user_watches() -> int | None:
         return None
 
 
-def count_directories(root: Path) -> int:
-    """The root and every folder below it, excluded ones too: what a recursive
-    inotify watch needs."""
-    count = 0
-    walk = Walk(root)
-    for rel_dir, entries in walk:
-        count += 1
-        prefix = f"{rel_dir}/" if rel_dir else ""
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                walk.enter(prefix + entry.name)
-    return count
-
-
 def check_watches(root: Path) -> WatchReport:
-    return WatchReport(inotify_watches(), count_directories(root), max_user_watches())
+    return WatchReport(inotify_watches(), count_folders(root), max_user_watches())
 
 
 def is_watch_limit(exc: BaseException) -> bool:

@@ -1,7 +1,7 @@
 """The stat walk: every eligible regular file under the root, with size and mtime.
 
 `Walk` is the one directory walker (the scan, a folder hint's expansion and
-the count of folders a recursive watch needs all use it): iterative (no
+`count_folders`, the watches a recursive watch needs, all use it): iterative (no
 recursion limit), each folder listed by descriptor, symlinks never followed,
 which rules out loops and links pointing out of the library. `scan` judges
 what it lists. Problems (unreadable folders, bad names, skipped links) are
@@ -64,6 +64,20 @@ class Walk:
                 yield rel_dir, entries  # the caller stats them through `fd`: still open
             finally:
                 os.close(fd)
+
+
+def count_folders(root: Path) -> int:
+    """The root and every folder below it, excluded ones too: the watches a
+    recursive inotify watch needs (the watcher's check, `doctor`)."""
+    count = 0
+    walk = Walk(root)
+    for rel_dir, entries in walk:
+        count += 1
+        prefix = f"{rel_dir}/" if rel_dir else ""
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                walk.enter(prefix + entry.name)
+    return count
 
 
 @dataclass
