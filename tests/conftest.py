@@ -1,6 +1,7 @@
 """Shared pytest fixtures."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from emulator import GeminiEmulator
@@ -34,3 +35,25 @@ def h(backend: str, tmp_path, request: pytest.FixtureRequest):
     result = harness.init()
     assert result.exit_code == 0, result.output
     return harness
+
+
+@pytest.fixture
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An open Workspace on a synced local-store library holding `r/Kept.txt`;
+    its Harness is `ws.harness`."""
+    from harness import Harness
+
+    from objlib_daemon.config import load
+    from objlib_daemon.workspace import open_workspace
+
+    h = Harness(tmp_path, "local")
+    assert h.init().exit_code == 0
+    h.apply_env(monkeypatch)
+    h.write("r/Kept.txt")
+    h.sync()
+    workspace = open_workspace(load(h.config_path))
+    workspace.harness = h  # type: ignore[attr-defined]
+    try:
+        yield workspace
+    finally:
+        workspace.close()

@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,6 +300,14 @@ class Env(Dirs):
             return conn.execute(sql, args).fetchall()
         finally:
             conn.close()
+
+    def unknown(self, paths: Iterable[str]) -> list[str]:
+        """Of `paths`, those neither in `files` nor queued, themselves or under a
+        folder hint (`folder/`: the scanner expands it when it is due)."""
+        rows = self.db("SELECT path FROM files UNION SELECT path FROM pending_changes")
+        known = {p for (p,) in rows}
+        hints = tuple(p for p in known if p.endswith("/"))
+        return [p for p in paths if p not in known and not p.startswith(hints)]
 
     def file_states(self) -> dict[str, str]:
         return dict(self.db("SELECT path, state FROM files"))

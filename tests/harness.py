@@ -89,6 +89,15 @@ class Harness:
         path.write_bytes(content if content is not None else filler(rel, size))
         return path
 
+    def apply_env(self, monkeypatch: Any) -> None:
+        """This process sees the library's config, state dir and key as the CLI does
+        (for a Workspace opened in the test itself)."""
+        for key, value in self.env.items():
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, value)
+
     # --- running -------------------------------------------------------------------
 
     def run(self, *args: str, input: str | None = None) -> Result:

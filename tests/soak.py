@@ -759,9 +759,7 @@ class Soak:
         inflight = self.env.db("SELECT COUNT(*) FROM pending_changes WHERE state = 'inflight'")
         if inflight[0][0]:
             self.violation(f"SIGTERM left {inflight[0][0]} queue rows in flight")
-        known = {p for (p,) in self.env.db("SELECT path FROM files")}
-        known |= {p for (p,) in self.env.db("SELECT path FROM pending_changes")}
-        lost = [p for p in burst if p in self.user.files and p not in known]
+        lost = self.env.unknown(p for p in burst if p in self.user.files)
         if lost:
             self.violation(f"SIGTERM lost {len(lost)} changes, e.g. {lost[0]}")
         self.start()

@@ -76,7 +76,9 @@ def test_eligibility_globs_litter_and_size():
     assert e.path_ok("a.epub") and not e.path_ok("a.mobi") and not e.path_ok("x/.hidden.txt")
     assert not e.path_ok("x/._a.txt") and not e.path_ok(".Trashes/a.txt")
     assert not e.dir_ok("$RECYCLE.BIN") and not e.dir_ok("a/.git") and e.dir_ok("Courses")
-    assert e.size_ok(1024) and not e.size_ok(1023) and not e.size_ok(100_000_001)
+    assert e.size_problem(1024) is None and e.size_problem(100_000_000) is None
+    assert "smaller" in (e.size_problem(1023) or "")
+    assert "larger" in (e.size_problem(100_000_001) or "")
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from objlib_daemon.config import LibraryConfig
 from objlib_daemon.daemon.debounce import FLUSH_INTERVAL, Debouncer
-from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.state.db import Database
 from objlib_daemon.state.models import PendingChange
 
@@ -29,14 +27,7 @@ def test_each_path_is_due_settle_seconds_after_its_own_last_event(tmp_path: Path
         flushed.append(at)
         done.set()
 
-    deb = Debouncer(
-        db,
-        tmp_path,
-        Eligibility.from_config(LibraryConfig()),
-        SETTLE,
-        on_flushed=on_flushed,
-        on_overload=lambda: None,
-    )
+    deb = Debouncer(db, SETTLE, on_flushed=on_flushed, on_overload=lambda: None)
     deb.start()
     try:
         first = time.time()

@@ -63,11 +63,7 @@ def store_setting(h, **values: object) -> None:
 
 def in_process(h, monkeypatch):
     """The library's workspace opened in this process, as the daemon holds it."""
-    for key, value in h.env.items():
-        if value is None:
-            monkeypatch.delenv(key, raising=False)
-        else:
-            monkeypatch.setenv(key, value)
+    h.apply_env(monkeypatch)
     return open_workspace(load(h.config_path))
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from daemon_helpers import USER_NAMESPACE, bind_mount_works, user_namespace_works
-from harness import Harness, real_paths
+from harness import real_paths
 from soak import (
     API_FAULTS,
     KILL_POINTS,
@@ -38,13 +38,11 @@ from soak import (
     run_soak,
 )
 
-from objlib_daemon.config import load
 from objlib_daemon.errors import VolumeUnavailable
 from objlib_daemon.library.volume import MARKER
 from objlib_daemon.sync import applier as applier_module
 from objlib_daemon.sync.applier import Retry
 from objlib_daemon.sync.planner import Disk
-from objlib_daemon.workspace import open_workspace
 
 SEED = int(os.environ.get("OBJLIBD_SOAK_SEED", "6"))
 SOAK = Path(__file__).with_name("soak.py")
@@ -166,25 +164,6 @@ def test_state_dir_disk_full(tmp_path: Path) -> None:
 
 
 # --- the races, one by one ---------------------------------------------------------------
-
-
-@pytest.fixture
-def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    h = Harness(tmp_path, "local")
-    assert h.init().exit_code == 0
-    for key, value in h.env.items():
-        if value is None:
-            monkeypatch.delenv(key, raising=False)
-        else:
-            monkeypatch.setenv(key, value)
-    h.write("r/Kept.txt")
-    h.sync()
-    workspace = open_workspace(load(h.config_path))
-    workspace.harness = h  # type: ignore[attr-defined]
-    try:
-        yield workspace
-    finally:
-        workspace.close()
 
 
 def test_absence_seen_during_a_brief_unmount_is_not_a_missing_mark(ws, monkeypatch) -> None:
@@ -363,8 +342,6 @@ def test_sigterm_just_after_a_rename_queues_every_change(tmp_path: Path, monkeyp
         for rel in new:
             write(env.root / rel, rel)
         assert env.stop() == 0, env.log()[-3000:]
-        known = {p for (p,) in env.db("SELECT path FROM files")}
-        known |= {p for (p,) in env.db("SELECT path FROM pending_changes")}
-        assert set(new) <= known, sorted(set(new) - known)
+        assert env.unknown(new) == []
     finally:
         env.close()

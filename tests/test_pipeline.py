@@ -288,11 +288,7 @@ def test_recovery_never_touches_an_import_being_resumed(tmp_path: Path, monkeypa
     try:
         h = Harness(tmp_path, "gemini", emulator=emu)
         assert h.init().exit_code == 0
-        for key, value in h.env.items():
-            if value is None:
-                monkeypatch.delenv(key, raising=False)
-            else:
-                monkeypatch.setenv(key, value)
+        h.apply_env(monkeypatch)
         rel = "r/Lecture.txt"
         h.write(rel, b"first version " * 200)
         h.sync()

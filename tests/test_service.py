@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from objlib_daemon import errors
 from objlib_daemon.cli import cli
 from objlib_daemon.config import from_dict
+from objlib_daemon.library.volume import Mount
 from objlib_daemon.service import launchd, manager, systemd
 from objlib_daemon.service.steps import apply
 from objlib_daemon.service.templates import Context, context_for, program_argv
@@ -325,7 +326,7 @@ def test_install_runs_commands_where_reachable(setup: dict[str, Path]) -> None:
 def test_mount_bound_install_hooks_the_mount(
     setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch, no_commands: list[list[str]]
 ) -> None:
-    monkeypatch.setattr(systemd, "mount_point", lambda path: Path("/media/me/MY LIB"))
+    monkeypatch.setattr(systemd, "find_mount", lambda path: Mount(Path("/media/me/MY LIB"), "42"))
     result = CliRunner().invoke(cli, ["service", "install", "--systemd", "--on-mount", "--dry-run"])
     assert result.exit_code == 0, result.output
     mount = "media-me-MY\\x20LIB.mount"
@@ -337,7 +338,7 @@ def test_mount_bound_install_hooks_the_mount(
 def test_mount_bound_refuses_the_root_filesystem(
     setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch, no_commands: list[list[str]]
 ) -> None:
-    monkeypatch.setattr(systemd, "mount_point", lambda path: Path("/"))
+    monkeypatch.setattr(systemd, "find_mount", lambda path: Mount(Path("/"), "1"))
     result = CliRunner().invoke(cli, ["service", "install", "--systemd", "--on-mount", "--dry-run"])
     assert result.exit_code == 78
     assert "root file system" in result.output

@@ -346,11 +346,7 @@ def test_repair_rechecks_the_database_before_deleting(h, monkeypatch):
     from objlib_daemon.sync.verify import audit, repair
     from objlib_daemon.workspace import open_workspace
 
-    for key, value in h.env.items():
-        if value is None:
-            monkeypatch.delenv(key, raising=False)
-        else:
-            monkeypatch.setenv(key, value)
+    h.apply_env(monkeypatch)
     rel = "race/Late.txt"
     content = filler(rel)
     h.write(rel, content + b" edited since")  # not this content: a stray, not ours to adopt
@@ -384,11 +380,7 @@ def test_daemon_entry_point_reports_and_repairs(h, monkeypatch):
     from objlib_daemon.sync.verify import audit_engine
     from objlib_daemon.workspace import open_workspace
 
-    for key, value in h.env.items():
-        if value is None:
-            monkeypatch.delenv(key, raising=False)
-        else:
-            monkeypatch.setenv(key, value)
+    h.apply_env(monkeypatch)
     h.write("d/Kept.txt")
     h.sync()
     stale = filler("d/Kept.txt", 1500, "old")

@@ -6,7 +6,7 @@ applier, and the volume monitor decides whether any of that may run at all.
 One object holds what the running daemon knows, and only the runner writes it.
 
     watcher.py    watchdog observer + handler that never raises
-    debounce.py   the in-memory second: events -> one batched UPSERT
+    debounce.py   the in-memory second: events -> file and folder hints, one UPSERT
     volume.py     mount monitor (mountinfo poll on Linux, periodic probe everywhere)
     worker.py     a pass on its own thread, run when kicked or due; no kick is lost
     scheduler.py  APScheduler for the periodic sweeps and the reconcile's timer

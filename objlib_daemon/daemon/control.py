@@ -34,6 +34,7 @@ from typing import Any
 from objlib_daemon.config import Config
 from objlib_daemon.errors import NO_DAEMON, ObjlibError
 from objlib_daemon.logging import get_logger
+from objlib_daemon.private import private_dir
 
 log = get_logger("objlibd.control")
 
@@ -69,16 +70,6 @@ def socket_path(config: Config) -> Path:
     return Path(tempfile.gettempdir()) / f"objlibd-{os.geteuid()}" / f"{digest}.sock"
 
 
-def _private_dir(path: Path) -> None:
-    """Create `path` 0700, or check an existing one is ours and not open to others."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path.stat()
-    if st.st_uid != os.geteuid():
-        raise ControlError(f"{path} belongs to uid {st.st_uid}, not to us: refusing to use it")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(path, 0o700)
-
-
 def peer_uid(conn: socket.socket) -> int | None:
     """The connecting process's uid where the OS tells (None: unknown)."""
     try:
@@ -105,7 +96,7 @@ class ControlServer:
         self._inode: int | None = None
 
     def start(self) -> None:
-        _private_dir(self.path.parent)
+        private_dir(self.path.parent)
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.lstat(self.path).st_mode):
                 os.unlink(self.path)  # stale: we hold the library lock, nobody else serves

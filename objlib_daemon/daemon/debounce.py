@@ -1,59 +1,65 @@
 """The debouncer: the only state the daemon holds in memory, for at most a second.
 
 Watchdog delivers tens of thousands of events a second, several per saved
-file. They are collapsed here into one (path -> reason) map and written to the
-durable queue in ONE batched UPSERT per flush (platform-notes.md: ~211k rows/s
-batched against ~1.8k/s one commit per row). Each path is due `settle_seconds`
-after its own last event, not after the flush that wrote it (that cost every
-save half a second: docs/benchmarks.md, benchmark 8): a later event for it
-bumps the row again and pushes its due time, so a file still being written is
-not read half-way.
+file. They are collapsed here into one (key -> reason) map and written to the
+durable queue in ONE batched UPSERT per flush (docs/benchmarks.md: ~211k
+rows/s batched against ~1.8k/s one commit per row). Each key is due
+`settle_seconds` after its own last event, not after the flush that wrote it
+(that cost every save half a second: docs/benchmarks.md, benchmark 8): a later
+event for it bumps the row again and pushes its due time, so a file still
+being written is not read half-way.
 
-Directory events are expanded here, off the watchdog thread: a folder that
-appeared (created, or moved in) is walked for eligible files; a folder that
-went away (deleted, or moved out or renamed) contributes every tracked path
-below it from the database, since a move out of the tree sends no event per
-file.
+It only holds hints; it never walks a folder or reads the `files` table. A
+folder event (created, deleted, moved) is one folder hint, which the scanner
+expands when it is due (sync/reconcile.py, `expand_due`). The caps are
+Syncthing's watch aggregator's (lib/watchaggregator): a folder with more than
+`FOLDER_CAP` keys held directly in it within one gathering window is held as
+one hint of that folder instead (and counts as one key in its parent, which
+may collapse in turn); a held folder hint absorbs every later event below it;
+beyond `MAX_PENDING` keys in all, the whole library is one reconcile.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-from sqlalchemy import select
-
-from objlib_daemon.library.eligibility import Eligibility
-from objlib_daemon.library.paths import BadName, key, resolve
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import File
 
 log = get_logger("objlibd.debounce")
 
 # How long the flusher gathers a burst before writing it: "at least every
 # second" (the issue), and half of that keeps a 2 s settle time honest.
 FLUSH_INTERVAL = 0.5
-# Beyond this many distinct pending paths, tracking each one costs more than a
-# reconcile walk (which re-finds all of them): drop the set and ask for one.
+# Keys held directly in one folder (files and subfolder hints) within one
+# window before the folder is held as one hint instead. Syncthing's
+# maxFilesPerDir. Below it a key costs one queue row and one look by the
+# applier; above it, one walk of the folder (one listing and one stat per
+# file, with the mtime shortcut) and one range read of its rows find the same
+# changes, while an unzip or a copy of thousands of files into one folder
+# stays one row instead of thousands.
+FOLDER_CAP = 128
+# Beyond this many keys held in all, tracking each costs more than a
+# reconcile walk (which re-finds all of them): drop them and ask for one.
 # Watchdog's measured 18-32k events/s cannot normally fill it in one interval.
 MAX_PENDING = 50_000
 # Longest wait between retries of a failing queue write.
 MAX_BACKOFF = 30.0
 
 
+def parent_of(key: str) -> str:
+    return key.rpartition("/")[0]
+
+
 class Debouncer:
-    """Collects paths from the watcher; a background thread flushes them to the queue."""
+    """Collects paths and folder hints from the watcher; a thread flushes them to the queue."""
 
     def __init__(
         self,
         db: Database,
-        root: Path,
-        eligibility: Eligibility,
         settle_seconds: float,
         *,
         on_flushed: Callable[[float], None],
@@ -61,46 +67,72 @@ class Debouncer:
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.db = db
-        self.root = root
-        self.eligibility = eligibility
         self.settle_seconds = settle_seconds
         self.on_flushed = on_flushed
         self.on_overload = on_overload
         self.on_error = on_error
         self._lock = threading.Lock()
         self._paths: dict[str, tuple[str, float]] = {}  # path -> (reason, last event)
-        self._appeared: set[str] = set()  # folders to walk
-        self._vanished: set[str] = set()  # folders whose tracked paths to look at
+        self._folders: dict[str, float] = {}  # folder hint -> last event
+        self._in_folder: dict[str, set[str]] = {}  # folder -> keys held directly in it
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.flushed = 0  # paths written since start, for status
+        self.flushed = 0  # rows written since start, for status
         self.last_flush_at: float | None = None
         self.failures = 0  # consecutive failed flushes
 
-    # --- producers (any thread; O(1), never raise) ---------------------------------
+    # --- producers (any thread; cheap, never raise) ------------------------------------
 
     def add(self, path: str, reason: str = queue.EVENT) -> None:
+        """Look at this file."""
+        self._hold(path, reason)
+
+    def add_folder(self, folder: str) -> None:
+        """Look at everything below this folder (it appeared, went away, or was renamed)."""
+        self._hold(folder, None)
+
+    def pending(self) -> int:
         with self._lock:
-            self._paths[path] = (reason, time.monotonic())
-            overloaded = len(self._paths) > MAX_PENDING
+            return len(self._paths) + len(self._folders)
+
+    def _hold(self, key: str, reason: str | None) -> None:
+        with self._lock:
+            self._track(key, reason, time.monotonic())
+            overloaded = len(self._paths) + len(self._folders) > MAX_PENDING
             if overloaded:
                 self._paths.clear()
-                self._appeared.clear()
-                self._vanished.clear()
+                self._folders.clear()
+                self._in_folder.clear()
         if overloaded:
             log.warning("event burst too large to track per path; asking for a reconcile")
             self.on_overload()
         self._wake.set()
 
-    def add_folder(self, path: str, *, present: bool) -> None:
-        with self._lock:
-            (self._appeared if present else self._vanished).add(path)
-        self._wake.set()
-
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._paths) + len(self._appeared) + len(self._vanished)
+    def _track(self, key: str, reason: str | None, now: float) -> None:
+        """Hold `key` (a file with its reason, or a folder hint when `reason` is
+        None) unless a folder hint above it covers it; collapse its folder into
+        one hint when the folder is over its cap. Called with the lock held."""
+        folder = parent_of(key)
+        above = folder
+        while above and self._folders:
+            if above in self._folders:
+                self._folders[above] = now  # covered: the hint's scan sees it
+                return
+            above = parent_of(above)
+        held = self._in_folder.setdefault(folder, set())
+        if key not in held and folder and len(held) >= FOLDER_CAP:
+            for child in self._in_folder.pop(folder):
+                self._paths.pop(child, None)
+                self._folders.pop(child, None)
+            log.debug("folder over its event cap: one scan of it instead", folder=folder)
+            self._track(folder, None, now)
+            return
+        held.add(key)
+        if reason is None:
+            self._folders[key] = now
+        else:
+            self._paths[key] = (reason, now)
 
     # --- the flusher ------------------------------------------------------------------
 
@@ -139,28 +171,22 @@ class Debouncer:
         """One transaction for everything gathered; on failure keep it for the next try."""
         with self._lock:
             paths, self._paths = self._paths, {}
-            appeared, self._appeared = self._appeared, set()
-            vanished, self._vanished = self._vanished, set()
-        if not (paths or appeared or vanished):
+            folders, self._folders = self._folders, {}
+            self._in_folder = {}
+        if not (paths or folders):
             return 0
         items = {path: reason for path, (reason, _at) in paths.items()}
+        held = {path: at for path, (_reason, at) in paths.items()}
+        for folder, at in folders.items():
+            items[queue.folder_key(folder)] = queue.FOLDER
+            held[queue.folder_key(folder)] = at
+        # Due times are wall-clock (the queue outlives the process); events
+        # were timed on the monotonic clock.
+        now, mono = time.time(), time.monotonic()
+        due = {key: now - (mono - at) + self.settle_seconds for key, at in held.items()}
         try:
-            for folder in appeared:
-                for path in self._walk(folder):
-                    items.setdefault(path, queue.EVENT)
-            # Due times are wall-clock (the queue outlives the process); events
-            # were timed on the monotonic clock.
-            now, mono = time.time(), time.monotonic()
-            not_before = now + self.settle_seconds
-            due = {p: now - (mono - at) + self.settle_seconds for p, (_r, at) in paths.items()}
             with self.db.session() as s:
-                for folder in vanished:
-                    below = select(File.path).where(
-                        File.path.startswith(folder + "/", autoescape=True)
-                    )
-                    for path in s.scalars(below):
-                        items.setdefault(path, queue.MOVED_FROM)
-                queue.enqueue(s, items.items(), not_before=not_before, due=due)
+                queue.enqueue(s, items.items(), due=due)
         except Exception as exc:
             self.failures += 1
             if self.failures == 1:
@@ -172,8 +198,8 @@ class Debouncer:
             with self._lock:
                 for path, event in paths.items():
                     self._paths.setdefault(path, event)
-                self._appeared |= appeared
-                self._vanished |= vanished
+                for folder, at in folders.items():
+                    self._folders.setdefault(folder, at)
             self._wake.set()
             return 0
         if self.failures:
@@ -181,30 +207,6 @@ class Debouncer:
         self.failures = 0
         self.flushed += len(items)
         self.last_flush_at = time.time()
-        if items:
-            log.debug("events flushed", paths=len(items))
-            self.on_flushed(min(due.values(), default=not_before))
+        log.debug("events flushed", rows=len(items))
+        self.on_flushed(min(due.values()))
         return len(items)
-
-    def _walk(self, folder: str) -> Iterator[str]:
-        """Eligible files below a folder that just appeared (symlinks not followed)."""
-        if not self.eligibility.dir_ok(folder):
-            return
-        stack = [resolve(self.root, folder)]
-        while stack:
-            current = stack.pop()
-            try:
-                with os.scandir(current) as it:
-                    entries = list(it)
-            except OSError:
-                continue  # gone again, or unreadable: the reconcile reports it
-            for entry in entries:
-                try:
-                    rel = key(os.path.relpath(entry.path, self.root))
-                    if entry.is_dir(follow_symlinks=False):
-                        if self.eligibility.dir_ok(rel):
-                            stack.append(Path(entry.path))
-                    elif entry.is_file(follow_symlinks=False) and self.eligibility.path_ok(rel):
-                        yield rel
-                except (OSError, BadName):
-                    continue

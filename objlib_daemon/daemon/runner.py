@@ -114,8 +114,6 @@ class Daemon:
         lib = self.ws.library
         self.debouncer = Debouncer(
             self.ws.db,
-            lib.root,
-            lib.eligibility,
             config.daemon.settle_seconds,
             on_flushed=lambda at: self.kick_drain(at),
             on_overload=lambda: self.kick_reconcile("event burst"),
@@ -486,8 +484,6 @@ class Daemon:
                 ws.library = library
                 if self.watcher is not None:
                     self.watcher.set_eligibility(library.eligibility)
-                if self.debouncer is not None:
-                    self.debouncer.eligibility = library.eligibility
             ws.engine = Engine(ws.db, ws.store, ws.library, config)
         if library_changed:
             log.info("library rules reloaded; reconciling")

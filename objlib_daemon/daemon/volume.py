@@ -23,45 +23,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from objlib_daemon.library.volume import VolumeState, probe
+from objlib_daemon.library.volume import MOUNTINFO, VolumeState, find_mount, probe
 from objlib_daemon.logging import get_logger
 
 log = get_logger("objlibd.volume")
 
-MOUNTINFO = "/proc/self/mountinfo"
-
 Identity = tuple[bool, int | None, str | None]
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo octal."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_id(root: Path, mountinfo: str | None) -> str | None:
-    """The id of the mount holding `root` (longest mount point above it), Linux only."""
-    if not mountinfo:
-        return None
-    target = os.path.realpath(root)
-    best, best_len = None, -1
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if len(fields) < 5:
-            continue
-        point = _unescape(fields[4])
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        # >= : a later line for the same point is a mount stacked on top of it.
-        if inside and len(point) >= best_len:
-            best, best_len = fields[0], len(point)
-    return best
 
 
 class VolumeMonitor:
@@ -159,7 +126,8 @@ class VolumeMonitor:
 
     def _check(self, mountinfo: str | None, why: str) -> None:
         state = probe(self.root, self.library_id)
-        identity: Identity = (state.available, state.device, mount_id(self.root, mountinfo))
+        mount = find_mount(self.root, mountinfo).id if mountinfo is not None else None
+        identity: Identity = (state.available, state.device, mount)
         if identity == self._identity:
             return
         previous, self._identity = self._identity, identity

@@ -8,8 +8,8 @@ hands the keys to the debouncer. What platform-notes.md measured shapes it:
   everything, and the supervisor rebuilds an observer that died anyway;
 - an atomic save is only `moved(tmp -> file)`: both ends of a move are keys;
 - a renamed folder is `DirMovedEvent` plus a move per file, a folder moved out
-  of the tree is one `DirDeletedEvent`: folder events go to the debouncer,
-  which expands them;
+  of the tree is one `DirDeletedEvent`: each end of a folder event is one
+  folder hint, which the scanner expands (sync/reconcile.py);
 - the root itself vanishing is an unmount (macOS says so this way), never a
   mass delete: it only asks the volume monitor to look;
 - queue overflow is lost silently except for a WARNING containing "overflow"
@@ -47,6 +47,7 @@ from watchdog.observers import Observer
 from objlib_daemon.daemon.debounce import Debouncer
 from objlib_daemon.library.eligibility import Eligibility
 from objlib_daemon.library.paths import BadName, relative_key
+from objlib_daemon.library.scan import count_folders
 from objlib_daemon.logging import get_logger
 from objlib_daemon.state import queue
 
@@ -195,16 +196,12 @@ class Watcher:
         kind = event.event_type
         src = os.fsdecode(event.src_path)
         if event.is_directory:
-            dest = os.fsdecode(event.dest_path) if kind == "moved" else ""
             if kind in ("deleted", "moved") and os.path.normpath(src) == self._root_str:
                 self.on_root_gone()  # an unmount or a renamed root: never a deletion
                 return
-            if kind in ("deleted", "moved"):
-                self._folder(src, present=False)
-            if kind == "created":
-                self._folder(src, present=True)
-            elif kind == "moved":
-                self._folder(dest, present=True)
+            self._folder(src)
+            if kind == "moved":
+                self._folder(os.fsdecode(event.dest_path))
             return
         if kind == "moved":
             self._file(src, queue.MOVED_FROM)
@@ -221,10 +218,10 @@ class Watcher:
             return
         self.debouncer.add(rel, reason)
 
-    def _folder(self, path: str, *, present: bool) -> None:
+    def _folder(self, path: str) -> None:
         rel = self._key(path)
-        if rel is not None and self._parents_ok(rel):
-            self.debouncer.add_folder(rel, present=present)
+        if rel and self._parents_ok(rel):
+            self.debouncer.add_folder(rel)
 
     def _key(self, path: str) -> str | None:
         try:
@@ -333,23 +330,8 @@ def max_user_watches() -> int | None:
         return None
 
 
-def count_directories(root: Path) -> int:
-    """The root and every folder below it: what a recursive inotify watch needs."""
-    count = 0
-    stack = [os.fspath(root)]
-    while stack:
-        current = stack.pop()
-        count += 1
-        try:
-            with os.scandir(current) as it:
-                stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
-        except OSError:
-            continue
-    return count
-
-
 def check_watches(root: Path) -> WatchReport:
-    return WatchReport(inotify_watches(), count_directories(root), max_user_watches())
+    return WatchReport(inotify_watches(), count_folders(root), max_user_watches())
 
 
 def is_watch_limit(exc: BaseException) -> bool:

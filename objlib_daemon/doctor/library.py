@@ -11,8 +11,7 @@ from pathlib import Path
 
 from objlib_daemon.config import Config
 from objlib_daemon.doctor.report import Check
-from objlib_daemon.library.volume import MARKER, MarkerError, read_marker
-from objlib_daemon.service.systemd import mount_point
+from objlib_daemon.library.volume import MARKER, MarkerError, find_mount, read_marker
 
 
 def check_library(
@@ -97,7 +96,7 @@ def check_library(
             )
         )
         return
-    point = mount_point(root)
+    point = find_mount(root).point
     where = "on the system volume" if point == Path("/") else f"on the volume mounted at {point}"
     out.append(Check("library", True, f"{root} present {where}, marker names library {found}"))
 

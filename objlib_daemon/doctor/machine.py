@@ -6,12 +6,12 @@ Python build or a sysctl, and they hold for every library on the machine.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
 from objlib_daemon.config import Config
 from objlib_daemon.doctor.report import Check
+from objlib_daemon.library.scan import count_folders
 
 # The oldest SQLite objlibd supports: 3.35 brought RETURNING and ALTER TABLE
 # DROP COLUMN, which queries and schema migrations may use (Debian 12 ships
@@ -21,13 +21,6 @@ MIN_SQLITE = (3, 35, 0)
 # per-user inotify limit): warn once the library needs more than this share.
 INOTIFY_SHARE = 0.8
 INOTIFY_LIMIT_FILE = Path("/proc/sys/fs/inotify/max_user_watches")
-
-
-def _count_dirs(root: Path) -> int:
-    count = 1
-    for _dirpath, dirnames, _files in os.walk(root):
-        count += len(dirnames)
-    return count
 
 
 def check_inotify(config: Config, meta: dict[str, str], out: list[Check]) -> None:
@@ -41,7 +34,7 @@ def check_inotify(config: Config, meta: dict[str, str], out: list[Check]) -> Non
         limit = int(INOTIFY_LIMIT_FILE.read_text().strip())
     except (OSError, ValueError):
         return
-    dirs = _count_dirs(Path(raw))
+    dirs = count_folders(Path(raw))
     if dirs <= limit * INOTIFY_SHARE:
         out.append(Check("inotify", True, f"{dirs} folder(s) to watch, limit {limit} per user"))
         return

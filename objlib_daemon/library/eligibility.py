@@ -120,9 +120,6 @@ class Eligibility:
         """A folder is walked unless excluded (`.git`, `$RECYCLE.BIN`, ...)."""
         return not (self.exclude.match(rel) or self.exclude.match(rel + "/"))
 
-    def size_ok(self, size: int) -> bool:
-        return self.min_size <= size <= self.max_size
-
     def size_problem(self, size: int) -> str | None:
         if size < self.min_size:
             return f"smaller than library.min_size ({size} < {self.min_size} bytes)"

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MARKER = ".objlibd"
+# Linux's mount table: each line names a mount's id and its mount point.
+MOUNTINFO = "/proc/self/mountinfo"
 
 
 class MarkerError(Exception):
@@ -101,3 +103,61 @@ class VolumeGuard:
         if now.available and not self.start.available:
             return VolumeState(False, "volume was unavailable when the pass started")
         return now
+
+
+# --- which mount holds the library ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mount:
+    point: Path
+    id: str | None  # the kernel's mount id (Linux): a remount of the same drive changes it
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo octal."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def _read_mountinfo() -> str | None:
+    try:
+        with open(MOUNTINFO, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def find_mount(path: Path, mountinfo: str | None = None) -> Mount:
+    """The mount holding `path`: the longest mount point above it in the mount
+    table (`mountinfo`'s text, read here when not given), with its id; where
+    there is no table (macOS), the nearest folder above that is a mount point.
+
+    The one lookup for the volume monitor (is it still the same mount?), the
+    mount-bound service (which mount unit?) and `doctor` (which volume?).
+    """
+    target = os.path.realpath(path)
+    table = mountinfo if mountinfo is not None else _read_mountinfo()
+    best: Mount | None = None
+    for line in (table or "").splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = _unescape(fields[4])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        # >= : a later line for the same point is a mount stacked on top of it.
+        if inside and (best is None or len(point) >= len(str(best.point))):
+            best = Mount(Path(point), fields[0])
+    if best is not None:
+        return best
+    current = Path(target)
+    while not os.path.ismount(current):
+        current = current.parent
+    return Mount(current, None)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from objlib_daemon.config import Config
 from objlib_daemon.errors import ConfigurationError
+from objlib_daemon.library.volume import find_mount
 from objlib_daemon.service.steps import Plan, Runner, Step
 from objlib_daemon.service.templates import Context, fill, read_template
 
@@ -98,14 +99,6 @@ def escape_path(path: str) -> str:
     return "".join(out)
 
 
-def mount_point(path: Path) -> Path:
-    """The mount point holding `path` (which must exist)."""
-    current = path.resolve()
-    while not os.path.ismount(current):
-        current = current.parent
-    return current
-
-
 def mount_unit_for(root: Path) -> str:
     """The mount unit of the volume holding the library, for the mount-bound variant."""
     if not root.exists():
@@ -113,7 +106,7 @@ def mount_unit_for(root: Path) -> str:
             f"library root {root} is not there: plug the drive in (mounted) before "
             "installing the mount-bound variant, so its mount unit can be found"
         )
-    point = mount_point(root)
+    point = find_mount(root).point
     if point == Path("/"):
         raise ConfigurationError(
             f"{root} is on the root file system, not on a volume of its own: the "

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from objlib_daemon.errors import CONFIG, ObjlibError
-from objlib_daemon.state.lock import private_dir
+from objlib_daemon.private import private_dir
 from objlib_daemon.state.models import (
     JOURNAL_KEEP_DAYS,
     JOURNAL_MAX_ROWS,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import stat
 from pathlib import Path
 
 from objlib_daemon.errors import BUSY, ObjlibError
+from objlib_daemon.private import private_dir
 
 
 class AlreadyRunning(ObjlibError):
@@ -24,18 +24,6 @@ class AlreadyRunning(ObjlibError):
             "use `objlibd status` / `objlibd reconcile --wait` to talk to it, or stop it first"
         )
         self.pid = pid
-
-
-def private_dir(path: Path) -> None:
-    """Create `path` 0700, or make an existing one of ours 0700.
-
-    The state dir holds the database (every path of the library, the store's
-    name) and the lock: nobody else has business reading it.
-    """
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path.stat()
-    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(path, 0o700)
 
 
 class InstanceLock:

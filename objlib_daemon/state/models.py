@@ -34,8 +34,11 @@ class QueueState(enum.StrEnum):
 class Lane(enum.IntEnum):
     """Queue lanes: a fresh change (an edit the watcher saw, a user's repair) goes
     ahead of bulk rows (a first sync, a forced or periodic reconcile), so a save
-    is never stuck behind a thousand-file pass."""
+    is never stuck behind a thousand-file pass. Folder hints have a lane of their
+    own: the scanner expands them into file rows (sync/reconcile.py), no applier
+    worker ever claims one."""
 
+    FOLDERS = -1
     FRESH = 0
     BULK = 1
 

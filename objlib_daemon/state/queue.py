@@ -3,6 +3,10 @@
 Enqueue is one batched UPSERT that bumps `gen`; completion deletes a row only
 if its `gen` is unchanged, so an event that arrives while the path is being
 applied is never lost; `inflight` rows go back to `queued` at start.
+
+A row is a file's path, or a folder hint (`folder_key`: the folder's path and
+a `/`, reason `folder`): "look at everything below this folder", which the
+scanner expands into file rows when it is due.
 """
 
 from __future__ import annotations
@@ -25,11 +29,19 @@ MOVED_FROM = "moved_from"
 FORCE = "force"
 RETRY = "retry"
 REPAIR = "repair"
+FOLDER = "folder"
 BULK_REASONS = frozenset({SCAN, FORCE})
 
 
 def lane_of(reason: str) -> Lane:
+    if reason == FOLDER:
+        return Lane.FOLDERS
     return Lane.BULK if reason in BULK_REASONS else Lane.FRESH
+
+
+def folder_key(folder: str) -> str:
+    """The queue key of a folder hint: no file's key ends in `/`."""
+    return folder + "/"
 
 
 @dataclass(frozen=True)
@@ -93,12 +105,18 @@ def enqueue(
     return len(rows)
 
 
-def claim(session: Session, *, limit: int, now: float | None = None) -> list[Claim]:
-    """Mark up to `limit` due rows in-flight and return them: the fresh lane
-    first, each lane oldest first."""
+def claim(
+    session: Session,
+    *,
+    limit: int,
+    now: float | None = None,
+    lanes: tuple[Lane, ...] = (Lane.FRESH, Lane.BULK),
+) -> list[Claim]:
+    """Mark up to `limit` due rows in-flight and return them: lane by lane (the
+    fresh one first), each lane oldest first. Files unless `lanes` says folders."""
     now = time.time() if now is None else now
     rows: list = []
-    for lane in Lane:
+    for lane in lanes:
         if len(rows) >= limit:
             break
         rows += session.execute(
@@ -247,12 +265,14 @@ def by_reason(session: Session) -> dict[str, int]:
     return {reason: count for reason, count in rows}
 
 
-def next_due(session: Session) -> float | None:
-    return session.execute(
-        select(func.min(PendingChange.next_attempt_at)).where(
-            PendingChange.state == QueueState.QUEUED
-        )
-    ).scalar()
+def next_due(session: Session, *, lane: Lane | None = None) -> float | None:
+    """When the next waiting row is due (in `lane`, when given)."""
+    query = select(func.min(PendingChange.next_attempt_at)).where(
+        PendingChange.state == QueueState.QUEUED
+    )
+    if lane is not None:
+        query = query.where(PendingChange.lane == lane)
+    return session.execute(query).scalar()
 
 
 def waiting(session: Session, *, limit: int | None) -> list[PendingChange]:

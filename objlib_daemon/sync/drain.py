@@ -13,6 +13,10 @@ Two stages, one coordinator (the caller's thread):
   pool, and lets the applier finish it: record the document, then retire
   the one it supersedes (upload first).
 
+Folder hints due in the queue are expanded into file rows (by the scanner,
+`expand`) before each claim, so the files below a folder that appeared or
+went away are claimed like any others.
+
 On a store that finishes imports inside the upload (`Store.instant`, the
 embedded one) there is nothing to track: an upload worker takes a batch of
 rows (`BATCH`), looks at each alone, and uploads and records the batch's new
@@ -168,11 +172,19 @@ class _Due:
 class Drain:
     """Applies every due queue row of one library through the pipeline."""
 
-    def __init__(self, db: Database, applier: Applier, recovery: Recovery, config: Config):
+    def __init__(
+        self,
+        db: Database,
+        applier: Applier,
+        recovery: Recovery,
+        config: Config,
+        expand: Callable[[], int],
+    ):
         self.db = db
         self.applier = applier
         self.recovery = recovery
         self.config = config
+        self.expand = expand  # due folder hints -> file rows (Reconciler.expand_due)
         self.clock = IndexingClock()
         self._seq = itertools.count()
         # Why rows wait untried while the breaker holds this drain (queue.hold).
@@ -270,6 +282,12 @@ class Drain:
                 active = not stop.is_set() and not halt.is_set()
                 now = time.time()
                 if active and running < workers and (not drained or now - last_claim > RECLAIM):
+                    try:
+                        self.expand()
+                    except VolumeUnavailable as exc:
+                        halt.set()
+                        fatal.append(exc)
+                        continue
                     with self.db.session() as s:
                         claims = queue.claim(s, limit=(workers - running) * batch)
                     last_claim = now

@@ -65,7 +65,7 @@ class Engine:
         self.applier = Applier(db, store, library, VolumeGuard(library.root, library.library_id))
         self.reconciler = Reconciler(db, library, config, self.applier)
         self.recovery = Recovery(db, self.applier)
-        self.drainer = Drain(db, self.applier, self.recovery, config)
+        self.drainer = Drain(db, self.applier, self.recovery, config, self.reconciler.expand_due)
 
     # --- the parts, for the daemon's jobs ------------------------------------------------
 

@@ -4,6 +4,11 @@ A reconcile never decides what to do with a file; it only says "look at this
 path" (design.md: producers enqueue hints, one applier applies). The dry run
 is the same walk followed by the applier's read-only `look` on each
 candidate, so the plan shown is the plan executed.
+
+A folder hint (a folder created, moved or deleted, or one that had too many
+events to track each: daemon/debounce.py) is the same comparison on one
+folder's subtree: `expand_due` turns due hints into file rows before the
+drain claims any.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from sqlalchemy.orm import Session
 from objlib_daemon.config import Config
 from objlib_daemon.errors import SafetyAbort, VolumeUnavailable
 from objlib_daemon.library.files import HashStream
-from objlib_daemon.library.scan import ScanResult, scan
+from objlib_daemon.library.paths import resolve
+from objlib_daemon.library.scan import Entry, ScanResult, scan
 from objlib_daemon.library.volume import VolumeGuard
 from objlib_daemon.state import queue
 from objlib_daemon.state.background import BackgroundQuery
 from objlib_daemon.state.db import Database
-from objlib_daemon.state.models import FileState, Meta
+from objlib_daemon.state.models import FileState, Lane, Meta
 from objlib_daemon.sync.applier import Applier, Library, Retry
 from objlib_daemon.sync.outcome import Outcome
 from objlib_daemon.sync.planner import Action, Disk
@@ -88,6 +94,12 @@ _FORCE_ROWS = (
 )
 
 
+# The rows below one folder: a range of the primary key ("/" + 1 is "0").
+_FOLDER_ROWS = _PLAN_ROWS + " WHERE path >= ? AND path < ?"
+# Folder hints expanded per drain round: each is one walk and one range read.
+FOLDER_BATCH = 64
+
+
 def _plan_rows(s: Session, *, version: str | None = None) -> dict[str, _PlanRow]:
     """Every row as a plain tuple, read through the driver; with an enrichment
     `version`, a fifth item: the hash of an unchanged file (see _FORCE_ROWS).
@@ -110,6 +122,43 @@ def _no_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def compare(
+    entries: dict[str, Entry], rows: dict[str, tuple], plan: Plan, *, force: bool = False
+) -> dict[str, int]:
+    """Fill `plan` (candidates, unchanged, vanished) from the walk and the rows;
+    returns the paths with no row yet, with their sizes (for `likely_moves`).
+
+    Without `force` the mtime shortcut decides: an indexed (or failed) row with
+    the same size and mtime is unchanged. With it, what the walk hashed does
+    (`plan.seen` holds every file that is not plainly unchanged).
+    """
+    new: dict[str, int] = {}
+    candidates = plan.candidates
+    unchanged = 0
+    get, seen = rows.get, plan.seen
+    for path, entry in entries.items():  # entry: (path, size, mtime_ns, on_disk)
+        f = get(path)  # (path, state, size, mtime_ns, ...)
+        if f is not None and f[1] in SETTLED:
+            if force:
+                if path in seen:
+                    candidates.append(path)
+                else:
+                    unchanged += 1
+            elif f[2] == entry[1] and f[3] == entry[2]:
+                unchanged += 1
+            else:
+                candidates.append(path)
+        else:
+            candidates.append(path)
+            if f is None or f[1] == FileState.PRUNED:
+                new[path] = entry[1]
+    plan.unchanged = unchanged
+    # A set difference (in C) finds the rows not on disk.
+    gone = rows.keys() - entries.keys()
+    plan.vanished = sorted(p for p in gone if rows[p][1] in TRACKED)
+    return new
 
 
 def likely_moves(vanished: list[str], sizes: dict[str, int | None], new: dict[str, int]) -> int:
@@ -165,33 +214,10 @@ class Reconciler:
                 "the library went away during the scan; nothing was changed. "
                 "Reconnect the drive and run again"
             )
-        new: dict[str, int] = {}
-        candidates = plan.candidates
-        unchanged = 0
-        get, seen = rows.get, plan.seen
-        for path, entry in result.entries.items():  # entry: (path, size, mtime_ns, on_disk)
-            f = get(path)  # (path, state, size, mtime_ns, ...)
-            if f is not None and f[1] in SETTLED:
-                if force:
-                    if path in seen:
-                        candidates.append(path)
-                    else:
-                        unchanged += 1
-                elif f[2] == entry[1] and f[3] == entry[2]:
-                    unchanged += 1
-                else:
-                    candidates.append(path)
-            else:
-                candidates.append(path)
-                if f is None or f[1] == FileState.PRUNED:
-                    new[path] = entry[1]
-        plan.unchanged = unchanged
+        new = compare(result.entries, rows, plan, force=force)
         # The walk passed over our own marker too (the guard just read it): not the user's.
         plan.untracked = max(0, result.ineligible - 1)
-        # A set difference (in C) finds the rows not on disk; the tracked count
-        # matters only when some are gone (the mass-missing guard).
-        gone = rows.keys() - result.entries.keys()
-        plan.vanished = sorted(p for p in gone if rows[p][1] in TRACKED)
+        # The tracked count matters only when some are gone (the mass-missing guard).
         if not plan.vanished:
             return plan
         plan.tracked = sum(1 for f in rows.values() if f[1] in TRACKED)
@@ -208,6 +234,55 @@ class Reconciler:
                 "deleted, run again with --allow-mass-missing"
             )
         return plan
+
+    def expand_due(self) -> int:
+        """Turn the due folder hints into rows for the files below each folder
+        that differ from the `files` table (an event's reasons: the fresh lane),
+        vanished ones after the present ones. Returns the hints expanded.
+
+        Like a reconcile of the folders' subtrees, with the volume verified
+        around the walk; unlike one, no mass-missing guard: a folder the watcher
+        saw deleted was deleted by someone (the applier still marks each file
+        missing only on a verified volume). Raises VolumeUnavailable when the
+        library is away; the hints then wait for it.
+        """
+        with self.db.reading() as s:  # the drain asks before every claim: no write lock
+            due = queue.next_due(s, lane=Lane.FOLDERS)
+        if due is None or due > time.time():
+            return 0
+        with self.db.session() as s:
+            hints = queue.claim(s, limit=FOLDER_BATCH, lanes=(Lane.FOLDERS,))
+        if not hints:
+            return 0
+        root = self.lib.root
+        guard = VolumeGuard(root, self.lib.library_id)
+        entries: dict[str, Entry] = {}
+        bounds = []
+        for hint in hints if guard.available else []:
+            folder = hint.path[:-1]
+            under = os.path.relpath(resolve(root, folder), root)
+            entries |= scan(root, self.lib.eligibility, under=under).entries
+            bounds.append((hint.path, folder + "0"))
+        volume = guard.verify()
+        if not volume.available:
+            with self.db.session() as s:
+                queue.release(s, hints)
+            raise VolumeUnavailable(f"library unavailable: {volume.reason}")
+        plan = Plan()
+        with self.db.session() as s:
+            raw = s.connection().connection.driver_connection
+            rows = {r[0]: r for bound in bounds for r in raw.execute(_FOLDER_ROWS, bound)}
+            compare(entries, rows, plan)
+            # The walks' problems are left to the next reconcile, which reports them.
+            queue.enqueue(s, ((p, queue.EVENT) for p in plan.candidates), keep_backoff=True)
+            queue.enqueue(
+                s,
+                ((p, queue.MOVED_FROM) for p in plan.vanished),
+                not_before=time.time(),
+                keep_backoff=True,
+            )
+            queue.complete(s, hints)
+        return len(hints)
 
     def _scan_and_rows(self) -> tuple[ScanResult, dict[str, _PlanRow]]:
         """The walk, and every row: for a large table fetched by a helper process
