@@ -1,6 +1,6 @@
 """Where the Gemini API key comes from: environment first, then the system keyring.
 
-Order (platform-notes.md, "Credentials"): GEMINI_API_KEY, GOOGLE_API_KEY,
+Order (docs/platform-notes.md, "Credentials"): GEMINI_API_KEY, GOOGLE_API_KEY,
 then keyring service "objlibd" / user "api_key", then the service's env file
 (~/.config/objlibd/env, mode 0600, the systemd unit's EnvironmentFile). The
 key is always passed to the SDK explicitly, because the SDK on its own prefers

@@ -1,7 +1,7 @@
 """structlog setup: JSON lines for services and pipes, a readable console on a TTY.
 
 Under systemd, a `<N>` syslog-priority prefix lets journald keep levels
-(platform-notes.md: when `$JOURNAL_STREAM` matches stderr's device:inode).
+(docs/platform-notes.md: when `$JOURNAL_STREAM` matches stderr's device:inode).
 
 Modules take their logger from `get_logger`, which imports and configures
 structlog only when something is first logged: importing it costs 30 ms

@@ -1,7 +1,7 @@
 """Open one library's pieces from its config: database, store, engine — checked.
 
 Every command that touches the store goes through `open_workspace`, so the
-checks of design.md happen in one place and before any remote call: the
+checks of docs/design.md happen in one place and before any remote call: the
 database exists, the configured library and store are the recorded ones.
 """
 

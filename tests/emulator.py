@@ -8,7 +8,7 @@ The real google-genai SDK talks to it unchanged:
         http_options=types.HttpOptions(base_url=emu.url, api_version="v1beta"),
     )
 
-It implements what /work/shared/gemini-file-search.md documents: stores, the
+It implements what docs/gemini-file-search.md documents: stores, the
 resumable upload protocol (start / 8 MiB chunks / finalize), upload operations,
 documents (list / get / delete with force), a term-overlap `generateContent`
 with the `fileSearch` tool, the API's validation rules and error shapes, an
@@ -43,11 +43,11 @@ __all__ = ["Fault", "GeminiEmulator", "RequestRecord"]
 
 log = logging.getLogger("tests.emulator")
 
-# Documented limits (gemini-file-search.md, "Limits").
+# Documented limits (docs/gemini-file-search.md, "Limits").
 MAX_DOCUMENT_BYTES = 100_000_000
 MAX_DISPLAY_NAME = 512
 MAX_CUSTOM_METADATA = 20
-# Types File Search refuses at upload start ("Formats", gemini-file-search.md).
+# Types File Search refuses at upload start ("Formats", docs/gemini-file-search.md).
 UNSUPPORTED_MIME_TYPES = frozenset({"application/epub+zip"})
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 20
@@ -457,7 +457,7 @@ def _quota_details(retry_delay: float) -> list[dict[str, Any]]:
 
 
 def _storage_message(limit: int) -> str:
-    # The real service's words (gemini-file-search.md, "More facts").
+    # The real service's words (docs/gemini-file-search.md, "More facts").
     return f"Corpus has reached the storage limit of {limit} bytes."
 
 

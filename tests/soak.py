@@ -23,7 +23,7 @@ atomic save, rename, folder move, delete) with faults:
   appear, so the kernel's inotify queue overflows, with real edits among them).
 
 After every few rounds comes a quiet period (faults cleared, drive in,
-daemon up) and the invariants of design.md are checked against the store
+daemon up) and the invariants of docs/design.md are checked against the store
 itself, the database and this harness's own record of what was on the drive
 and when the drive was away:
 

@@ -1,7 +1,7 @@
 """The house rules that keep the sync core legible, checked on the source.
 
 - Only the applier (sync/applier.py) writes the `files` table or mutates the
-  store (design.md: one applier). Everything else reads, enqueues, or asks the
+  store (docs/design.md: one applier). Everything else reads, enqueues, or asks the
   applier: a new module that writes a row or deletes a document directly
   fails here, before it can race the applier.
 - Dependencies point one way: `stores/` and `library/` never import each
@@ -286,3 +286,27 @@ def test_no_import_cycles() -> None:
     for name in graph:
         graph[name].discard(name)
     assert cycles(graph) == []
+
+
+def test_every_document_the_code_cites_is_in_the_repository() -> None:
+    """Docstrings cite pages under docs/: each must exist, and none may cite a
+    reference page without its place (it lived outside the repository)."""
+    import re
+
+    repo = PACKAGE.parent
+    sources = [*PACKAGE.rglob("*.py"), *(repo / "tests").glob("*.py")]
+    sources += (repo / "bench").glob("*.py")
+    cited: set[str] = set()
+    bare: list[str] = []
+    for path in sources:
+        text = path.read_text(encoding="utf-8")
+        cited |= set(re.findall(r"\bdocs/[\w-]+\.md", text))
+        bare += [
+            f"{path.name}: {m}"
+            for m in re.findall(
+                r"(?<![\w/.-])(?:design|platform-notes|gemini-file-search|library-facts)\.md", text
+            )
+        ]
+    assert cited, "the check found no citation at all"
+    assert not [c for c in cited if not (repo / c).is_file()], cited
+    assert not bare, bare

@@ -1,4 +1,4 @@
-"""Path rules give the metadata library-facts.md promises, on the real file names."""
+"""Path rules give the metadata docs/library-facts.md promises, on the real file names."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Security (issue 6, design.md invariant 8): secrets, private files, the socket, no TCP.
+"""Security (issue 6, docs/design.md invariant 8): secrets, private files, the socket, no TCP.
 
 - The API key never appears in logs, errors, status or the database: a daemon
   session with a distinctive key, faults, errors and a rejected key (400

@@ -1,6 +1,6 @@
 """Service files: the rendered unit verifies, plists hold their keys, install writes them.
 
-systemd here may be installed but not PID 1 (platform-notes.md), so the unit is
+systemd here may be installed but not PID 1 (docs/platform-notes.md), so the unit is
 checked with `systemd-analyze verify`, never started; launchd is absent, so
 plists are checked with plistlib. The service manager is never driven: every
 test that could run a command replaces the runner.

@@ -1,7 +1,7 @@
 """`objlibd store`: create and list Gemini File Search stores.
 
 Creating a store is always an explicit user action (sync never creates one,
-gemini-file-search.md rule 10). `create` and `list --gemini` talk to Gemini
+docs/gemini-file-search.md rule 10). `create` and `list --gemini` talk to Gemini
 whatever `[store] backend` says, so a user can prepare a store before
 switching; a plain `list` on the local backend lists the local store and
 needs no Gemini key.

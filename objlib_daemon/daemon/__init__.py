@@ -1,6 +1,6 @@
 """The resident daemon: producers that only enqueue paths, and the passes that act on them.
 
-Events are hints, state is truth (design.md): the watcher and the reconciler
+Events are hints, state is truth (docs/design.md): the watcher and the reconciler
 put paths into the durable queue, the drain worker hands them to the one
 applier, and the volume monitor decides whether any of that may run at all.
 One object holds what the running daemon knows, and only the runner writes it.

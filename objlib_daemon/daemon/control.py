@@ -6,7 +6,7 @@ must block until the daemon's own pass ends. Requests: `{"cmd": "status"}`,
 `{"cmd": "reconcile", "force": bool, "wait": bool}`, `{"cmd": "pause"}`,
 `{"cmd": "resume"}`; one JSON object per line each way.
 
-Privacy (platform-notes.md): the socket lives in the runtime dir (0700) and is
+Privacy (docs/platform-notes.md): the socket lives in the runtime dir (0700) and is
 0600 itself; the peer's uid is checked with SO_PEERCRED (Linux) or
 LOCAL_PEERCRED (macOS) where the OS reports it. The path must fit
 `sockaddr_un` (104 bytes on macOS, 108 on Linux); a longer runtime dir falls

@@ -1,6 +1,6 @@
 """`objlibd run`: the process around the Daemon — lock, logging, signals, sd_notify, reload.
 
-Signal handlers only set flags (platform-notes.md); the main thread does the
+Signal handlers only set flags (docs/platform-notes.md); the main thread does the
 work in its supervision loop:
 - SIGTERM / SIGINT: stop — the drain finishes the file in flight, the
   debouncer writes its last second to the queue, exit 0 within

@@ -1,6 +1,6 @@
 """The Daemon: one Workspace, its producers, its passes, and the one owner of their state.
 
-Who may do what (design.md):
+Who may do what (docs/design.md):
 - producers (watcher -> debouncer, reconcile) only enqueue paths;
 - the drain is the only caller of the applier; it, the orphan sweep, prune
   and audit hold `writer`, so one of them touches the store at a time and

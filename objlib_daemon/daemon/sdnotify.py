@@ -1,4 +1,4 @@
-"""sd_notify without a package: one datagram to `$NOTIFY_SOCKET` (platform-notes.md).
+"""sd_notify without a package: one datagram to `$NOTIFY_SOCKET` (docs/platform-notes.md).
 
 systemd's `Type=notify` waits for `READY=1`; `WatchdogSec=` expects
 `WATCHDOG=1` at least every `$WATCHDOG_USEC`. A leading '@' in the socket

@@ -1,7 +1,7 @@
 """The mount monitor: is the library's volume here, and is it the same mount as before?
 
 Unmount is silent to inotify on Linux and a remount leaves the old watches
-dead (platform-notes.md), so the daemon cannot learn about the drive from the
+dead (docs/platform-notes.md), so the daemon cannot learn about the drive from the
 watcher. This thread sleeps in `poll()` on `/proc/self/mountinfo`, which wakes
 within a millisecond of any mount or unmount (POLLPRI|POLLERR), and probes at
 least every `volume_check_interval` everywhere else (and as a safety net).

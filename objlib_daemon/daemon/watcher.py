@@ -1,8 +1,8 @@
 """The file watcher: a watchdog observer whose handler turns events into queue keys.
 
-It never decides anything about a file (design.md: events are hints). It maps
+It never decides anything about a file (docs/design.md: events are hints). It maps
 an event to library-relative NFC keys, drops what eligibility rules out, and
-hands the keys to the debouncer. What platform-notes.md measured shapes it:
+hands the keys to the debouncer. What docs/platform-notes.md measured shapes it:
 
 - one exception in a handler stops delivery for good, so the handler catches
   everything, and the supervisor rebuilds an observer that died anyway;
@@ -54,7 +54,7 @@ from objlib_daemon.state import queue
 log = get_logger("objlibd.watcher")
 
 # Created/Deleted/Moved/Closed plus folder events: Opened and DirModified are
-# pure noise for us (platform-notes.md). On Linux IN_CLOSE_WRITE marks the end
+# pure noise for us (docs/platform-notes.md). On Linux IN_CLOSE_WRITE marks the end
 # of a write, so the per-write Modified events add nothing; FSEvents, kqueue and
 # Windows have no close event, so there Modified is the only "content changed".
 EVENT_TYPES: list[type[FileSystemEvent]] = [
@@ -249,7 +249,7 @@ class OverflowHook(logging.Handler):
     """A logging handler on watchdog's loggers: "overflow" in a record -> callback.
 
     watchdog 7.1 has no API for a kernel queue overflow; it only logs a
-    WARNING (platform-notes.md). This handler never raises into watchdog.
+    WARNING (docs/platform-notes.md). This handler never raises into watchdog.
     """
 
     def __init__(self, on_overflow: Callable[[], None]) -> None:

@@ -1,6 +1,6 @@
 """Enrichment: ordered path rules → custom metadata, display name, identity header.
 
-The library's naming conventions (library-facts.md) are expressed as data —
+The library's naming conventions (docs/library-facts.md) are expressed as data —
 regexes with named groups and field templates — not as code branches, so
 another library can bring its own rules in the config and the defaults here
 are just the first such rule set.

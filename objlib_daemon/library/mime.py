@@ -16,7 +16,7 @@ MIME_TYPES = {
     ".csv": "text/csv",
 }
 TEXT_TYPES = frozenset({"text/plain", "text/markdown"})
-# Formats File Search refuses (gemini-file-search.md): they are uploaded as
+# Formats File Search refuses (docs/gemini-file-search.md): they are uploaded as
 # their extracted text instead (library/payload.py), on every store alike.
 CONVERTED = frozenset({".epub"})
 

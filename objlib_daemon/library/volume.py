@@ -2,7 +2,7 @@
 
 Deletion is never inferred from absence unless the marker with our library id
 is readable at the root and the root is on the same device as when the pass
-started (design.md invariant 2). Anything else means "unavailable".
+started (docs/design.md invariant 2). Anything else means "unavailable".
 """
 
 from __future__ import annotations

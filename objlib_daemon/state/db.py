@@ -2,7 +2,7 @@
 
 Writers use `BEGIN IMMEDIATE` so that concurrent read-then-write transactions
 queue on the lock instead of failing with "database is locked" at upgrade time
-(platform-notes.md measured 1,869 of 3,000 failing with deferred BEGIN).
+(docs/platform-notes.md measured 1,869 of 3,000 failing with deferred BEGIN).
 Readers that must never write (status, dry-run) open the file `mode=ro`.
 """
 

@@ -1,4 +1,4 @@
-"""Queue operations on `pending_changes` (design.md "Queue").
+"""Queue operations on `pending_changes` (docs/design.md "Queue").
 
 Enqueue is one batched UPSERT that bumps `gen`; completion deletes a row only
 if its `gen` is unchanged, so an event that arrives while the path is being

@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
-# The largest document File Search accepts (gemini-file-search.md, limits);
+# The largest document File Search accepts (docs/gemini-file-search.md, limits);
 # the local store enforces the same, and config caps library.max_size with it.
 MAX_DOCUMENT_BYTES = 100 * 1000 * 1000
 

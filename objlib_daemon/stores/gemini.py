@@ -1,7 +1,7 @@
 """The Gemini File Search backend: the Store and StoreAdmin protocols over the
 google-genai SDK.
 
-Every rule here comes from gemini-file-search.md: pin v1beta, upload in one
+Every rule here comes from docs/gemini-file-search.md: pin v1beta, upload in one
 call from a file object, poll operations (the caller keeps the deadline) and
 look the document up before calling it lost, delete with force, and never
 create a store implicitly. Every SDK call goes through a `Pacer` (pacing.py), so
@@ -593,7 +593,7 @@ class GeminiStore:
         "Already gone" is confirmed, not trusted: the API documents a 404 (or
         a 403 "may not exist") on delete as gone, but a document that is in
         fact still there would then be forgotten while it lives on as a
-        duplicate (design.md invariant 5). So such an answer is followed by a
+        duplicate (docs/design.md invariant 5). So such an answer is followed by a
         GET, and only a 404 there means gone. A document still there makes the
         attempt transient: the pacer retries delete and check together with
         its backoff, and after the last attempt the error reaches the caller,

@@ -59,7 +59,7 @@ from objlib_daemon.stores.base import (
     identity_of,
 )
 
-# The same limits Gemini enforces (gemini-file-search.md), so a bug that would
+# The same limits Gemini enforces (docs/gemini-file-search.md), so a bug that would
 # be a 400 there is an error here too, not a surprise on the first real sync.
 MAX_DISPLAY_NAME = 512
 MAX_METADATA = 20

@@ -1,7 +1,7 @@
 """Pacing for remote calls: error classification, retries, rate limit, circuit breaker.
 
 The SDK retries nothing by default and its own retry ignores `RetryInfo` and
-dropped connections (gemini-file-search.md, rule 6), so every remote call made
+dropped connections (docs/gemini-file-search.md, rule 6), so every remote call made
 by a backend goes through one `Pacer`: breaker check → adaptive rate limiter →
 call → `classify` → tenacity retry on transient errors only. The limiter
 learns the rate the service allows from its 429s (none is published); the
@@ -54,7 +54,7 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-# Statuses worth repeating as they are (gemini-file-search.md, rule 6).
+# Statuses worth repeating as they are (docs/gemini-file-search.md, rule 6).
 TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 # google.rpc.Code values in an operation's `error` that a later re-upload can
 # fix: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE
@@ -174,7 +174,7 @@ def _api_error(exc: genai_errors.APIError, secrets: Iterable[str]) -> StoreError
     if code in TRANSIENT_HTTP:
         return TransientError(text, code=code, retry_after=retry_delay(exc))
     if code == 400 and "failed to create file" in lowered:
-        # Observed to succeed on a plain retry (gemini-file-search.md, limits).
+        # Observed to succeed on a plain retry (docs/gemini-file-search.md, limits).
         return TransientError(text, code=code, retry_after=retry_delay(exc))
     if code is not None and code >= 500:
         return TransientError(text, code=code, retry_after=retry_delay(exc))

@@ -10,7 +10,7 @@ it is deleted. A test (tests/test_layout.py) fails if another module writes
 An upload has two halves so that a worker's slot is held only while bytes go
 up (sync/drain.py): `start` uploads and returns an `Indexing` for the store to
 finish, `finish` records the document and only then retires the old one
-(design.md invariant 1: upload first).
+(docs/design.md invariant 1: upload first).
 
 A store that finishes imports inside `upload` (`Store.instant`, the embedded
 one) takes a batch of files at once (`upload_batch`): each file is looked at

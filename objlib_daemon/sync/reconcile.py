@@ -1,7 +1,7 @@
 """Reconcile: walk the library, compare with the `files` table, enqueue what differs.
 
 A reconcile never decides what to do with a file; it only says "look at this
-path" (design.md: producers enqueue hints, one applier applies). The dry run
+path" (docs/design.md: producers enqueue hints, one applier applies). The dry run
 is the same walk followed by the applier's read-only `look` on each
 candidate, so the plan shown is the plan executed.
 

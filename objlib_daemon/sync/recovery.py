@@ -36,7 +36,7 @@ log = get_logger("objlibd.recovery")
 
 # An upload whose document a listing does not show may still land: a listing
 # shows a new document only 0.25-1.5 s after its operation is done
-# (gemini-file-search.md), and a finalize in flight when the daemon died is
+# (docs/gemini-file-search.md), and a finalize in flight when the daemon died is
 # finished by the server all the same. So a listing proves an attempt left
 # nothing only when it starts this long after the attempt ended. (An attempt
 # of an earlier run ended before this run started; none outlives an hour.)

@@ -139,7 +139,7 @@ def _disk_sha256(library: Library, path: str) -> str | None:
     """The content of an eligible file at `path` now (None: none there, or unreadable).
 
     What lets a rebuilt database adopt the documents its files already have:
-    they carry this library's id, the path and the sha256 (design.md).
+    they carry this library's id, the path and the sha256 (docs/design.md).
     """
     disk_path = paths.resolve(library.root, path)
     try:
