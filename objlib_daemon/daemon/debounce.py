@@ -78,8 +78,6 @@ class Debouncer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.flushed = 0  # rows written since start, for status
-        self.last_flush_at: float | None = None
         self.failures = 0  # consecutive failed flushes
 
     # --- producers (any thread; cheap, never raise) ------------------------------------
@@ -205,8 +203,6 @@ class Debouncer:
         if self.failures:
             log.info("events written to the queue again", after_failures=self.failures)
         self.failures = 0
-        self.flushed += len(items)
-        self.last_flush_at = time.time()
         log.debug("events flushed", rows=len(items))
         self.on_flushed(min(due.values()))
         return len(items)
