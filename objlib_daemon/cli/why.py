@@ -20,7 +20,7 @@ def why(state: State, path: str, as_json: bool) -> None:
     ws = open_workspace(state.config(), readonly=True, with_store=False)
     try:
         try:
-            data = explain(ws, path)
+            data = explain(ws.db, ws.library.root, ws.config.library, path)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="PATH") from None
     finally:

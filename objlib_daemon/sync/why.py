@@ -13,7 +13,9 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
+from objlib_daemon.config import LibraryConfig
 from objlib_daemon.library.eligibility import why_not
+from objlib_daemon.state.db import Database
 from objlib_daemon.state.models import (
     File,
     FileState,
@@ -23,7 +25,6 @@ from objlib_daemon.state.models import (
     PendingChange,
 )
 from objlib_daemon.timefmt import utc_iso
-from objlib_daemon.workspace import Workspace
 
 # Journal rows shown, newest last: enough for a file's story, not a log dump.
 HISTORY = 20
@@ -44,8 +45,7 @@ def library_path(root: Path, given: str) -> str:
     return unicodedata.normalize("NFC", given.strip("/"))
 
 
-def explain(ws: Workspace, given: str) -> dict[str, Any]:
-    root = ws.library.root
+def explain(db: Database, root: Path, settings: LibraryConfig, given: str) -> dict[str, Any]:
     rel = library_path(root, given)
     disk_path = root / rel
     try:
@@ -57,10 +57,10 @@ def explain(ws: Workspace, given: str) -> dict[str, Any]:
         }
     except OSError:
         on_disk = None
-    reason = why_not(ws.config.library, rel, on_disk["size"] if on_disk else None)
+    reason = why_not(settings, rel, on_disk["size"] if on_disk else None)
     if on_disk and not on_disk["regular_file"]:
         reason = "not a regular file (a folder, a symbolic link or a device)"
-    with ws.db.session() as s:
+    with db.session() as s:
         row = s.get(File, rel)
         change = s.get(PendingChange, rel)
         orphans = s.scalars(select(Orphan).where(Orphan.path == rel)).all()
